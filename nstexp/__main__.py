@@ -1,0 +1,3 @@
+from nstexp.cli import main
+
+main()

@@ -1,0 +1,228 @@
+"""The configuration schema: one dataclass per config node, registered with Hydra.
+
+Structured configs make Hydra reject unknown keys and wrong types when it composes
+the config; `validate` then checks what a type cannot express (choices, layer names,
+non-negative weights) so that every bad value fails before any work starts.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig
+
+from nstexp.errors import ConfigError
+
+ARCHS = ("vgg19", "vgg16")
+WEIGHTS = ("caffe", "imagenet", "random")  # or a path to a state dict file
+PREPROCESSING = ("auto", "caffe", "imagenet")
+POOLING = ("max", "avg")
+CONTENT_NORMALIZATIONS = ("gatys", "mean")
+STYLE_NORMALIZATIONS = ("gatys", "mean", "cosine")
+OPTIMIZERS = ("lbfgs", "adam")
+LINE_SEARCHES = ("none", "strong_wolfe")
+INITS = ("content", "noise", "style", "image")
+CLAMPS = ("every_step", "at_end")
+WANDB_MODES = ("auto", "online", "offline", "disabled")
+
+
+@dataclass
+class BackboneConfig:
+    arch: str = "vgg19"
+    # caffe | imagenet | random | path to a state dict file
+    weights: str = "caffe"
+    # auto: the preprocessing the weights were trained with
+    preprocessing: str = "auto"
+    # The paper reports slightly nicer results with average pooling.
+    pooling: str = "max"
+
+
+@dataclass
+class LayersConfig:
+    name: str = MISSING
+    # layer name -> weight (the paper's w_l for style layers)
+    content: Dict[str, float] = field(default_factory=dict)
+    style: Dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class ContentConfig:
+    image: str = "sample:chelsea"
+    weight: float = 1.0
+    normalization: str = "gatys"
+
+
+@dataclass
+class StyleConfig:
+    image: str = "sample:swirls"
+    # Extra style images whose Gram matrices are blended with the first one's.
+    blend_images: List[str] = field(default_factory=list)
+    # One weight per style image (the first one included); empty means equal weights.
+    blend_weights: List[float] = field(default_factory=list)
+    # Longest side of the style image relative to the content image's.
+    scale: float = 1.0
+    weight: float = 1e3
+    normalization: str = "gatys"
+
+
+@dataclass
+class TVConfig:
+    weight: float = 0.0
+
+
+@dataclass
+class LBFGSConfig:
+    name: str = "lbfgs"
+    lr: float = 1.0
+    history_size: int = 100
+    # L-BFGS iterations per harness step; 1 makes a step comparable to an Adam step.
+    max_iter: int = 1
+    line_search: str = "none"
+    # Divide the loss by its first value before differentiating. The minimizer is the same,
+    # but with VGG's raw activations the gradient is ~1e9 per pixel, and L-BFGS's first and
+    # fallback steps (which move by the gradient itself) would blow the image up.
+    normalize_loss: bool = True
+
+
+@dataclass
+class AdamConfig:
+    name: str = "adam"
+    # In units of the RGB [0, 1] image.
+    lr: float = 0.02
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+
+
+@dataclass
+class InitConfig:
+    kind: str = "content"
+    # For kind=image: the image to start from.
+    path: Optional[str] = None
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "auto"
+    project: str = "nstexp"
+    entity: Optional[str] = None
+    # None: one group per multirun sweep; a single run has no group.
+    group: Optional[str] = None
+    # None: made from the command-line overrides.
+    name: Optional[str] = None
+    tags: List[str] = field(default_factory=list)
+
+
+@dataclass
+class Config:
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    layers: LayersConfig = field(default_factory=LayersConfig)
+    content: ContentConfig = field(default_factory=ContentConfig)
+    style: StyleConfig = field(default_factory=StyleConfig)
+    tv: TVConfig = field(default_factory=TVConfig)
+    # Typed by the schema of the chosen optimizer/ option.
+    optimizer: Any = MISSING
+    init: InitConfig = field(default_factory=InitConfig)
+    # None: 400 on CPU, 500 on a GPU.
+    steps: Optional[int] = None
+    # Longest side of the content image in pixels. None: 384 on CPU, 512 on a GPU.
+    size: Optional[int] = None
+    seed: int = 0
+    # auto: cuda, then mps, then cpu
+    device: str = "auto"
+    clamp: str = "every_step"
+    log_every: int = 1
+    snapshot_every: int = 50
+    progress: bool = True
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+def register() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="config_schema", node=Config)
+    cs.store(group="optimizer", name="lbfgs_schema", node=LBFGSConfig)
+    cs.store(group="optimizer", name="adam_schema", node=AdamConfig)
+
+
+def _choice(key: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not allowed (allowed: {', '.join(allowed)})")
+
+
+def _non_negative(key: str, value: float) -> None:
+    if value < 0:
+        raise ConfigError(f"{key}={value} must be >= 0")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check what the schema's types cannot; raise ConfigError with a one-line message."""
+    from nstexp.backbone import layer_names  # the layer names come from the network itself
+
+    b = cfg.backbone
+    _choice("backbone.arch", b.arch, ARCHS)
+    if b.weights not in WEIGHTS and not os.path.isfile(b.weights):
+        raise ConfigError(
+            f"backbone.weights={b.weights!r} is neither a known source nor a file "
+            f"(allowed: {', '.join(WEIGHTS)}, or a path to a state dict file)"
+        )
+    if b.weights == "caffe" and b.arch != "vgg19":
+        raise ConfigError(
+            f"backbone.weights=caffe exists only for vgg19, not {b.arch} "
+            "(use backbone.weights=imagenet|random|<path>)"
+        )
+    _choice("backbone.preprocessing", b.preprocessing, PREPROCESSING)
+    _choice("backbone.pooling", b.pooling, POOLING)
+
+    names = layer_names(b.arch)
+    for part in ("content", "style"):
+        layers = cfg.layers[part]
+        if not any(w > 0 for w in layers.values()) and cfg[part].weight > 0:
+            raise ConfigError(f"layers.{part} has no layer with a weight > 0 but {part}.weight > 0")
+        for name, w in layers.items():
+            if name not in names:
+                raise ConfigError(
+                    f"layers.{part}: unknown layer {name!r} for {b.arch} "
+                    f"(allowed: {', '.join(names)})"
+                )
+            _non_negative(f"layers.{part}.{name}", w)
+
+    _choice("content.normalization", cfg.content.normalization, CONTENT_NORMALIZATIONS)
+    _choice("style.normalization", cfg.style.normalization, STYLE_NORMALIZATIONS)
+    for key in ("content.weight", "style.weight", "tv.weight"):
+        _non_negative(key, cfg[key.split(".")[0]].weight)
+    if cfg.style.scale <= 0:
+        raise ConfigError(f"style.scale={cfg.style.scale} must be > 0")
+    n_styles = 1 + len(cfg.style.blend_images)
+    if cfg.style.blend_weights and len(cfg.style.blend_weights) != n_styles:
+        raise ConfigError(
+            f"style.blend_weights has {len(cfg.style.blend_weights)} values for {n_styles} "
+            "style images (give one per image, the first included, or none)"
+        )
+    for w in cfg.style.blend_weights:
+        _non_negative("style.blend_weights", w)
+
+    opt = cfg.optimizer
+    _choice("optimizer.name", opt.name, OPTIMIZERS)
+    if opt.lr <= 0:
+        raise ConfigError(f"optimizer.lr={opt.lr} must be > 0")
+    if opt.name == "lbfgs":
+        _choice("optimizer.line_search", opt.line_search, LINE_SEARCHES)
+        if opt.max_iter < 1 or opt.history_size < 1:
+            raise ConfigError("optimizer.max_iter and optimizer.history_size must be >= 1")
+
+    _choice("init.kind", cfg.init.kind, INITS)
+    if cfg.init.kind == "image" and not cfg.init.path:
+        raise ConfigError("init.kind=image needs init.path=<image file>")
+    _choice("clamp", cfg.clamp, CLAMPS)
+    _choice("wandb.mode", cfg.wandb.mode, WANDB_MODES)
+    if cfg.steps is not None and cfg.steps < 0:
+        raise ConfigError(f"steps={cfg.steps} must be >= 0")
+    if cfg.size is not None and cfg.size < 16:
+        raise ConfigError(f"size={cfg.size} must be >= 16 pixels")
+    if cfg.log_every < 1 or cfg.snapshot_every < 0:
+        raise ConfigError("log_every must be >= 1 and snapshot_every >= 0 (0 disables snapshots)")
+    dev = cfg.device
+    if dev not in ("auto", "cpu", "mps") and not (dev == "cuda" or dev.startswith("cuda:")):
+        raise ConfigError(f"device={dev!r} is not allowed (allowed: auto, cpu, cuda, cuda:N, mps)")

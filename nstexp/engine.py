@@ -1,0 +1,136 @@
+"""The optimization loop. It knows nothing of files or trackers: it reports step events.
+
+Step k's event carries the image after k updates and its losses; step 0 is the initial
+image. Losses come from the optimizer's own evaluations where they match the current
+image (every L-BFGS or Adam step starts by evaluating it), so logging costs no extra
+forward pass except one at the very end.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from nstexp.objective import LossTerms
+
+
+@dataclass
+class StepEvent:
+    step: int
+    evals: int  # forward/backward evaluations so far
+    image: torch.Tensor  # (B, 3, H, W), detached
+    terms: LossTerms  # of `image`, detached
+
+
+@dataclass
+class Result:
+    status: str  # completed | interrupted | diverged
+    image: torch.Tensor  # the last image whose losses were finite
+    terms: LossTerms | None
+    steps: int
+    evals: int
+
+
+def build_optimizer(params: list[torch.Tensor], cfg) -> torch.optim.Optimizer:
+    if cfg.name == "lbfgs":
+        return torch.optim.LBFGS(
+            params,
+            lr=cfg.lr,
+            max_iter=cfg.max_iter,
+            history_size=cfg.history_size,
+            line_search_fn=None if cfg.line_search == "none" else cfg.line_search,
+            # Never stop early on small gradients/changes: the step budget decides.
+            tolerance_grad=0.0,
+            tolerance_change=0.0,
+        )
+    if cfg.name == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+    raise ValueError(f"unknown optimizer {cfg.name!r}")
+
+
+def _detach(terms: LossTerms) -> LossTerms:
+    d = lambda t: t.detach()  # noqa: E731
+    return LossTerms(
+        d(terms.total), d(terms.content), d(terms.style), d(terms.tv),
+        {k: d(v) for k, v in terms.content_layers.items()},
+        {k: d(v) for k, v in terms.style_layers.items()},
+    )
+
+
+def _finite(terms: LossTerms) -> bool:
+    return bool(torch.isfinite(terms.total).all())
+
+
+def optimize(
+    image: torch.Tensor,
+    objective: Callable[[torch.Tensor], LossTerms],
+    optimizer_cfg,
+    steps: int,
+    clamp: str = "every_step",
+    on_step: Callable[[StepEvent], None] | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> Result:
+    """Optimize the pixels of `image` (B, 3, H, W) for `steps` optimizer steps."""
+    x = image.detach().clone().requires_grad_(True)
+    optimizer = build_optimizer([x], optimizer_cfg)
+    evals = 0
+    first: dict = {}  # losses of the first evaluation in the current step
+    scale: dict = {}  # the first loss, when the optimizer works on a normalized loss
+    normalize = bool(getattr(optimizer_cfg, "normalize_loss", False))
+
+    def closure():
+        nonlocal evals
+        optimizer.zero_grad(set_to_none=True)
+        terms = objective(x)
+        evals += 1
+        if "terms" not in first:
+            first["terms"] = _detach(terms)
+        loss = terms.total.sum()  # samples are independent: their gradients do not mix
+        if normalize and torch.isfinite(loss):
+            # The optimizer sees one function: the loss divided by its first value.
+            loss = loss / scale.setdefault("value", loss.detach().abs().clamp(min=1e-12))
+        if torch.isfinite(loss):
+            loss.backward()
+        else:
+            # Zero gradient makes the optimizer stand still; the loop sees the bad loss.
+            x.grad = torch.zeros_like(x)
+        return loss
+
+    def emit(step: int, img: torch.Tensor, terms: LossTerms, evals_at: int) -> None:
+        if on_step is not None:
+            on_step(StepEvent(step, evals_at, img, terms))
+
+    last_good, last_terms, good_step = x.detach().clone(), None, 0
+    pending = (0, x.detach().clone(), 0)  # (step, image, evals) waiting for its losses
+    status = "completed"
+    for step in range(1, steps + 1):
+        if should_stop():
+            status = "interrupted"
+            break
+        first.clear()
+        optimizer.step(closure)
+        # The step's first evaluation was of the image the previous step left.
+        terms = first["terms"]
+        if not _finite(terms):
+            status = "diverged"
+            break
+        last_good, last_terms, good_step = pending[1], terms, pending[0]
+        emit(pending[0], pending[1], terms, pending[2])
+        if clamp == "every_step":
+            with torch.no_grad():
+                x.clamp_(0.0, 1.0)
+        pending = (step, x.detach().clone(), evals)
+
+    if status != "diverged":
+        # The image the last step left has not been evaluated yet.
+        with torch.no_grad():
+            img = pending[1].clamp(0.0, 1.0)
+            terms = _detach(objective(img))
+        if _finite(terms):
+            last_good, last_terms, good_step = img, terms, pending[0]
+            emit(pending[0], img, terms, pending[2])
+        else:
+            status = "diverged"
+    return Result(status, last_good.clamp(0.0, 1.0), last_terms, good_step, evals)

@@ -1,0 +1,110 @@
+"""Reading, resizing and writing images. Inside the harness an image is RGB in [0, 1], (B, 3, H, W)."""
+
+from __future__ import annotations
+
+import importlib.resources
+import os
+import warnings
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from nstexp.errors import NstexpError
+
+SAMPLE_PREFIX = "sample:"
+# Pillow's default limit (about 89 megapixels); larger images are treated as decompression bombs.
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS
+
+
+def samples() -> list[str]:
+    folder = importlib.resources.files("nstexp") / "samples"
+    return sorted(p.name.rsplit(".", 1)[0] for p in folder.iterdir() if p.name.endswith(".png"))
+
+
+def resolve(spec: str, key: str) -> str:
+    """A file path for an image spec: a path, or `sample:<name>` for a bundled image."""
+    if spec.startswith(SAMPLE_PREFIX):
+        name = spec[len(SAMPLE_PREFIX) :]
+        if name not in samples():
+            allowed = ", ".join(SAMPLE_PREFIX + s for s in samples())
+            raise NstexpError(f"{key}={spec}: no such bundled sample (allowed: {allowed}, or a file path)")
+        return str(importlib.resources.files("nstexp") / "samples" / f"{name}.png")
+    return spec
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode -> 8-bit RGB; transparency is composited over white."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 1.0 if img.mode == "F" and arr.max() <= 1.0 else (255.0 if arr.max() <= 255 else 65535.0)
+        img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return img.convert("RGB")
+
+
+def load_image(spec: str, key: str = "image") -> Image.Image:
+    """Open an image file as 8-bit RGB, upright per its EXIF orientation.
+
+    Raises NstexpError naming `key` for missing, empty, corrupt, non-image and
+    oversized (decompression bomb) files.
+    """
+    path = resolve(spec, key)
+    if not os.path.exists(path):
+        raise NstexpError(f"{key}={spec}: file not found")
+    if os.path.isdir(path):
+        raise NstexpError(f"{key}={spec}: is a directory, not an image file")
+    if os.path.getsize(path) == 0:
+        raise NstexpError(f"{key}={spec}: file is empty")
+    try:
+        with warnings.catch_warnings():
+            # Pillow only warns between 1x and 2x its limit; refuse both.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                if img.width * img.height > MAX_PIXELS:
+                    raise Image.DecompressionBombError("too many pixels")
+                img = ImageOps.exif_transpose(img)
+                img.load()
+                return _to_rgb(img)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise NstexpError(
+            f"{key}={spec}: refused, more than {MAX_PIXELS} pixels (possible decompression bomb)"
+        ) from None
+    except UnidentifiedImageError:
+        raise NstexpError(f"{key}={spec}: not an image Pillow can read") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise NstexpError(f"{key}={spec}: corrupt or truncated image ({exc})") from None
+
+
+def resize_longest(img: Image.Image, size: int) -> Image.Image:
+    """Scale so the longest side is `size` pixels, keeping the aspect ratio."""
+    scale = size / max(img.size)
+    w, h = max(1, round(img.width * scale)), max(1, round(img.height * scale))
+    return img.resize((w, h), Image.Resampling.LANCZOS) if (w, h) != img.size else img
+
+
+def to_tensor(img: Image.Image, device: torch.device | str = "cpu") -> torch.Tensor:
+    """PIL RGB -> (1, 3, H, W) float in [0, 1]."""
+    arr = np.asarray(img, dtype=np.float32) / 255.0  # (H, W, 3)
+    return torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0).contiguous().to(device)
+
+
+def to_pil(image: torch.Tensor) -> Image.Image:
+    """(1, 3, H, W) or (3, H, W) in [0, 1] -> PIL RGB (values outside [0, 1] are clipped)."""
+    if image.dim() == 4:
+        image = image[0]
+    arr = image.detach().clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(arr, "RGB")
+
+
+def save_image(image: torch.Tensor, path: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    # Write then rename, so an interruption never leaves a half-written PNG.
+    tmp = f"{path}.tmp"
+    to_pil(image).save(tmp, format="PNG")
+    os.replace(tmp, path)

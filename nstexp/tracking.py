@@ -1,0 +1,115 @@
+"""Where a run's results go: metrics.jsonl, snapshots, final.png, summary.json and W&B."""
+
+from __future__ import annotations
+
+import json
+import netrc
+import os
+import sys
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+
+from nstexp.images import save_image, to_pil
+
+
+def wandb_credentials_configured() -> bool:
+    """True when an API key is available from the environment or ~/.netrc (where `wandb login` puts it)."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    try:
+        path = os.environ.get("NETRC") or os.path.expanduser("~/.netrc")
+        return netrc.netrc(path).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def resolve_wandb_mode(mode: str) -> str:
+    """auto: WANDB_MODE if set, else online with credentials, else offline."""
+    if mode != "auto":
+        return mode
+    env = os.environ.get("WANDB_MODE")
+    if env in ("online", "offline", "disabled"):
+        return env
+    if env == "dryrun":
+        return "offline"
+    return "online" if wandb_credentials_configured() else "offline"
+
+
+class Tracker:
+    """Writes one run's outputs into `out_dir` and mirrors them to a W&B run."""
+
+    def __init__(self, out_dir: str, config: dict, wandb_cfg, name: str, group: str | None):
+        self.out_dir = out_dir
+        os.makedirs(os.path.join(out_dir, "snapshots"), exist_ok=True)
+        self._metrics = open(os.path.join(out_dir, "metrics.jsonl"), "w", buffering=1)
+        self.mode = resolve_wandb_mode(wandb_cfg.mode)
+        self.run = None
+        if self.mode == "disabled":
+            return
+        import wandb
+
+        self.run = wandb.init(
+            project=wandb_cfg.project,
+            entity=wandb_cfg.entity,
+            group=group,
+            name=name,
+            tags=list(wandb_cfg.tags),
+            config=config,
+            dir=out_dir,
+            mode=self.mode,
+            job_type="run",
+            # Each job is its own run, even when several share one process.
+            reinit="create_new",
+        )
+
+    def log_inputs(self, content: torch.Tensor, styles: list[torch.Tensor]) -> None:
+        if self.run is None:
+            return
+        import wandb
+
+        images = {"inputs/content": wandb.Image(to_pil(content), caption="content")}
+        for i, s in enumerate(styles):
+            images[f"inputs/style{'' if i == 0 else i}"] = wandb.Image(to_pil(s), caption=f"style {i}")
+        self.run.log(images, step=0)
+
+    def log_step(self, metrics: dict[str, Any], image: torch.Tensor | None) -> None:
+        """One logged step; `image` is given at the snapshot interval."""
+        self._metrics.write(json.dumps(metrics) + "\n")
+        step = metrics["step"]
+        if image is not None:
+            save_image(image, os.path.join(self.out_dir, "snapshots", f"step_{step:06d}.png"))
+        if self.run is not None:
+            data = dict(metrics)
+            if image is not None:
+                import wandb
+
+                data["snapshot"] = wandb.Image(to_pil(image), caption=f"step {step}")
+            self.run.log(data, step=step)
+
+    def finish(self, summary: dict[str, Any], final_image: torch.Tensor | None) -> None:
+        """Write final.png and summary.json, and end the W&B run. Safe to call once, always."""
+        try:
+            if final_image is not None:
+                save_image(final_image, os.path.join(self.out_dir, "final.png"))
+            with open(os.path.join(self.out_dir, "summary.json"), "w") as f:
+                json.dump(summary, f, indent=2)
+            self._metrics.close()
+            if self.run is not None:
+                import wandb
+
+                if final_image is not None:
+                    self.run.log({"final": wandb.Image(to_pil(final_image), caption="final")},
+                                 step=max(summary.get("steps", 0), 0))
+                for k, v in summary.items():
+                    if isinstance(v, (int, float, str, bool)) or v is None:
+                        self.run.summary[k] = v
+        finally:
+            if self.run is not None:
+                run_dir = os.path.dirname(self.run.dir)  # .../wandb/offline-run-*/files -> the run
+                self.run.finish(exit_code=0 if summary.get("status") == "completed" else 1)
+                self.run = None
+                if self.mode == "offline":
+                    print(f"W&B run saved offline; upload it with: wandb sync {run_dir}", file=sys.stderr)

@@ -1,0 +1,36 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Small enough for a 2-core CPU: every CLI run in the suite uses these.
+TINY = ["size=48", "steps=2", "progress=false", "snapshot_every=1"]
+
+
+@pytest.fixture
+def wandb_env(tmp_path, monkeypatch):
+    """W&B offline, with every W&B folder inside the test's temp dir."""
+    env = {
+        "WANDB_DIR": str(tmp_path / "wandb_dir"),
+        "WANDB_DATA_DIR": str(tmp_path / "wandb_data"),
+        "WANDB_CACHE_DIR": str(tmp_path / "wandb_cache"),
+        "WANDB_CONFIG_DIR": str(tmp_path / "wandb_config"),
+        "WANDB_SILENT": "true",
+        "NETRC": str(tmp_path / "no_netrc"),
+        # The suite never downloads: an empty torch hub cache makes that explicit.
+        "TORCH_HOME": str(tmp_path / "torch_home"),
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    for k in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_BASE_URL"):
+        monkeypatch.delenv(k, raising=False)
+    return env
+
+
+def run_cli(args, cwd, env=None, timeout=300, module=True):
+    cmd = [sys.executable, "-m", "nstexp", *args] if module else [
+        os.path.join(os.path.dirname(sys.executable), "nstexp"), *args]
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,162 @@
+"""The command line end to end: outputs on disk and what the offline W&B run recorded."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from PIL import Image
+
+from conftest import TINY, run_cli
+from wandb_offline import find_runs
+
+
+def _jsonl(path):
+    return [json.loads(line) for line in open(path)]
+
+
+def test_two_step_run_writes_outputs_and_offline_wandb_run(tmp_path, wandb_env):
+    out = tmp_path / "run"
+    r = run_cli([*TINY, "optimizer=lbfgs", "style.weight=1e6", f"hydra.run.dir={out}"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "wandb sync" in r.stderr  # the offline hint
+
+    final = Image.open(out / "final.png")
+    assert max(final.size) == 48
+    assert sorted(os.listdir(out / "snapshots")) == ["step_000000.png", "step_000001.png", "step_000002.png"]
+    assert (out / ".hydra" / "config.yaml").is_file()
+
+    metrics = _jsonl(out / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [0, 1, 2]
+    assert metrics[0]["evals"] == 0 and metrics[-1]["evals"] == 2
+    keys = {"step", "evals", "time_s", "loss/total", "loss/content", "loss/style", "loss/tv",
+            "loss/content/relu4_2", "loss/style/relu1_1", "loss/style/relu5_1"}
+    assert keys <= set(metrics[0])
+    assert metrics[0]["loss/content"] == 0.0  # starts from the content image
+    assert metrics[-1]["loss/total"] < metrics[0]["loss/total"]
+    for m in metrics:
+        weighted = m["loss/content"] + m["loss/style"] + m["loss/tv"]
+        assert m["loss/total"] == pytest.approx(weighted, rel=1e-5)
+        per_layer = 1e6 * sum(0.2 * m[f"loss/style/relu{i}_1"] for i in range(1, 6))
+        assert m["loss/style"] == pytest.approx(per_layer, rel=1e-4)
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    assert summary["steps"] == 2 and summary["evals"] == 2
+    assert summary["final/loss/total"] == pytest.approx(metrics[-1]["loss/total"])
+    for key in ("wall_time_s", "time_per_eval_s", "peak_memory_mb", "device", "image_size", "versions"):
+        assert summary[key] is not None, key
+    assert summary["device"] == "cpu"
+
+    (run,) = find_runs(str(out))
+    assert run.finished and run.exit_code == 0
+    assert run.config["style"]["weight"] == 1e6 and run.config["optimizer"]["name"] == "lbfgs"
+    assert run.config["size"] == 48
+    assert "style.weight=1e6" in run.name
+    logged = [h for h in run.history if "loss/total" in h]
+    assert [h["step"] for h in logged] == [0, 1, 2]
+    assert [h["loss/total"] for h in logged] == pytest.approx([m["loss/total"] for m in metrics])
+    images = {k: v for h in run.history for k, v in h.items() if isinstance(v, dict) and v.get("_type") == "image-file"}
+    assert {"inputs/content", "inputs/style", "snapshot", "final"} <= set(images)
+    assert os.path.isfile(run.media(images["final"]["path"]))
+    assert run.summary["status"] == "completed"
+
+
+def test_multirun_gives_distinct_finished_runs_in_one_group(tmp_path, wandb_env):
+    sweep = tmp_path / "sweep"
+    r = run_cli(["-m", *TINY, "steps=1", "optimizer=adam,lbfgs", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    runs = find_runs(str(sweep))
+    assert len(runs) == 2
+    assert len({r.run_id for r in runs}) == 2
+    assert all(r.finished and r.exit_code == 0 for r in runs)
+    assert len({r.group for r in runs}) == 1 and runs[0].group.startswith("multirun-")
+    assert {r.config["optimizer"]["name"] for r in runs} == {"adam", "lbfgs"}
+    assert sorted(r.name for r in runs)[0].startswith("optimizer=adam")
+    for job in ("0", "1"):
+        assert json.loads((sweep / job / "summary.json").read_text())["status"] == "completed"
+
+
+def test_console_script_from_another_directory(tmp_path, wandb_env):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    r = run_cli([*TINY, "wandb.mode=disabled", "optimizer=lbfgs", "style.weight=1e6", "hydra.run.dir=out"],
+                cwd=elsewhere, module=False)
+    assert r.returncode == 0, r.stderr
+    assert (elsewhere / "out" / "final.png").is_file()
+
+
+def test_bad_image_fails_in_one_line_and_leaves_a_failed_summary(tmp_path, wandb_env):
+    out = tmp_path / "run"
+    r = run_cli([*TINY, f"content.image={tmp_path}/nope.jpg", f"hydra.run.dir={out}"], cwd=tmp_path)
+    assert r.returncode == 1
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: content.image={tmp_path}/nope.jpg: file not found"]
+    assert "Traceback" not in r.stderr
+    assert json.loads((out / "summary.json").read_text())["status"] == "failed"
+    (run,) = find_runs(str(out))
+    assert run.finished and run.exit_code == 1
+
+
+def test_image_too_small_for_the_deepest_layer(tmp_path, wandb_env):
+    Image.new("RGB", (200, 10), (50, 60, 70)).save(tmp_path / "thin.png")
+    r = run_cli([*TINY, "size=200", f"content.image={tmp_path}/thin.png", "wandb.mode=disabled",
+                 f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path)
+    assert r.returncode == 1
+    assert "200x10 px after resizing is too small for layer relu5_1 (needs at least 16 px" in r.stderr
+
+
+def test_divergence_keeps_the_last_good_image(tmp_path, wandb_env):
+    out = tmp_path / "run"
+    # A weight this large overflows float32: the loss is infinite from the start of optimization.
+    r = run_cli([*TINY, "steps=3", "style.weight=1e39", "optimizer=adam", f"hydra.run.dir={out}"], cwd=tmp_path)
+    assert r.returncode == 1
+    assert "diverged" in r.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "diverged"
+    final = Image.open(out / "final.png")
+    content = Image.open(out / "snapshots" / "step_000000.png")
+    assert final.size == content.size
+    (run,) = find_runs(str(out))
+    assert run.finished and run.summary["status"] == "diverged"
+
+
+def test_sigint_stops_within_a_step_and_keeps_everything(tmp_path, wandb_env):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "nstexp", "size=48", "steps=100000", "progress=false", "snapshot_every=0",
+           f"hydra.run.dir={out}"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env={**os.environ}, stderr=subprocess.PIPE, text=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "interrupted"
+    assert 2 <= summary["steps"] < 100000
+    assert (out / "final.png").is_file()
+    last = json.loads(metrics.read_text().splitlines()[-1])
+    assert last["step"] == summary["steps"]
+    (run,) = find_runs(str(out))
+    assert run.finished and run.summary["status"] == "interrupted"
+
+
+def test_sigterm_is_handled_like_ctrl_c(tmp_path, wandb_env):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "nstexp", "size=48", "steps=100000", "progress=false", "wandb.mode=disabled",
+           f"hydra.run.dir={out}"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env={**os.environ}, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / "metrics.jsonl").exists():
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    assert json.loads((out / "summary.json").read_text())["status"] == "interrupted"
+    assert (out / "final.png").is_file()
