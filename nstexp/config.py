@@ -136,6 +136,8 @@ class Config:
     log_every: int = 1
     snapshot_every: int = 50
     progress: bool = True
+    # Multirun only: rerun just the jobs of the latest matching sweep that did not complete.
+    resume: bool = False
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
 

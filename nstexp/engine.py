@@ -50,6 +50,21 @@ def build_optimizer(params: list[torch.Tensor], cfg) -> torch.optim.Optimizer:
     raise ValueError(f"unknown optimizer {cfg.name!r}")
 
 
+def _tell_lbfgs_the_clamped_step(optimizer: torch.optim.Optimizer, x: torch.Tensor, before: torch.Tensor) -> None:
+    """Make L-BFGS's record of its last step (direction d times length t) the step actually taken.
+
+    L-BFGS builds its curvature pairs from s = d * t. Clamping moves the image elsewhere;
+    left uncorrected, the pairs are wrong and the iterates oscillate and degrade. With one
+    iteration per step the correction is exact: s becomes the clamped displacement.
+    """
+    if not isinstance(optimizer, torch.optim.LBFGS) or optimizer.defaults["max_iter"] != 1:
+        return
+    state = optimizer.state[x]
+    t = state.get("t")
+    if state.get("d") is not None and t:
+        state["d"] = (x.detach() - before).flatten() / t
+
+
 def _detach(terms: LossTerms) -> LossTerms:
     d = lambda t: t.detach()  # noqa: E731
     return LossTerms(
@@ -110,6 +125,7 @@ def optimize(
             status = "interrupted"
             break
         first.clear()
+        before = x.detach().clone()
         optimizer.step(closure)
         # The step's first evaluation was of the image the previous step left.
         terms = first["terms"]
@@ -121,6 +137,7 @@ def optimize(
         if clamp == "every_step":
             with torch.no_grad():
                 x.clamp_(0.0, 1.0)
+            _tell_lbfgs_the_clamped_step(optimizer, x, before)
         pending = (step, x.detach().clone(), evals)
 
     if status != "diverged":

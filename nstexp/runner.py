@@ -133,6 +133,13 @@ def run(cfg: DictConfig, out_dir: str, name: str = "run", group: str | None = No
     Raises NstexpError for bad input, after writing a `failed` summary and ending the W&B run.
     """
     validate(cfg)
+    stop = StopRequest()
+    # Installed before any output exists, so a signal during set-up is also handled.
+    with stop.installed():
+        return _run(cfg, out_dir, name, group, stop)
+
+
+def _run(cfg: DictConfig, out_dir: str, name: str, group: str | None, stop: StopRequest) -> dict:
     device = resolve_device(cfg.device)
     kind = "cpu" if device.type == "cpu" else "gpu"
     size = cfg.size or DEFAULT_SIZE[kind]
@@ -146,7 +153,7 @@ def run(cfg: DictConfig, out_dir: str, name: str = "run", group: str | None = No
     config.update(size=size, steps=steps, device=str(device))
     tracker = Tracker(out_dir, config, cfg.wandb, name=name, group=group)
 
-    summary = {"status": "failed", "steps": 0, "evals": 0, "device": str(device), "size": size}
+    summary = {"status": "failed", "steps": 0, "evals": 0, "device": str(device), "size": size, **tracker.info}
     final_image = None
     latest: dict = {}
     t_start = time.perf_counter()
@@ -196,18 +203,16 @@ def run(cfg: DictConfig, out_dir: str, name: str = "run", group: str | None = No
                 bar.set_postfix(loss=f"{metrics['loss/total']:.4g}", refresh=False)
             bar.update(ev.step - bar.n)
 
-        stop = StopRequest()
-        with stop.installed():
-            try:
-                result = optimize(init, objective, cfg.optimizer, steps, cfg.clamp, on_step, stop)
-                status, final_image = result.status, result.image
-                summary.update(steps=result.steps, evals=result.evals)
-                if result.terms is not None:
-                    summary.update({f"final/{k}": v for k, v in result.terms.as_floats().items()})
-            except KeyboardInterrupt:  # a second Ctrl-C: keep what the last step produced
-                status = "interrupted"
-                final_image = latest.get("image", final_image)
-                summary.update(steps=latest.get("step", 0), evals=latest.get("evals", 0))
+        try:
+            result = optimize(init, objective, cfg.optimizer, steps, cfg.clamp, on_step, stop)
+            status, final_image = result.status, result.image
+            summary.update(steps=result.steps, evals=result.evals)
+            if result.terms is not None:
+                summary.update({f"final/{k}": v for k, v in result.terms.as_floats().items()})
+        except KeyboardInterrupt:  # a second Ctrl-C: keep what the last step produced
+            status = "interrupted"
+            final_image = latest.get("image", final_image)
+            summary.update(steps=latest.get("step", 0), evals=latest.get("evals", 0))
         bar.close()
         opt_time = time.perf_counter() - t_opt
         summary.update(

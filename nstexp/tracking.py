@@ -11,6 +11,7 @@ from urllib.parse import urlparse
 
 import torch
 
+from nstexp.errors import NstexpError
 from nstexp.images import save_image, to_pil
 
 
@@ -35,7 +36,18 @@ def resolve_wandb_mode(mode: str) -> str:
         return env
     if env == "dryrun":
         return "offline"
+    if env is not None:
+        # W&B itself would fail on it with a long traceback.
+        raise NstexpError(f"WANDB_MODE={env!r} is not valid (allowed: online, offline, disabled, or unset)")
     return "online" if wandb_credentials_configured() else "offline"
+
+
+def sweep_group(group: str | None, sweep: str | None, sweep_dir: str) -> str:
+    """The W&B group of a sweep: the sweep's name and its start time, read off its directory."""
+    if group:
+        return group
+    stamp = "_".join(os.path.normpath(sweep_dir).split(os.sep)[-2:])
+    return f"{sweep or 'multirun'}-{stamp}"
 
 
 class Tracker:
@@ -47,6 +59,7 @@ class Tracker:
         self._metrics = open(os.path.join(out_dir, "metrics.jsonl"), "w", buffering=1)
         self.mode = resolve_wandb_mode(wandb_cfg.mode)
         self.run = None
+        self.info: dict[str, Any] = {"wandb_mode": self.mode}
         if self.mode == "disabled":
             return
         import wandb
@@ -64,6 +77,8 @@ class Tracker:
             # Each job is its own run, even when several share one process.
             reinit="create_new",
         )
+        # Where to find this run again (the sweep's comparison links to it).
+        self.info = {"wandb_id": self.run.id, "wandb_url": self.run.url, "wandb_mode": self.mode}
 
     def log_inputs(self, content: torch.Tensor, styles: list[torch.Tensor]) -> None:
         if self.run is None:

@@ -52,8 +52,12 @@ def records(path: str):
         yield rec
 
 
-def _item_key(item) -> str:
-    return "/".join(item.nested_key) if item.nested_key else item.key
+def _put(target: dict, item) -> None:
+    """Store an item; dict values (images) arrive flattened into nested keys."""
+    keys = list(item.nested_key) or [item.key]
+    for k in keys[:-1]:
+        target = target.setdefault(k, {})
+    target[keys[-1]] = json.loads(item.value_json)
 
 
 @dataclass
@@ -85,15 +89,18 @@ def read_run(run_dir: str) -> OfflineRun:
             r = rec.run
             run.run_id, run.name, run.group, run.job_type = r.run_id, r.display_name, r.run_group, r.job_type
             for item in r.config.update:
-                run.config[_item_key(item)] = json.loads(item.value_json)
+                _put(run.config, item)
         elif kind == "config":
             for item in rec.config.update:
-                run.config[_item_key(item)] = json.loads(item.value_json)
+                _put(run.config, item)
         elif kind == "history":
-            run.history.append({_item_key(i): json.loads(i.value_json) for i in rec.history.item})
+            row: dict = {}
+            for item in rec.history.item:
+                _put(row, item)
+            run.history.append(row)
         elif kind == "summary":
             for item in rec.summary.update:
-                run.summary[_item_key(item)] = json.loads(item.value_json)
+                _put(run.summary, item)
         elif kind == "exit":
             run.exit_code = rec.exit.exit_code
     return run

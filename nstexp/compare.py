@@ -1,0 +1,363 @@
+"""`nstexp compare <sweep dir>`: every job of a Hydra multirun sweep, side by side.
+
+A sweep leaves one folder per job (0/, 1/, ...) with its overrides, metrics.jsonl,
+summary.json and final.png. Opening them one at a time is slow and easy to misread, so this
+writes four files into the sweep folder that put the jobs next to each other:
+
+- contact_sheet.png: the final images in a grid laid out by the swept values, with the
+  content and style images along the top;
+- loss_curves.png: total, content and style loss of every job against evals and wall time;
+- comparison.csv and comparison.md: one row per job, its swept values and final numbers.
+
+Jobs that are still running, were cut off or failed are shown as such rather than left out,
+so a sweep can be looked at before it has finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass
+
+import yaml
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from PIL import Image, ImageDraw, ImageFont
+
+from nstexp import images
+from nstexp.errors import NstexpError
+
+# Contact sheet layout in pixels; `contact_sheet` documents how they add up.
+CELL = 256  # default box per image: the image's longest side is scaled to this
+PAD = 4  # margin around every image box and header
+LINE_H = 16  # one line of text
+FONT_SIZE = 12
+ROW_HEADER_W = 160  # the left column that names each row's value
+BACKGROUND = (255, 255, 255)
+PLACEHOLDER = (192, 192, 192)  # stands in for a job without a final image
+TEXT = (0, 0, 0)
+
+UNSET = "(default)"  # the value of a swept key in a job that did not override it
+LOSSES = ("loss/total", "loss/content", "loss/style")
+RESULTS = ("status", "steps", "evals", "wall_time_s", *(f"final/{k}" for k in LOSSES))
+OUTPUTS = {
+    "contact_sheet": "contact_sheet.png",
+    "loss_curves": "loss_curves.png",
+    "csv": "comparison.csv",
+    "markdown": "comparison.md",
+}
+
+
+@dataclass
+class Job:
+    """One job folder of a sweep, as read back from disk."""
+
+    num: int
+    dir: str
+    overrides: dict[str, str]  # all of the job's overrides, key -> value, in command-line order
+    swept: dict[str, str]  # only the keys whose values differ between the sweep's jobs
+    summary: dict | None  # summary.json; None until the job has finished
+    metrics: list[dict]  # metrics.jsonl, one dict per logged step
+    final: str | None  # path of final.png, once written
+    status: str  # the summary's status, else "running" (metrics but no summary) or "missing"
+
+
+def collect(sweep_dir: str) -> list[Job]:
+    """Read every job folder of `sweep_dir` in job-number order; NstexpError if there is none."""
+    if not os.path.isdir(sweep_dir):
+        raise NstexpError(f"{sweep_dir}: not a directory")
+    names = sorted(
+        (n for n in os.listdir(sweep_dir) if n.isdecimal() and os.path.isdir(os.path.join(sweep_dir, n))),
+        key=int,
+    )
+    if not names:
+        raise NstexpError(f"{sweep_dir}: no job folders (0/, 1/, ...); is it a Hydra multirun sweep folder?")
+    jobs = [_read_job(os.path.join(sweep_dir, n), int(n)) for n in names]
+    keys = dict.fromkeys(k for job in jobs for k in job.overrides)
+    swept = [k for k in keys if len({job.overrides.get(k, UNSET) for job in jobs}) > 1]
+    for job in jobs:
+        job.swept = {k: job.overrides.get(k, UNSET) for k in swept}
+    return jobs
+
+
+def _read_job(path: str, num: int) -> Job:
+    overrides = {}
+    for item in _load_yaml(os.path.join(path, ".hydra", "overrides.yaml")) or []:
+        key, _, value = str(item).partition("=")
+        overrides[key] = value
+    metrics_path = os.path.join(path, "metrics.jsonl")
+    summary = None
+    try:
+        with open(os.path.join(path, "summary.json")) as f:
+            summary = json.load(f)
+    except (FileNotFoundError, json.JSONDecodeError):
+        pass  # not finished, or being written right now
+    metrics = []
+    if os.path.exists(metrics_path):
+        with open(metrics_path) as f:
+            for line in f:
+                try:
+                    metrics.append(json.loads(line))
+                except json.JSONDecodeError:
+                    pass  # a running job's last line can be half-written
+    if summary is not None:
+        status = str(summary.get("status", "unknown"))
+    else:
+        status = "running" if os.path.exists(metrics_path) else "missing"
+    final = os.path.join(path, "final.png")
+    return Job(num, path, overrides, {}, summary, metrics, final if os.path.exists(final) else None, status)
+
+
+def _load_yaml(path: str):
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
+def _pairs(keys, values) -> list[str]:
+    return [f"{k}={v}" for k, v in zip(keys, values)]
+
+
+def _job_label(job: Job) -> str:
+    values = ", ".join(_pairs(job.swept, job.swept.values()))
+    status = "" if job.status == "completed" else f" ({job.status})"
+    return f"job {job.num}{': ' if values else ''}{values}{status}"
+
+
+def input_images(job: Job) -> list[tuple[list[str], Image.Image]]:
+    """(label lines, image) for the content and style images of `job`'s config; ones that cannot be loaded are left out.
+
+    They only frame the sheet, so a moved or deleted input file must not stop the comparison.
+    """
+    cfg = _load_yaml(os.path.join(job.dir, ".hydra", "config.yaml")) or {}
+    hydra_cfg = _load_yaml(os.path.join(job.dir, ".hydra", "hydra.yaml")) or {}
+    launch_dir = hydra_cfg.get("hydra", {}).get("runtime", {}).get("cwd")
+    out = []
+    for key in ("content", "style"):
+        spec = (cfg.get(key) or {}).get("image")
+        if not isinstance(spec, str):
+            continue
+        path = spec
+        # A relative path is relative to where the sweep was launched, not to where compare runs.
+        if launch_dir and not spec.startswith(images.SAMPLE_PREFIX) and not os.path.isabs(spec):
+            path = os.path.join(launch_dir, spec)
+        try:
+            out.append(([key, os.path.basename(spec)], images.load_image(path, f"{key}.image")))
+        except NstexpError:
+            continue
+    return out
+
+
+def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=FONT_SIZE)
+    except TypeError:  # Pillow 10.0 only has its fixed-size bitmap font
+        return ImageFont.load_default()
+
+
+def _fit(draw: ImageDraw.ImageDraw, text: str, width: int, font) -> str:
+    """`text` cut to `width` pixels so it never runs into the next cell.
+
+    The start goes: in `key=value` the value is what tells cells apart.
+    """
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength("..." + text, font=font) > width:
+        text = text[1:]
+    return "..." + text
+
+
+def _text(draw: ImageDraw.ImageDraw, font, x: int, y: int, lines: list[str], width: int) -> None:
+    for i, line in enumerate(lines):
+        draw.text((x, y + i * LINE_H), _fit(draw, line, width, font), fill=TEXT, font=font)
+
+
+def _box(sheet: Image.Image, draw, font, x: int, y: int, cell: int, image, status: str, label: list[str]) -> None:
+    """One box at (x, y): `image` scaled into cell x cell (or a grey square naming `status`), `label` below."""
+    left, top = x + PAD, y + PAD
+    if image is None:
+        draw.rectangle([left, top, left + cell - 1, top + cell - 1], fill=PLACEHOLDER)
+        text = _fit(draw, status, cell, font)
+        draw.text((left + (cell - draw.textlength(text, font=font)) / 2, top + (cell - LINE_H) / 2), text,
+                  fill=TEXT, font=font)
+    else:
+        image = images.resize_longest(image, cell)
+        sheet.paste(image, (left + (cell - image.width) // 2, top + (cell - image.height) // 2))
+    _text(draw, font, left, top + cell, label, cell)
+
+
+def _values(jobs: list[Job], keys: list[str]) -> list[tuple[str, ...]]:
+    """Every combination of the keys' values; each key's values in the order the jobs first used them."""
+    return list(itertools.product(*(dict.fromkeys(job.swept[k] for job in jobs) for k in keys)))
+
+
+def contact_sheet(
+    jobs: list[Job], path: str, cell: int = CELL, inputs: list[tuple[list[str], Image.Image]] = ()
+) -> None:
+    """Draw the final images of `jobs` as a grid of their swept values and save it to `path`.
+
+    Rows are the values of the first swept key and columns the combinations of the others
+    (a single row when only one key is swept). Each image is scaled into a `cell` x `cell`
+    box with a label below it: one line per swept key, then the job number and its status
+    if not completed. A combination without a job, or a job without a readable final.png,
+    gets a grey square naming why. `inputs` (label lines, image) pairs, the content and
+    style images, form a first row of their own. In pixels:
+
+        box_w    = cell + 2 * PAD
+        box_h    = cell + 2 * PAD + LINE_H * (len(swept keys) + 1)
+        header_h = 2 * PAD + LINE_H * max(1, len(column keys))    # names the column values
+        width    = ROW_HEADER_W + box_w * max(len(columns), len(inputs))
+        height   = (box_h if inputs else 0) + header_h + box_h * len(rows)
+
+    Jobs with identical swept values share a cell; the first one is shown.
+    """
+    keys = list(jobs[0].swept)
+    row_keys, col_keys = (keys[:1], keys[1:]) if len(keys) > 1 else ([], keys)
+    rows, cols = _values(jobs, row_keys), _values(jobs, col_keys)
+    by_values: dict[tuple[str, ...], Job] = {}
+    for job in jobs:
+        by_values.setdefault(tuple(job.swept.values()), job)
+
+    box_w, box_h = cell + 2 * PAD, cell + 2 * PAD + LINE_H * (len(keys) + 1)
+    header_h = 2 * PAD + LINE_H * max(1, len(col_keys))
+    top = box_h if inputs else 0
+    size = (ROW_HEADER_W + box_w * max(len(cols), len(inputs)), top + header_h + box_h * len(rows))
+    sheet = Image.new("RGB", size, BACKGROUND)
+    draw, font = ImageDraw.Draw(sheet), _font()
+
+    if inputs:
+        _text(draw, font, PAD, PAD, ["inputs"], ROW_HEADER_W - 2 * PAD)
+        for i, (label, image) in enumerate(inputs):
+            lines = label[: len(keys) + 1]  # what the label strip has room for
+            _box(sheet, draw, font, ROW_HEADER_W + i * box_w, 0, cell, image, "", lines)
+        draw.line([(0, top - 1), (size[0], top - 1)], fill=PLACEHOLDER)  # inputs above, results below
+    for c, col in enumerate(cols):
+        _text(draw, font, ROW_HEADER_W + c * box_w + PAD, top + PAD, _pairs(col_keys, col), cell)
+    for r, row in enumerate(rows):
+        y = top + header_h + r * box_h
+        _text(draw, font, PAD, y + PAD, _pairs(row_keys, row), ROW_HEADER_W - 2 * PAD)
+        for c, col in enumerate(cols):
+            job = by_values.get(row + col)
+            image, status = None, "missing"
+            if job is not None:
+                status = job.status
+                try:
+                    image = images.load_image(job.final, "final.png") if job.final else None
+                except NstexpError:
+                    status = "unreadable"
+            label = _pairs(keys, row + col)
+            if job is not None:
+                label.append(f"job {job.num}" + ("" if status == "completed" else f": {status}"))
+            _box(sheet, draw, font, ROW_HEADER_W + c * box_w, y, cell, image, status, label)
+    sheet.save(path)
+
+
+def _positive(value) -> bool:
+    return isinstance(value, (int, float)) and value > 0 and math.isfinite(value)
+
+
+def loss_curves(jobs: list[Job], path: str, title: str = "") -> None:
+    """Plot each job's total, content and style loss against evals (top row) and wall time (bottom row).
+
+    The y-scale is logarithmic because losses span orders of magnitude within a sweep. Values
+    it cannot show (a content loss of 0 at step 0, inf after divergence) are left out.
+    """
+    fig = Figure(figsize=(15, 9), layout="constrained")
+    FigureCanvasAgg(fig)  # render with Agg directly: no GUI backend, no global pyplot state
+    axes = fig.subplots(2, 3)
+    x_axes = (("evals", "evals"), ("time_s", "wall time (s)"))
+    for i, job in enumerate(j for j in jobs if j.metrics):
+        style = {"color": f"C{i % 10}", "linestyle": ("-", "--", ":", "-.")[i // 10 % 4], "label": _job_label(job)}
+        for row, (x_key, _) in enumerate(x_axes):
+            for col, loss in enumerate(LOSSES):
+                points = [(m[x_key], m[loss]) for m in job.metrics if x_key in m and _positive(m.get(loss))]
+                # Dots too, or a curve of one point (a job cut off early) would not show at all.
+                marker = "." if len(points) < 20 else None
+                axes[row, col].plot([p[0] for p in points], [p[1] for p in points], marker=marker, **style)
+    for row, (_, x_label) in enumerate(x_axes):
+        for col, loss in enumerate(LOSSES):
+            axes[row, col].set(title=loss, xlabel=x_label, ylabel="loss", yscale="log")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(3, len(handles)))
+    fig.suptitle(title)
+    fig.savefig(path, dpi=100)
+
+
+def _cell(value) -> str:
+    """A table cell: floats in full precision (repr), so they read back equal to summary.json."""
+    if value is None:
+        return ""
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def table(jobs: list[Job], sweep_dir: str) -> tuple[list[str], list[list[str]]]:
+    """Header and one row per job: number, swept values, results, final.png relative to `sweep_dir`."""
+    keys = list(jobs[0].swept)
+    # A swept `steps` would otherwise share its column name with the steps actually run.
+    header = ["job", *(f"{k} (swept)" if k in RESULTS else k for k in keys), *RESULTS, "final_png"]
+    rows = []
+    for job in jobs:
+        summary = job.summary or {}
+        final = os.path.relpath(job.final, sweep_dir) if job.final else ""
+        results = [_cell(summary.get(k)) for k in RESULTS[1:]]
+        rows.append([str(job.num), *job.swept.values(), job.status, *results, final])
+    return header, rows
+
+
+def _markdown(header: list[str], rows: list[list[str]]) -> str:
+    lines = [header, ["---"] * len(header), *rows]
+    return "".join("| " + " | ".join(c.replace("|", "\\|") for c in line) + " |\n" for line in lines)
+
+
+def write_report(sweep_dir: str, cell: int = CELL) -> dict[str, str]:
+    """Write the four comparison files into `sweep_dir`; returns their paths, keyed as in OUTPUTS."""
+    jobs = collect(sweep_dir)
+    paths = {kind: os.path.join(sweep_dir, name) for kind, name in OUTPUTS.items()}
+    contact_sheet(jobs, paths["contact_sheet"], cell, input_images(jobs[0]))
+    loss_curves(jobs, paths["loss_curves"], title=os.path.abspath(sweep_dir))
+    header, rows = table(jobs, sweep_dir)
+    with open(paths["csv"], "w", newline="") as f:
+        csv.writer(f).writerows([header, *rows])
+    with open(paths["markdown"], "w") as f:
+        f.write(_markdown(header, rows))
+    return paths
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdecimal() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return int(text)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`nstexp compare`: a path that is not a sweep folder is one `error:` line and exit status 2."""
+    parser = argparse.ArgumentParser(
+        prog="nstexp compare",
+        description="Compare the jobs of a Hydra multirun sweep: writes contact_sheet.png, loss_curves.png, "
+        "comparison.csv and comparison.md into the sweep folder.",
+    )
+    parser.add_argument("sweep_dir", help="the sweep folder, the one holding the job folders 0/, 1/, ...")
+    parser.add_argument("--cell", type=_positive_int, default=CELL,
+                        help="longest side of each image in the contact sheet, in pixels (default: %(default)s)")
+    args = parser.parse_args(argv)
+    try:
+        paths = write_report(args.sweep_dir, args.cell)
+    except NstexpError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as exc:  # e.g. a read-only sweep folder
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    for path in paths.values():
+        print(path)
+
+
+if __name__ == "__main__":
+    main()

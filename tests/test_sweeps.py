@@ -1,0 +1,157 @@
+"""Sweeps: the shipped grids, multirun with two launchers, the comparison, resume."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from PIL import Image
+
+from conftest import run_cli
+from nstexp import cli
+from wandb_offline import find_runs
+
+SWEEPS = cli.sweep_names()
+# A 2x2 grid that runs in seconds.
+TINY = ["size=32", "steps=1", "progress=false", "snapshot_every=0"]
+GRID = ["optimizer=adam,lbfgs", "style.weight=1e5,1e6"]
+
+
+def _hydra_params(name):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=cli.CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"sweep={name}"], return_hydra_config=True)
+    assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
+    return {k: [v.strip() for v in str(vals).split(",")] for k, vals in cfg.hydra.sweeper.params.items()}
+
+
+def test_the_expected_sweeps_ship():
+    assert {"style_ratio", "optimizer_init", "layers", "normalization", "backbone_weights", "seeds"} <= set(SWEEPS)
+
+
+@pytest.mark.parametrize("name", SWEEPS)
+def test_every_sweep_composes_and_every_value_is_valid(name):
+    params = _hydra_params(name)
+    assert params
+    cli.preflight([f"sweep={name}"])  # composes and validates every swept value
+
+
+@pytest.mark.parametrize("name", SWEEPS)
+def test_wandb_sweep_file_mirrors_the_grid(name):
+    spec = yaml.safe_load(open(os.path.join(cli.SWEEPS_DIR, "wandb", f"{name}.yaml")))
+    assert spec["method"] == "grid"
+    assert "${args_no_hyphens}" in spec["command"] and "nstexp" in spec["command"]
+    params = {k: [str(v) for v in p["values"]] for k, p in spec["parameters"].items()}
+    assert params == _hydra_params(name)
+    # Each value, as `wandb agent` would pass it, is a valid override of the config.
+    for key, values in params.items():
+        cli.preflight([f"{key}={','.join(values)}"])
+
+
+def test_bad_swept_value_fails_before_any_job(tmp_path):
+    r = run_cli(["-m", "optimizer=adam,sgd", f"hydra.sweep.dir={tmp_path}/s"], cwd=tmp_path)
+    assert r.returncode == 2
+    assert r.stderr.strip() == "error: optimizer=sgd: unknown option for optimizer (allowed: adam, lbfgs)"
+    assert not (tmp_path / "s").exists()
+
+
+def _check_sweep(sweep, n_jobs=4):
+    runs = find_runs(str(sweep))
+    jobs = [r for r in runs if r.job_type == "run"]
+    (summary_run,) = [r for r in runs if r.job_type == "compare"]
+    assert len(jobs) == n_jobs and len({r.run_id for r in jobs}) == n_jobs
+    assert all(r.finished and r.exit_code == 0 for r in runs)
+    assert len({r.group for r in runs}) == 1
+    names = {r.name for r in jobs}
+    assert len(names) == n_jobs
+    # The comparison files, with the values of every job's summary.json.
+    rows = list(csv.DictReader(open(sweep / "comparison.csv")))
+    assert len(rows) == n_jobs
+    for row in rows:
+        summary = json.loads((sweep / str(row["job"]) / "summary.json").read_text())
+        assert row["status"] == summary["status"] == "completed"
+        assert float(row["final/loss/total"]) == summary["final/loss/total"]
+    assert Image.open(sweep / "contact_sheet.png").size[0] > 0
+    assert Image.open(sweep / "loss_curves.png").size[0] > 0
+    table = summary_run.history[0]["comparison"]
+    assert table["_type"] == "table-file" and table["nrows"] == n_jobs
+    return jobs
+
+
+def test_two_by_two_sweep_basic_launcher(tmp_path, wandb_env):
+    sweep = tmp_path / "sweep"
+    r = run_cli(["-m", *TINY, *GRID, f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    jobs = _check_sweep(sweep)
+    assert jobs[0].group.startswith("multirun-")
+    # Named by the swept values only.
+    assert sorted(j.name for j in jobs)[0] == "optimizer=adam,style.weight=100000.0"
+
+
+def test_two_by_two_sweep_joblib_two_workers(tmp_path, wandb_env):
+    sweep = tmp_path / "sweep"
+    r = run_cli(["-m", *TINY, *GRID, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                 f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    _check_sweep(sweep)
+
+
+def test_shipped_sweep_runs_tiny_and_command_line_replaces_a_swept_key(tmp_path, wandb_env):
+    sweep = tmp_path / "sweep"
+    r = run_cli(["sweep=optimizer_init", "init=noise", *TINY, f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    jobs = _check_sweep(sweep, n_jobs=2)  # init=noise replaced content,noise
+    assert {j.config["init"]["kind"] for j in jobs} == {"noise"}
+    assert all(j.group.startswith("optimizer_init-") for j in jobs)
+
+
+def test_submitit_local_launcher(tmp_path, wandb_env):
+    sweep = tmp_path / "sweep"
+    r = run_cli(["-m", *TINY, "optimizer=adam,lbfgs", "hydra/launcher=submitit_local",
+                 "hydra.launcher.timeout_min=5", f"hydra.sweep.dir={sweep}"], cwd=tmp_path, timeout=600)
+    assert r.returncode == 0, r.stderr
+    _check_sweep(sweep, n_jobs=2)
+
+
+def test_resume_reruns_only_unfinished_jobs(tmp_path, wandb_env):
+    args = ["-m", "size=32", "steps=40", "progress=false", "snapshot_every=0", "seed=0,1,2"]
+    cmd = [sys.executable, "-m", "nstexp", *args]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env={**os.environ}, stderr=subprocess.DEVNULL)
+    root = tmp_path / "multirun"
+    deadline = time.time() + 180
+    first = None
+    while time.time() < deadline:
+        done = list(root.glob("*/*/0/summary.json"))
+        if done and list(root.glob("*/*/1/metrics.jsonl")):
+            first = done[0]
+            break
+        time.sleep(0.2)
+    assert first is not None, "the first job never finished"
+    proc.send_signal(signal.SIGKILL)  # the machine is lost: no clean-up at all
+    proc.wait()
+    sweep = first.parent.parent
+    before = first.read_text()
+    assert not (sweep / "2").exists()
+
+    r = run_cli([*args, "resume=true"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert f"resuming multirun/{sweep.parent.name}/{sweep.name}" in r.stderr
+    assert "job 0: already completed, skipped" in r.stderr
+    assert first.read_text() == before  # not rerun
+    for job in ("0", "1", "2"):
+        assert json.loads((sweep / job / "summary.json").read_text())["status"] == "completed"
+        assert len(find_runs(str(sweep / job))) == 1  # one W&B run per job, none duplicated
+    assert len(list(root.glob("*/*"))) == 1  # no second sweep directory
+
+
+def test_resume_without_an_earlier_sweep_says_so(tmp_path):
+    r = run_cli(["-m", "seed=0,1", "resume=true"], cwd=tmp_path)
+    assert r.returncode == 2
+    assert r.stderr.startswith("error: resume=true: no earlier sweep with the same overrides")
