@@ -88,6 +88,12 @@ def resize_longest(img: Image.Image, size: int) -> Image.Image:
     return img.resize((w, h), Image.Resampling.LANCZOS) if (w, h) != img.size else img
 
 
+def round_sides(img: Image.Image, multiple: int) -> Image.Image:
+    """Resize so that both sides are multiples of `multiple` (the nearest, at least one)."""
+    w, h = (max(multiple, round(side / multiple) * multiple) for side in img.size)
+    return img.resize((w, h), Image.Resampling.LANCZOS) if (w, h) != img.size else img
+
+
 def to_tensor(img: Image.Image, device: torch.device | str = "cpu") -> torch.Tensor:
     """PIL RGB -> (1, 3, H, W) float in [0, 1]."""
     arr = np.asarray(img, dtype=np.float32) / 255.0  # (H, W, 3)

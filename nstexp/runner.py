@@ -98,14 +98,18 @@ def _load_inputs(cfg: DictConfig, size: int, deepest: dict[str, int], device: to
         (f"style.blend_images[{i}]", s) for i, s in enumerate(cfg.style.blend_images)
     ]
     style_pils = [images.resize_longest(images.load_image(s, key), style_size) for key, s in specs]
+    layer, pools = max(deepest.items(), key=lambda kv: kv[1])
+    need = 2**pools
     for key, img in [("content.image", content_pil)] + [(k, p) for (k, _), p in zip(specs, style_pils)]:
-        layer, pools = max(deepest.items(), key=lambda kv: kv[1])
-        need = 2**pools
         if min(img.size) < need:
             raise NstexpError(
                 f"{key}: {img.width}x{img.height} px after resizing is too small for layer {layer} "
                 f"(needs at least {need} px per side; raise size or style.scale)"
             )
+    # The generated image's sides are multiples of the deepest layer's total pooling: otherwise
+    # its last rows and columns, dropped by the poolings, reach only the first layers and come
+    # out as noise. This changes the aspect ratio by a few pixels at most.
+    content_pil = images.round_sides(content_pil, need)
     content = images.to_tensor(content_pil, device)
     styles = [images.to_tensor(p, device) for p in style_pils]
     return content, styles
