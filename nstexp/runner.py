@@ -166,7 +166,7 @@ def _run(cfg: DictConfig, out_dir: str, name: str, group: str | None, stop: Stop
         content_layers = {k: v for k, v in cfg.layers.content.items() if v > 0}
         style_layers = {k: v for k, v in cfg.layers.style.items() if v > 0}
         layers = {**content_layers, **style_layers}
-        deepest = {name: pools_before(cfg.backbone.arch, name) for name in layers}
+        deepest = {layer: pools_before(cfg.backbone.arch, layer) for layer in layers}
         content, styles = _load_inputs(cfg, size, deepest, device)
         summary["image_size"] = list(content.shape[-2:])
         extractor = FeatureExtractor(
