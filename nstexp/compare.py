@@ -75,9 +75,16 @@ def collect(sweep_dir: str) -> list[Job]:
         (n for n in os.listdir(sweep_dir) if n.isdecimal() and os.path.isdir(os.path.join(sweep_dir, n))),
         key=int,
     )
-    if not names:
-        raise NstexpError(f"{sweep_dir}: no job folders (0/, 1/, ...); is it a Hydra multirun sweep folder?")
     jobs = [_read_job(os.path.join(sweep_dir, n), int(n)) for n in names]
+    # Jobs the sweep planned but never started (cut off, or still queued) are listed too.
+    started = {job.num for job in jobs}
+    for num, overrides in enumerate(_planned(sweep_dir)):
+        if num not in started:
+            jobs.append(Job(num, os.path.join(sweep_dir, str(num)), _parse_overrides(overrides), {}, None, [],
+                            None, "missing"))
+    if not jobs:
+        raise NstexpError(f"{sweep_dir}: no job folders (0/, 1/, ...); is it a Hydra multirun sweep folder?")
+    jobs.sort(key=lambda job: job.num)
     keys = dict.fromkeys(k for job in jobs for k in job.overrides)
     swept = [k for k in keys if len({job.overrides.get(k, UNSET) for job in jobs}) > 1]
     for job in jobs:
@@ -85,11 +92,34 @@ def collect(sweep_dir: str) -> list[Job]:
     return jobs
 
 
-def _read_job(path: str, num: int) -> Job:
+def _planned(sweep_dir: str) -> list[list[str]]:
+    """The overrides of every job of the sweep, recomputed the way Hydra's basic sweeper does."""
+    cfg = _load_yaml(os.path.join(sweep_dir, "multirun.yaml")) or {}
+    hydra = cfg.get("hydra") or {}
+    if "BasicSweeper" not in str((hydra.get("sweeper") or {}).get("_target_", "")):
+        return []  # other sweepers choose their jobs as they go
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = [f"{k}={v}" for k, v in ((hydra.get("sweeper") or {}).get("params") or {}).items()]
+    arguments = params + list((hydra.get("overrides") or {}).get("task") or [])
+    try:
+        (batch,) = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(arguments), None)
+    except Exception:
+        return []
+    return batch
+
+
+def _parse_overrides(items) -> dict[str, str]:
     overrides = {}
-    for item in _load_yaml(os.path.join(path, ".hydra", "overrides.yaml")) or []:
+    for item in items or []:
         key, _, value = str(item).partition("=")
         overrides[key] = value
+    return overrides
+
+
+def _read_job(path: str, num: int) -> Job:
+    overrides = _parse_overrides(_load_yaml(os.path.join(path, ".hydra", "overrides.yaml")))
     metrics_path = os.path.join(path, "metrics.jsonl")
     summary = None
     try:

@@ -140,6 +140,13 @@ def test_resume_reruns_only_unfinished_jobs(tmp_path, wandb_env):
     before = first.read_text()
     assert not (sweep / "2").exists()
 
+    # The comparison of the cut-off sweep shows what exists and marks the rest.
+    r = run_cli(["compare", str(sweep)], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.DictReader(open(sweep / "comparison.csv")))
+    assert [row["status"] for row in rows] == ["completed", "running", "missing"]
+    assert rows[2]["seed"] == "2"
+
     r = run_cli([*args, "resume=true"], cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert f"resuming multirun/{sweep.parent.name}/{sweep.name}" in r.stderr
