@@ -90,7 +90,7 @@ def load_caffe_state_dict(features: nn.Sequential) -> dict[str, torch.Tensor]:
     return state
 
 
-def _load_state_dict(arch: str, weights: str, features: nn.Sequential, seed: int) -> dict | None:
+def _load_state_dict(arch: str, weights: str, features: nn.Sequential) -> dict | None:
     if weights == "caffe":
         return load_caffe_state_dict(features)
     if weights == "imagenet":
@@ -138,7 +138,7 @@ class FeatureExtractor(nn.Module):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)  # makes weights=random reproducible
             features = _ARCHS[arch](weights=None).features
-        state = _load_state_dict(arch, weights, features, seed)
+        state = _load_state_dict(arch, weights, features)
         if state is not None:
             try:
                 features.load_state_dict(state)

@@ -28,7 +28,7 @@ def test_same_seed_same_result_on_cpu(tmp_path):
     c = run(_cfg("init=noise", "seed=4"), str(tmp_path / "c"))
     pa, pb, pc = (Image.open(tmp_path / d / "final.png").tobytes() for d in "abc")
     assert pa == pb and a["final/loss/total"] == b["final/loss/total"]
-    assert pa != pc
+    assert pa != pc and c["final/loss/total"] != a["final/loss/total"]
 
 
 @pytest.mark.parametrize("init", ["content", "noise", "style", "image"])
