@@ -14,8 +14,6 @@ from omegaconf import DictConfig
 
 from nstexp.tracking import resolve_wandb_mode, sweep_group
 
-TABLE_LOSSES = ("final/loss/total", "final/loss/content", "final/loss/style")
-
 
 class SweepReport(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -23,41 +21,36 @@ class SweepReport(Callback):
 
         sweep_dir = config.hydra.sweep.dir
         try:
-            paths = compare.write_report(sweep_dir)
+            jobs = compare.collect(sweep_dir)
+            paths = compare.write_report(sweep_dir, jobs=jobs)
         except Exception as exc:  # a report must never hide the jobs' own results
             print(f"warning: no comparison report for {sweep_dir}: {exc}", file=sys.stderr)
             return
         print(f"comparison: {paths['contact_sheet']}", file=sys.stderr)
-        if resolve_wandb_mode(config.wandb.mode) != "disabled":
+        mode = resolve_wandb_mode(config.wandb.mode)
+        if mode != "disabled":
             group = sweep_group(config.wandb.group, config.hydra.runtime.choices.get("sweep"), sweep_dir)
-            log_summary_run(sweep_dir, paths, config.wandb, group)
+            log_summary_run(sweep_dir, jobs, paths, config.wandb, mode, group)
 
 
-def log_summary_run(sweep_dir: str, paths: dict[str, str], wandb_cfg, group: str) -> None:
-    """One W&B run with a row per job: swept values, final losses, final image, link to its run."""
+def log_summary_run(sweep_dir: str, jobs: list, paths: dict[str, str], wandb_cfg, mode: str, group: str) -> None:
+    """One W&B run with a row per job: swept values, results, final image, link to its run."""
     import wandb
 
-    from nstexp import compare
+    from nstexp.compare import RESULTS
 
-    jobs = compare.collect(sweep_dir)
-    keys = sorted({k for job in jobs for k in job.swept})
-    columns = ["job", *keys, "status", *TABLE_LOSSES, "steps", "evals", "wall_time_s", "final", "run"]
-    table = wandb.Table(columns=columns)
+    keys = list(jobs[0].swept)  # the same columns, in the same order, as comparison.csv
+    table = wandb.Table(columns=["job", *keys, *RESULTS, "final", "run"])
     for job in jobs:
         s = job.summary or {}
-        link = s.get("wandb_url") or s.get("wandb_id") or ""
         table.add_data(
             job.num,
-            *[str(job.swept.get(k, "")) for k in keys],
+            *[str(v) for v in job.swept.values()],
             job.status,
-            *[s.get(k) for k in TABLE_LOSSES],
-            s.get("steps"),
-            s.get("evals"),
-            s.get("wall_time_s"),
+            *[s.get(k) for k in RESULTS[1:]],  # numbers stay numbers, for sorting and plots
             wandb.Image(job.final) if job.final else None,
-            link,
+            s.get("wandb_url") or s.get("wandb_id") or "",
         )
-    mode = resolve_wandb_mode(wandb_cfg.mode)
     with wandb.init(
         project=wandb_cfg.project,
         entity=wandb_cfg.entity,

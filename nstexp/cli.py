@@ -20,8 +20,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from nstexp import config as config_schema
-from nstexp.errors import NstexpError
 from nstexp import resumable
+from nstexp.errors import NstexpError
 from nstexp.runner import run
 from nstexp.tracking import sweep_group
 

@@ -346,9 +346,12 @@ def _markdown(header: list[str], rows: list[list[str]]) -> str:
     return "".join("| " + " | ".join(c.replace("|", "\\|") for c in line) + " |\n" for line in lines)
 
 
-def write_report(sweep_dir: str, cell: int = CELL) -> dict[str, str]:
-    """Write the four comparison files into `sweep_dir`; returns their paths, keyed as in OUTPUTS."""
-    jobs = collect(sweep_dir)
+def write_report(sweep_dir: str, cell: int = CELL, jobs: list[Job] | None = None) -> dict[str, str]:
+    """Write the four comparison files into `sweep_dir`; returns their paths, keyed as in OUTPUTS.
+
+    `jobs` is what `collect(sweep_dir)` returns, for callers that already have it.
+    """
+    jobs = collect(sweep_dir) if jobs is None else jobs
     paths = {kind: os.path.join(sweep_dir, name) for kind, name in OUTPUTS.items()}
     contact_sheet(jobs, paths["contact_sheet"], cell, input_images(jobs[0]))
     loss_curves(jobs, paths["loss_curves"], title=os.path.abspath(sweep_dir))

@@ -125,7 +125,6 @@ def optimize(
             status = "interrupted"
             break
         first.clear()
-        before = x.detach().clone()
         optimizer.step(closure)
         # The step's first evaluation was of the image the previous step left.
         terms = first["terms"]
@@ -137,7 +136,7 @@ def optimize(
         if clamp == "every_step":
             with torch.no_grad():
                 x.clamp_(0.0, 1.0)
-            _tell_lbfgs_the_clamped_step(optimizer, x, before)
+            _tell_lbfgs_the_clamped_step(optimizer, x, before=pending[1])
         pending = (step, x.detach().clone(), evals)
 
     if status != "diverged":

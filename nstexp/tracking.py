@@ -78,7 +78,7 @@ class Tracker:
             reinit="create_new",
         )
         # Where to find this run again (the sweep's comparison links to it).
-        self.info = {"wandb_id": self.run.id, "wandb_url": self.run.url, "wandb_mode": self.mode}
+        self.info.update(wandb_id=self.run.id, wandb_url=self.run.url)
 
     def log_inputs(self, content: torch.Tensor, styles: list[torch.Tensor]) -> None:
         if self.run is None:
