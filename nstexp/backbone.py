@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import importlib.resources
 import os
+import re
 from functools import lru_cache
 
 import torch
 from torch import nn
 from torchvision import models
+from torchvision.models.vgg import cfgs, make_layers
 
 from nstexp.errors import NstexpError
 
@@ -22,7 +24,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CAFFE_WEIGHTS_FILE = "vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin"
 
-_ARCHS = {"vgg19": models.vgg19, "vgg16": models.vgg16}
+# torchvision's layer configurations: "D" is VGG-16, "E" VGG-19.
+_CONFIGS = {"vgg19": "E", "vgg16": "D"}
 _TORCHVISION_WEIGHTS = {
     "vgg19": models.VGG19_Weights.IMAGENET1K_V1,
     "vgg16": models.VGG16_Weights.IMAGENET1K_V1,
@@ -49,7 +52,21 @@ def name_layers(features: nn.Sequential) -> list[str]:
 @lru_cache(maxsize=None)
 def layer_names(arch: str) -> tuple[str, ...]:
     """All addressable layer names of an architecture, in forward order."""
-    return tuple(name_layers(_ARCHS[arch]().features))
+    return tuple(name_layers(vgg_features(arch)))
+
+
+def vgg_features(arch: str) -> nn.Sequential:
+    """torchvision's VGG `features` stack, initialized with torchvision's scheme.
+
+    Built without the classifier, which holds 85% of VGG's parameters (about 0.5 GB and a
+    second of random initialization that style transfer never uses).
+    """
+    features = make_layers(cfgs[_CONFIGS[arch]])
+    for m in features.modules():
+        if isinstance(m, nn.Conv2d):  # as in torchvision.models.VGG.__init__
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.constant_(m.bias, 0)
+    return features
 
 
 def pools_before(arch: str, layer: str) -> int:
@@ -106,15 +123,68 @@ def _load_state_dict(arch: str, weights: str, features: nn.Sequential) -> dict |
         return {k.removeprefix("features."): v for k, v in full.items() if k.startswith("features.")}
     if weights == "random":
         return None  # torchvision's own initialization, seeded by the caller
+    return read_weights_file(weights, arch, features)
+
+
+_ALLOWED = (
+    "expected a state dict saved by torch.save(vgg.state_dict(), path) from a torchvision VGG or its `features`"
+)
+
+
+def read_weights_file(path: str, arch: str, features: nn.Sequential) -> dict[str, torch.Tensor]:
+    """A user's weights file as a state dict for `features`; every problem is a one-line NstexpError.
+
+    Loads with weights_only=True, so a file holding pickled Python objects is refused, never run.
+    """
+    where = f"backbone.weights={path}"
     try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise NstexpError(f"backbone.weights={weights}: not a loadable state dict ({exc})") from None
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as exc:
+        raise NstexpError(f"{where}: cannot read the file ({exc.strerror or type(exc).__name__})") from None
+    except Exception as exc:  # torch's own messages run to several paragraphs
+        # A refused class or function, e.g. "GLOBAL torchvision.models.vgg.VGG was not an allowed global".
+        found = re.search(r"GLOBAL ([A-Za-z_][\w.]*\.\w+)\s", str(exc))
+        if found:
+            raise NstexpError(
+                f"{where}: holds pickled Python objects ({found[1]}; a whole model?), not a state dict "
+                "of tensors, and is not loaded for safety; save model.state_dict() instead"
+            ) from None
+        raise NstexpError(
+            f"{where}: not a file torch.load(weights_only=True) can read ({type(exc).__name__}); {_ALLOWED}"
+        ) from None
     if not isinstance(state, dict):
-        raise NstexpError(f"backbone.weights={weights}: expected a state dict, got {type(state).__name__}")
+        raise NstexpError(f"{where}: holds a {type(state).__name__}, not a state dict; {_ALLOWED}")
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise NstexpError(
+                f"{where}: entry {key!r} is of type {type(value).__name__}, not a tensor "
+                f"(a training checkpoint?); {_ALLOWED}"
+            )
     # Accept both a full torchvision VGG state dict and one of `features` alone.
-    if any(k.startswith("features.") for k in state):
-        state = {k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")}
+    prefixed = [k for k in state if isinstance(k, str) and k.startswith("features.")]
+    if prefixed:
+        state = {k.removeprefix("features."): state[k] for k in prefixed}
+
+    expected = features.state_dict()
+    if not expected.keys() & state.keys():
+        seen = f"its keys are e.g. {next(iter(state))!r}" if state else "it is empty"
+        raise NstexpError(
+            f"{where}: has no VGG keys such as '0.weight' or 'features.0.weight' ({seen}); {_ALLOWED}"
+        )
+    problems = []
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    if missing:
+        problems.append(f"{len(missing)} keys missing, e.g. {missing[0]!r}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} keys unexpected, e.g. {unexpected[0]!r}")
+    if wrong:
+        k = wrong[0]
+        shapes = f"{tuple(state[k].shape)}, needs {tuple(expected[k].shape)}"
+        problems.append(f"{len(wrong)} tensors of the wrong shape, e.g. {k!r} is {shapes}")
+    if problems:
+        raise NstexpError(f"{where}: does not fit {arch} ({'; '.join(problems)})")
     return state
 
 
@@ -137,14 +207,10 @@ class FeatureExtractor(nn.Module):
         super().__init__()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)  # makes weights=random reproducible
-            features = _ARCHS[arch](weights=None).features
+            features = vgg_features(arch)
         state = _load_state_dict(arch, weights, features)
         if state is not None:
-            try:
-                features.load_state_dict(state)
-            except RuntimeError as exc:
-                first = str(exc).strip().splitlines()[0]
-                raise NstexpError(f"backbone.weights={weights}: does not fit {arch} ({first})") from None
+            features.load_state_dict(state)
 
         names = name_layers(features)
         depth = max(names.index(n) for n in layers) + 1

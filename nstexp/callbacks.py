@@ -33,14 +33,13 @@ class SweepReport(Callback):
             log_summary_run(sweep_dir, jobs, paths, config.wandb, mode, group)
 
 
-def log_summary_run(sweep_dir: str, jobs: list, paths: dict[str, str], wandb_cfg, mode: str, group: str) -> None:
-    """One W&B run with a row per job: swept values, results, final image, link to its run."""
+def comparison_table(jobs: list):
+    """The W&B table of the sweep: comparison.csv's columns, but the final image itself and a link to the job's run."""
     import wandb
 
-    from nstexp.compare import RESULTS
+    from nstexp.compare import RESULTS, columns
 
-    keys = list(jobs[0].swept)  # the same columns, in the same order, as comparison.csv
-    table = wandb.Table(columns=["job", *keys, *RESULTS, "final", "run"])
+    table = wandb.Table(columns=columns(jobs[0].swept, ("final", "run")))
     for job in jobs:
         s = job.summary or {}
         table.add_data(
@@ -51,6 +50,15 @@ def log_summary_run(sweep_dir: str, jobs: list, paths: dict[str, str], wandb_cfg
             wandb.Image(job.final) if job.final else None,
             s.get("wandb_url") or s.get("wandb_id") or "",
         )
+    return table
+
+
+def log_summary_run(sweep_dir: str, jobs: list, paths: dict[str, str], wandb_cfg, mode: str, group: str) -> None:
+    """One W&B run with a row per job (see `comparison_table`), the contact sheet and the loss curves."""
+    import wandb
+
+    keys = list(jobs[0].swept)
+    table = comparison_table(jobs)
     with wandb.init(
         project=wandb_cfg.project,
         entity=wandb_cfg.entity,

@@ -1,6 +1,7 @@
 """`nstexp compare <sweep dir>`: every job of a Hydra multirun sweep, side by side.
 
-A sweep leaves one folder per job (0/, 1/, ...) with its overrides, metrics.jsonl,
+A sweep folder holds Hydra's multirun.yaml and one folder per job (0/, 1/, ... by default,
+anywhere below it with a custom hydra.sweep.subdir) with its overrides, metrics.jsonl,
 summary.json and final.png. Opening them one at a time is slow and easy to misread, so this
 writes four files into the sweep folder that put the jobs next to each other:
 
@@ -55,10 +56,10 @@ OUTPUTS = {
 
 @dataclass
 class Job:
-    """One job folder of a sweep, as read back from disk."""
+    """One job of a sweep, as read back from its folder (planned ones never started have none)."""
 
     num: int
-    dir: str
+    dir: str | None  # None for a job never started whose folder name depends on more than its number
     overrides: dict[str, str]  # all of the job's overrides, key -> value, in command-line order
     swept: dict[str, str]  # only the keys whose values differ between the sweep's jobs
     summary: dict | None  # summary.json; None until the job has finished
@@ -68,22 +69,27 @@ class Job:
 
 
 def collect(sweep_dir: str) -> list[Job]:
-    """Read every job folder of `sweep_dir` in job-number order; NstexpError if there is none."""
+    """Read every job of the sweep in `sweep_dir` in job-number order; NstexpError if it is not a sweep folder.
+
+    A sweep folder is one holding Hydra's multirun.yaml; its jobs are the folders found by `_job_dirs`.
+    """
     if not os.path.isdir(sweep_dir):
         raise NstexpError(f"{sweep_dir}: not a directory")
-    names = sorted(
-        (n for n in os.listdir(sweep_dir) if n.isdecimal() and os.path.isdir(os.path.join(sweep_dir, n))),
-        key=int,
-    )
-    jobs = [_read_job(os.path.join(sweep_dir, n), int(n)) for n in names]
+    multirun_yaml = os.path.join(sweep_dir, "multirun.yaml")
+    if not os.path.isfile(multirun_yaml):
+        raise NstexpError(f"{sweep_dir}: no multirun.yaml, so not a Hydra multirun sweep folder")
+    multirun = _load_yaml(multirun_yaml)
+    jobs = [_read_job(path, num) for num, path in _job_dirs(sweep_dir)]
     # Jobs the sweep planned but never started (cut off, or still queued) are listed too.
     started = {job.num for job in jobs}
-    for num, overrides in enumerate(_planned(sweep_dir)):
+    # Their folder is only known when its name is the job number, Hydra's default subdir.
+    default_subdir = _get(multirun, "hydra", "sweep", "subdir") in (None, "${hydra.job.num}")
+    for num, overrides in enumerate(_planned(multirun)):
         if num not in started:
-            jobs.append(Job(num, os.path.join(sweep_dir, str(num)), _parse_overrides(overrides), {}, None, [],
-                            None, "missing"))
+            path = os.path.join(sweep_dir, str(num)) if default_subdir else None
+            jobs.append(Job(num, path, _parse_overrides(overrides), {}, None, [], None, "missing"))
     if not jobs:
-        raise NstexpError(f"{sweep_dir}: no job folders (0/, 1/, ...); is it a Hydra multirun sweep folder?")
+        raise NstexpError(f"{sweep_dir}: no job folders (folders holding .hydra/hydra.yaml) and no planned jobs")
     jobs.sort(key=lambda job: job.num)
     keys = dict.fromkeys(k for job in jobs for k in job.overrides)
     swept = [k for k in keys if len({job.overrides.get(k, UNSET) for job in jobs}) > 1]
@@ -92,17 +98,46 @@ def collect(sweep_dir: str) -> list[Job]:
     return jobs
 
 
-def _planned(sweep_dir: str) -> list[list[str]]:
-    """The overrides of every job of the sweep, recomputed the way Hydra's basic sweeper does."""
-    cfg = _load_yaml(os.path.join(sweep_dir, "multirun.yaml")) or {}
-    hydra = cfg.get("hydra") or {}
-    if "BasicSweeper" not in str((hydra.get("sweeper") or {}).get("_target_", "")):
+def _job_dirs(sweep_dir: str) -> list[tuple[int, str]]:
+    """(job number, folder) of every job folder below `sweep_dir`, sorted.
+
+    A job folder is one holding .hydra/hydra.yaml, at any depth: hydra.sweep.subdir can name
+    it anything (`${hydra.job.num}_${hydra.job.override_dirname}`, `a/${hydra.job.num}`), so
+    the number is the `hydra.job.num` Hydra recorded there, not the folder name.
+    """
+    found = []
+    for path, subdirs, _ in os.walk(sweep_dir):
+        hydra_yaml = os.path.join(path, ".hydra", "hydra.yaml")
+        if os.path.isfile(hydra_yaml):
+            subdirs.clear()  # what a job writes below its folder is its own, never another job
+            num = _get(_load_yaml(hydra_yaml), "hydra", "job", "num")
+            if type(num) is not int:  # not recorded (a hand-made folder): the name is all there is
+                num = int(os.path.basename(path)) if os.path.basename(path).isdecimal() else None
+            if num is not None:
+                found.append((num, path))
+        else:
+            subdirs[:] = [d for d in subdirs if d != "wandb"]  # W&B's run folders, possibly large
+    return sorted(found)
+
+
+def _get(cfg, *keys):
+    """cfg[k1][k2]...; None where a level is missing or not a mapping (a YAML file can hold anything)."""
+    for key in keys:
+        if not isinstance(cfg, dict):
+            return None
+        cfg = cfg.get(key)
+    return cfg
+
+
+def _planned(multirun) -> list[list[str]]:
+    """The overrides of every job of the sweep, recomputed from multirun.yaml the way Hydra's basic sweeper does."""
+    if "BasicSweeper" not in str(_get(multirun, "hydra", "sweeper", "_target_")):
         return []  # other sweepers choose their jobs as they go
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    params = [f"{k}={v}" for k, v in ((hydra.get("sweeper") or {}).get("params") or {}).items()]
-    arguments = params + list((hydra.get("overrides") or {}).get("task") or [])
+    params = [f"{k}={v}" for k, v in (_get(multirun, "hydra", "sweeper", "params") or {}).items()]
+    arguments = params + list(_get(multirun, "hydra", "overrides", "task") or [])
     try:
         (batch,) = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(arguments), None)
     except Exception:
@@ -165,9 +200,10 @@ def input_images(job: Job) -> list[tuple[list[str], Image.Image]]:
 
     They only frame the sheet, so a moved or deleted input file must not stop the comparison.
     """
+    if job.dir is None:
+        return []
     cfg = _load_yaml(os.path.join(job.dir, ".hydra", "config.yaml")) or {}
-    hydra_cfg = _load_yaml(os.path.join(job.dir, ".hydra", "hydra.yaml")) or {}
-    launch_dir = hydra_cfg.get("hydra", {}).get("runtime", {}).get("cwd")
+    launch_dir = _get(_load_yaml(os.path.join(job.dir, ".hydra", "hydra.yaml")), "hydra", "runtime", "cwd")
     out = []
     for key in ("content", "style"):
         spec = (cfg.get(key) or {}).get("image")
@@ -327,11 +363,20 @@ def _cell(value) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
 
+def columns(keys, tail: tuple[str, ...]) -> list[str]:
+    """A comparison table's header: job, the swept `keys`, RESULTS, then that table's own `tail` columns.
+
+    Shared by comparison.csv/.md and the W&B table so they name columns alike. A swept key named
+    like another column (a swept `steps` next to the steps actually run) gets " (swept)": a
+    repeated name would make the two columns impossible to tell apart.
+    """
+    fixed = ("job", *RESULTS, *tail)
+    return ["job", *(f"{k} (swept)" if k in fixed else k for k in keys), *RESULTS, *tail]
+
+
 def table(jobs: list[Job], sweep_dir: str) -> tuple[list[str], list[list[str]]]:
     """Header and one row per job: number, swept values, results, final.png relative to `sweep_dir`."""
-    keys = list(jobs[0].swept)
-    # A swept `steps` would otherwise share its column name with the steps actually run.
-    header = ["job", *(f"{k} (swept)" if k in RESULTS else k for k in keys), *RESULTS, "final_png"]
+    header = columns(jobs[0].swept, ("final_png",))
     rows = []
     for job in jobs:
         summary = job.summary or {}
@@ -353,7 +398,9 @@ def write_report(sweep_dir: str, cell: int = CELL, jobs: list[Job] | None = None
     """
     jobs = collect(sweep_dir) if jobs is None else jobs
     paths = {kind: os.path.join(sweep_dir, name) for kind, name in OUTPUTS.items()}
-    contact_sheet(jobs, paths["contact_sheet"], cell, input_images(jobs[0]))
+    # Any started job's config names the inputs; job 0 may not have started (parallel launchers).
+    first = next((job for job in jobs if job.dir and os.path.isdir(job.dir)), jobs[0])
+    contact_sheet(jobs, paths["contact_sheet"], cell, input_images(first))
     loss_curves(jobs, paths["loss_curves"], title=os.path.abspath(sweep_dir))
     header, rows = table(jobs, sweep_dir)
     with open(paths["csv"], "w", newline="") as f:
@@ -376,7 +423,7 @@ def main(argv: list[str] | None = None) -> None:
         description="Compare the jobs of a Hydra multirun sweep: writes contact_sheet.png, loss_curves.png, "
         "comparison.csv and comparison.md into the sweep folder.",
     )
-    parser.add_argument("sweep_dir", help="the sweep folder, the one holding the job folders 0/, 1/, ...")
+    parser.add_argument("sweep_dir", help="the sweep folder, the one holding Hydra's multirun.yaml")
     parser.add_argument("--cell", type=_positive_int, default=CELL,
                         help="longest side of each image in the contact sheet, in pixels (default: %(default)s)")
     args = parser.parse_args(argv)

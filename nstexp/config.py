@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+import math
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from nstexp.errors import ConfigError
 
@@ -153,15 +154,28 @@ def _choice(key: str, value: Any, allowed: tuple) -> None:
         raise ConfigError(f"{key}={value!r} is not allowed (allowed: {', '.join(allowed)})")
 
 
-def _non_negative(key: str, value: float) -> None:
-    if value < 0:
-        raise ConfigError(f"{key}={value} must be >= 0")
+def _check_finite(node: Any, key: str = "") -> None:
+    """Refuse nan and inf anywhere in the config: no setting has a use for them."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            _check_finite(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            _check_finite(v, f"{key}[{i}]")
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"{key}={node} must be a finite number")
+
+
+def _at_least(key: str, value: float, low: float, strict: bool = False) -> None:
+    if value < low or (strict and value == low):
+        raise ConfigError(f"{key}={value} must be {'>' if strict else '>='} {low}")
 
 
 def validate(cfg: DictConfig) -> None:
     """Check what the schema's types cannot; raise ConfigError with a one-line message."""
     from nstexp.backbone import layer_names  # the layer names come from the network itself
 
+    _check_finite(OmegaConf.to_container(cfg, resolve=True))
     b = cfg.backbone
     _choice("backbone.arch", b.arch, ARCHS)
     if b.weights not in WEIGHTS and not os.path.isfile(b.weights):
@@ -188,14 +202,13 @@ def validate(cfg: DictConfig) -> None:
                     f"layers.{part}: unknown layer {name!r} for {b.arch} "
                     f"(allowed: {', '.join(names)})"
                 )
-            _non_negative(f"layers.{part}.{name}", w)
+            _at_least(f"layers.{part}.{name}", w, 0)
 
     _choice("content.normalization", cfg.content.normalization, CONTENT_NORMALIZATIONS)
     _choice("style.normalization", cfg.style.normalization, STYLE_NORMALIZATIONS)
     for key in ("content.weight", "style.weight", "tv.weight"):
-        _non_negative(key, cfg[key.split(".")[0]].weight)
-    if cfg.style.scale <= 0:
-        raise ConfigError(f"style.scale={cfg.style.scale} must be > 0")
+        _at_least(key, cfg[key.split(".")[0]].weight, 0)
+    _at_least("style.scale", cfg.style.scale, 0, strict=True)
     n_styles = 1 + len(cfg.style.blend_images)
     if cfg.style.blend_weights and len(cfg.style.blend_weights) != n_styles:
         raise ConfigError(
@@ -203,28 +216,35 @@ def validate(cfg: DictConfig) -> None:
             "style images (give one per image, the first included, or none)"
         )
     for w in cfg.style.blend_weights:
-        _non_negative("style.blend_weights", w)
+        _at_least("style.blend_weights", w, 0)
+    if cfg.style.blend_weights and sum(cfg.style.blend_weights) <= 0:
+        raise ConfigError("style.blend_weights are all 0 (give at least one weight > 0, or none for equal weights)")
 
     opt = cfg.optimizer
     _choice("optimizer.name", opt.name, OPTIMIZERS)
-    if opt.lr <= 0:
-        raise ConfigError(f"optimizer.lr={opt.lr} must be > 0")
+    _at_least("optimizer.lr", opt.lr, 0, strict=True)
     if opt.name == "lbfgs":
         _choice("optimizer.line_search", opt.line_search, LINE_SEARCHES)
-        if opt.max_iter < 1 or opt.history_size < 1:
-            raise ConfigError("optimizer.max_iter and optimizer.history_size must be >= 1")
+        _at_least("optimizer.max_iter", opt.max_iter, 1)
+        _at_least("optimizer.history_size", opt.history_size, 1)
+    else:
+        if len(opt.betas) != 2 or not all(0 <= b < 1 for b in opt.betas):
+            raise ConfigError(f"optimizer.betas={list(opt.betas)} must be two numbers in [0, 1)")
+        _at_least("optimizer.eps", opt.eps, 0, strict=True)
 
     _choice("init.kind", cfg.init.kind, INITS)
     if cfg.init.kind == "image" and not cfg.init.path:
         raise ConfigError("init.kind=image needs init.path=<image file>")
     _choice("clamp", cfg.clamp, CLAMPS)
     _choice("wandb.mode", cfg.wandb.mode, WANDB_MODES)
-    if cfg.steps is not None and cfg.steps < 0:
-        raise ConfigError(f"steps={cfg.steps} must be >= 0")
-    if cfg.size is not None and cfg.size < 16:
-        raise ConfigError(f"size={cfg.size} must be >= 16 pixels")
-    if cfg.log_every < 1 or cfg.snapshot_every < 0:
-        raise ConfigError("log_every must be >= 1 and snapshot_every >= 0 (0 disables snapshots)")
+    if cfg.steps is not None:
+        _at_least("steps", cfg.steps, 0)
+    if cfg.size is not None:
+        _at_least("size", cfg.size, 16)  # the upper limit is the memory: see nstexp.memory
+    if not 0 <= cfg.seed < 2**63:
+        raise ConfigError(f"seed={cfg.seed} must be in [0, 2**63)")
+    _at_least("log_every", cfg.log_every, 1)
+    _at_least("snapshot_every (0 disables snapshots)", cfg.snapshot_every, 0)
     dev = cfg.device
     if dev not in ("auto", "cpu", "mps") and not (dev == "cuda" or dev.startswith("cuda:")):
         raise ConfigError(f"device={dev!r} is not allowed (allowed: auto, cpu, cuda, cuda:N, mps)")

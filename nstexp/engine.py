@@ -3,13 +3,15 @@
 Step k's event carries the image after k updates and its losses; step 0 is the initial
 image. Losses come from the optimizer's own evaluations where they match the current
 image (every L-BFGS or Adam step starts by evaluating it), so logging costs no extra
-forward pass except one at the very end.
+forward pass except one at the very end, which `Result.evals` counts.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable
+
+import time
 
 import torch
 
@@ -19,7 +21,8 @@ from nstexp.objective import LossTerms
 @dataclass
 class StepEvent:
     step: int
-    evals: int  # forward/backward evaluations so far
+    evals: int  # forward/backward evaluations spent to produce `image`
+    time_s: float  # seconds from the start of `optimize` until `image` existed
     image: torch.Tensor  # (B, 3, H, W), detached
     terms: LossTerms  # of `image`, detached
 
@@ -27,10 +30,10 @@ class StepEvent:
 @dataclass
 class Result:
     status: str  # completed | interrupted | diverged
-    image: torch.Tensor  # the last image whose losses were finite
-    terms: LossTerms | None
+    image: torch.Tensor  # the last image whose losses were finite, clamped to [0, 1]
+    terms: LossTerms | None  # of `image` itself
     steps: int
-    evals: int
+    evals: int  # every evaluation, the final measurement included
 
 
 def build_optimizer(params: list[torch.Tensor], cfg) -> torch.optim.Optimizer:
@@ -88,6 +91,7 @@ def optimize(
     should_stop: Callable[[], bool] = lambda: False,
 ) -> Result:
     """Optimize the pixels of `image` (B, 3, H, W) for `steps` optimizer steps."""
+    t0 = time.perf_counter()
     x = image.detach().clone().requires_grad_(True)
     optimizer = build_optimizer([x], optimizer_cfg)
     evals = 0
@@ -113,12 +117,14 @@ def optimize(
             x.grad = torch.zeros_like(x)
         return loss
 
-    def emit(step: int, img: torch.Tensor, terms: LossTerms, evals_at: int) -> None:
+    def emit(pending: tuple, img: torch.Tensor, terms: LossTerms) -> None:
         if on_step is not None:
-            on_step(StepEvent(step, evals_at, img, terms))
+            step, _, evals_at, t = pending
+            on_step(StepEvent(step, evals_at, t, img, terms))
 
     last_good, last_terms, good_step = x.detach().clone(), None, 0
-    pending = (0, x.detach().clone(), 0)  # (step, image, evals) waiting for its losses
+    # (step, image, evals, time) of the newest image, waiting for its losses.
+    pending = (0, x.detach().clone(), 0, 0.0)
     status = "completed"
     for step in range(1, steps + 1):
         if should_stop():
@@ -132,21 +138,32 @@ def optimize(
             status = "diverged"
             break
         last_good, last_terms, good_step = pending[1], terms, pending[0]
-        emit(pending[0], pending[1], terms, pending[2])
+        emit(pending, pending[1], terms)
         if clamp == "every_step":
             with torch.no_grad():
                 x.clamp_(0.0, 1.0)
             _tell_lbfgs_the_clamped_step(optimizer, x, before=pending[1])
-        pending = (step, x.detach().clone(), evals)
+        pending = (step, x.detach().clone(), evals, time.perf_counter() - t0)
+
+    def measure(img: torch.Tensor) -> LossTerms:
+        nonlocal evals
+        with torch.no_grad():
+            terms = _detach(objective(img))
+        evals += 1
+        return terms
 
     if status != "diverged":
         # The image the last step left has not been evaluated yet.
-        with torch.no_grad():
-            img = pending[1].clamp(0.0, 1.0)
-            terms = _detach(objective(img))
+        img = pending[1].clamp(0.0, 1.0)
+        terms = measure(img)
         if _finite(terms):
             last_good, last_terms, good_step = img, terms, pending[0]
-            emit(pending[0], img, terms, pending[2])
+            emit(pending, img, terms)
         else:
             status = "diverged"
-    return Result(status, last_good.clamp(0.0, 1.0), last_terms, good_step, evals)
+    final = last_good.clamp(0.0, 1.0)
+    if last_terms is not None and not torch.equal(final, last_good):
+        # With clamp=at_end the last good image may lie outside [0, 1]: report the losses
+        # of the image that is returned (and saved), not of its unclamped original.
+        last_terms = measure(final)
+    return Result(status, final, last_terms, good_step, evals)

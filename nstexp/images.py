@@ -81,17 +81,24 @@ def load_image(spec: str, key: str = "image") -> Image.Image:
         raise NstexpError(f"{key}={spec}: corrupt or truncated image ({exc})") from None
 
 
-def resize_longest(img: Image.Image, size: int) -> Image.Image:
-    """Scale so the longest side is `size` pixels, keeping the aspect ratio."""
-    scale = size / max(img.size)
-    w, h = max(1, round(img.width * scale)), max(1, round(img.height * scale))
-    return img.resize((w, h), Image.Resampling.LANCZOS) if (w, h) != img.size else img
+def fit_longest(size: tuple[int, int], longest: int) -> tuple[int, int]:
+    """(width, height) scaled so the longest side is `longest` pixels, keeping the aspect ratio."""
+    scale = longest / max(size)
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
 
 
-def round_sides(img: Image.Image, multiple: int) -> Image.Image:
-    """Resize so that both sides are multiples of `multiple` (the nearest, at least one)."""
-    w, h = (max(multiple, round(side / multiple) * multiple) for side in img.size)
-    return img.resize((w, h), Image.Resampling.LANCZOS) if (w, h) != img.size else img
+def round_to(size: tuple[int, int], multiple: int) -> tuple[int, int]:
+    """(width, height) with both sides rounded to multiples of `multiple` (the nearest, at least one)."""
+    return tuple(max(multiple, round(side / multiple) * multiple) for side in size)
+
+
+def resize(img: Image.Image, size: tuple[int, int]) -> Image.Image:
+    return img.resize(size, Image.Resampling.LANCZOS) if size != img.size else img
+
+
+def resize_longest(img: Image.Image, longest: int) -> Image.Image:
+    """Scale so the longest side is `longest` pixels, keeping the aspect ratio."""
+    return resize(img, fit_longest(img.size, longest))
 
 
 def to_tensor(img: Image.Image, device: torch.device | str = "cpu") -> torch.Tensor:

@@ -25,33 +25,36 @@ def content_loss(features: torch.Tensor, target: torch.Tensor, normalization: st
 
 
 def gram_matrix(features: torch.Tensor, normalization: str = "gatys") -> torch.Tensor:
-    """Gram matrices G_ij = sum_k F_ik F_jk; features (B, N, H, W) -> (B, N, N).
+    """Gram matrices per position; features (B, N, H, W) -> (B, N, N).
 
-    gatys: unnormalized (the paper's eq. 3; its loss divides by 4 N^2 M^2 instead);
-    mean: divided by N * M (the PyTorch tutorial's);
-    cosine: of channel vectors normalized to unit L2 norm (seed 004's).
+    gatys: G / M with G_ij = sum_k F_ik F_jk (paper eq. 3). Dividing by the image's own M
+      makes a style image's target independent of its pixel count; `style_loss` puts the
+      paper's 1 / (4 N^2 M^2) back together, exactly so when both images have M positions;
+    mean: G / (N * M) (the PyTorch tutorial's);
+    cosine: G of channel vectors normalized to unit L2 norm (seed 004's).
     """
     b, n, h, w = features.shape
     f = features.reshape(b, n, h * w)  # (B, N, M)
     if normalization == "cosine":
         f = f / (f.norm(dim=2, keepdim=True) + 1e-8)
     gram = f @ f.transpose(1, 2)  # (B, N, N)
-    if normalization == "mean":
+    if normalization == "gatys":
+        gram = gram / (h * w)
+    elif normalization == "mean":
         gram = gram / (n * h * w)
     return gram
 
 
-def style_loss(
-    gram: torch.Tensor, target_gram: torch.Tensor, n: int, m: int, normalization: str = "gatys"
-) -> torch.Tensor:
-    """Style loss E_l of one layer from Gram matrices (B, N, N) -> (B,).
+def style_loss(gram: torch.Tensor, target_gram: torch.Tensor, n: int, normalization: str = "gatys") -> torch.Tensor:
+    """Style loss E_l of one layer from `gram_matrix` outputs (B, N, N) -> (B,).
 
-    gatys: sum (G - A)^2 / (4 N^2 M^2) (paper eq. 4); mean and cosine: mean squared
-    error between the (already normalized) Gram matrices.
+    gatys: sum (G/M - A/M_s)^2 / (4 N^2), which is the paper's eq. 4,
+      sum (G - A)^2 / (4 N^2 M^2), when the style image has as many positions as the
+      generated one (M_s = M); mean and cosine: mean squared error of the Gram matrices.
     """
     sq = (gram - target_gram).pow(2).flatten(1)  # (B, N*N)
     if normalization == "gatys":
-        return sq.sum(1) / (4.0 * n**2 * m**2)
+        return sq.sum(1) / (4.0 * n**2)
     if normalization in ("mean", "cosine"):
         return sq.mean(1)
     raise ValueError(f"unknown style normalization {normalization!r}")

@@ -71,7 +71,8 @@ class Objective:
             for img, w in zip(style_images, blend):
                 feats = extractor(img)
                 for k in self.style_layers:
-                    # Blending several styles averages their Gram matrices.
+                    # Blending several styles averages their Gram matrices, each normalized
+                    # by its own number of positions, so an image's size does not weigh in.
                     gram = losses.gram_matrix(feats[k], style_normalization)
                     self.style_targets[k] = self.style_targets[k] + (w / total) * gram
 
@@ -86,9 +87,7 @@ class Objective:
         for k in self.style_layers:
             f = feats[k]
             gram = losses.gram_matrix(f, self.style_normalization)
-            style_layers[k] = losses.style_loss(
-                gram, self.style_targets[k], f.shape[1], f.shape[2] * f.shape[3], self.style_normalization
-            )
+            style_layers[k] = losses.style_loss(gram, self.style_targets[k], f.shape[1], self.style_normalization)
         content = self.content_weight * sum(
             (w * content_layers[k] for k, w in self.content_layers.items()), zero
         )

@@ -8,7 +8,6 @@ metrics.jsonl, the last good image as final.png and a finished W&B run.
 from __future__ import annotations
 
 import platform
-import resource
 import signal
 import sys
 import threading
@@ -20,7 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from nstexp import images
+from nstexp import images, memory
 from nstexp.backbone import FeatureExtractor, pools_before
 from nstexp.config import validate
 from nstexp.engine import StepEvent, optimize
@@ -57,13 +56,6 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    # Peak resident memory of the whole process (kilobytes on Linux).
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 class StopRequest:
     """Turns SIGINT/SIGTERM into a flag the loop checks between steps; a second signal aborts."""
 
@@ -91,28 +83,65 @@ class StopRequest:
                 signal.signal(s, h)
 
 
-def _load_inputs(cfg: DictConfig, size: int, deepest: dict[str, int], device: torch.device):
-    content_pil = images.resize_longest(images.load_image(cfg.content.image, "content.image"), size)
-    style_size = max(1, round(max(content_pil.size) * cfg.style.scale))
-    specs = [("style.image", cfg.style.image)] + [
+# Upscaling an input by more than this blurs it visibly: the run says so.
+UPSCALE_WARNING = 2.0
+
+
+def _load_inputs(cfg: DictConfig, size: int, deepest: dict[str, int], device: torch.device,
+                 warnings: list[str], check_memory) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Content and style images at the sizes the run uses, as (1, 3, H, W) tensors.
+
+    Sizes are worked out and checked (large enough for the deepest layer, small enough for
+    the memory, via `check_memory(content_wh, style_whs)`) before any image is resized.
+    """
+    specs = [("content.image", cfg.content.image), ("style.image", cfg.style.image)] + [
         (f"style.blend_images[{i}]", s) for i, s in enumerate(cfg.style.blend_images)
     ]
-    style_pils = [images.resize_longest(images.load_image(s, key), style_size) for key, s in specs]
+    pils = {key: images.load_image(spec, key) for key, spec in specs}
+    content_wh = images.fit_longest(pils["content.image"].size, size)
+    style_size = max(1, round(max(content_wh) * cfg.style.scale))
+    sizes = {key: content_wh if key == "content.image" else images.fit_longest(pils[key].size, style_size)
+             for key in pils}
     layer, pools = max(deepest.items(), key=lambda kv: kv[1])
     need = 2**pools
-    for key, img in [("content.image", content_pil)] + [(k, p) for (k, _), p in zip(specs, style_pils)]:
-        if min(img.size) < need:
+    for key, (w, h) in sizes.items():
+        if min(w, h) < need:
             raise NstexpError(
-                f"{key}: {img.width}x{img.height} px after resizing is too small for layer {layer} "
+                f"{key}: {w}x{h} px after resizing is too small for layer {layer} "
                 f"(needs at least {need} px per side; raise size or style.scale)"
             )
+        factor = max(w, h) / max(pils[key].size)
+        if factor > UPSCALE_WARNING:
+            warnings.append(f"{key} is {pils[key].width}x{pils[key].height} px: upscaled {factor:.1f}x to "
+                            f"{max(w, h)} px, expect a blurry target (use a larger image or a smaller size)")
     # The generated image's sides are multiples of the deepest layer's total pooling: otherwise
     # its last rows and columns, dropped by the poolings, reach only the first layers and come
     # out as noise. This changes the aspect ratio by a few pixels at most.
-    content_pil = images.round_sides(content_pil, need)
-    content = images.to_tensor(content_pil, device)
-    styles = [images.to_tensor(p, device) for p in style_pils]
+    sizes["content.image"] = images.round_to(content_wh, need)
+    style_keys = [key for key, _ in specs[1:]]
+    check_memory(sizes["content.image"], [sizes[k] for k in style_keys])
+    content = images.to_tensor(images.resize(pils["content.image"], sizes["content.image"]), device)
+    styles = [images.to_tensor(images.resize(pils[k], sizes[k]), device) for k in style_keys]
     return content, styles
+
+
+def _memory_check(extractor: FeatureExtractor, cfg, device: torch.device, summary: dict):
+    """A `check_memory` for `_load_inputs` that refuses what cannot fit and records the estimate."""
+
+    def check(content_wh: tuple[int, int], style_whs: list[tuple[int, int]]) -> None:
+        w, h = content_wh
+        need = memory.estimate_bytes(extractor.features, h, w, cfg.optimizer)
+        for sw, sh in style_whs:  # style images pass once, without a graph: about their largest activations
+            need = max(need, 3 * memory.activation_bytes(extractor.features, sh, sw)[1])
+        summary["memory_estimate_mb"] = need / 2**20
+        have = memory.available_bytes(device)
+        if have is not None and need > have:
+            raise NstexpError(
+                f"size={max(w, h)} (style.scale={cfg.style.scale}): needs about {need / 2**30:.1f} GiB, "
+                f"{have / 2**30:.1f} GiB available on {device} (lower size or style.scale)"
+            )
+
+    return check
 
 
 def _initial_image(cfg: DictConfig, content: torch.Tensor, styles: list[torch.Tensor]) -> torch.Tensor:
@@ -131,44 +160,46 @@ def _initial_image(cfg: DictConfig, content: torch.Tensor, styles: list[torch.Te
     return images.to_tensor(pil, content.device)
 
 
-def run(cfg: DictConfig, out_dir: str, name: str = "run", group: str | None = None) -> dict:
+def run(cfg: DictConfig, out_dir: str, name: str | None = None, group: str | None = None) -> dict:
     """Run one style transfer into `out_dir`; returns the summary (also written to summary.json).
 
-    Raises NstexpError for bad input, after writing a `failed` summary and ending the W&B run.
+    Whatever happens, `out_dir` ends with summary.json, metrics.jsonl, the last good image as
+    final.png (once an image existed) and a finished W&B run (once one started). Bad input
+    raises NstexpError and any other error is re-raised, both after the summary is written.
     """
-    validate(cfg)
     stop = StopRequest()
     # Installed before any output exists, so a signal during set-up is also handled.
     with stop.installed():
-        return _run(cfg, out_dir, name, group, stop)
+        return _run(cfg, out_dir, name or cfg.wandb.name or "run", group, stop)
 
 
 def _run(cfg: DictConfig, out_dir: str, name: str, group: str | None, stop: StopRequest) -> dict:
-    device = resolve_device(cfg.device)
-    kind = "cpu" if device.type == "cpu" else "gpu"
-    size = cfg.size or DEFAULT_SIZE[kind]
-    steps = DEFAULT_STEPS[kind] if cfg.steps is None else cfg.steps
-    torch.manual_seed(cfg.seed)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
-    config = OmegaConf.to_container(cfg, resolve=True)
-    # Log the values actually used, not the "device default" placeholders.
-    config.update(size=size, steps=steps, device=str(device))
-    tracker = Tracker(out_dir, config, cfg.wandb, name=name, group=group)
-
-    summary = {"status": "failed", "steps": 0, "evals": 0, "device": str(device), "size": size, **tracker.info}
-    final_image = None
-    latest: dict = {}
     t_start = time.perf_counter()
+    config = OmegaConf.to_container(cfg, resolve=True)
+    tracker = Tracker(out_dir, config, cfg.wandb, name=name, group=group)
+    summary: dict = {"status": "failed", "steps": 0, "evals": 0, "seed": cfg.seed, "name": name}
+    final_image = None
+    latest: dict = {}  # the newest step event: the last good image, whatever stops the run
+    warnings: list[str] = []
+    peak = bar = None
     try:
+        validate(cfg)
+        device = resolve_device(cfg.device)
+        peak = memory.PeakMemory(device)
+        kind = "cpu" if device.type == "cpu" else "gpu"
+        size = cfg.size or DEFAULT_SIZE[kind]
+        steps = DEFAULT_STEPS[kind] if cfg.steps is None else cfg.steps
+        summary.update(device=str(device), size=size)
+        # Log the values actually used, not the "device default" placeholders.
+        config.update(size=size, steps=steps, device=str(device))
+        torch.manual_seed(cfg.seed)
+        tracker.start()
+
         # A layer weighted 0 is left out (dict overrides merge, so this is how to drop one).
         content_layers = {k: v for k, v in cfg.layers.content.items() if v > 0}
         style_layers = {k: v for k, v in cfg.layers.style.items() if v > 0}
         layers = {**content_layers, **style_layers}
         deepest = {layer: pools_before(cfg.backbone.arch, layer) for layer in layers}
-        content, styles = _load_inputs(cfg, size, deepest, device)
-        summary["image_size"] = list(content.shape[-2:])
         extractor = FeatureExtractor(
             cfg.backbone.arch,
             cfg.backbone.weights,
@@ -177,6 +208,11 @@ def _run(cfg: DictConfig, out_dir: str, name: str, group: str | None, stop: Stop
             preprocessing=cfg.backbone.preprocessing,
             seed=cfg.seed,
         ).to(device)
+        check = _memory_check(extractor, cfg, device, summary)
+        content, styles = _load_inputs(cfg, size, deepest, device, warnings, check)
+        for w in warnings:
+            print(f"warning: {w}", file=sys.stderr)
+        summary["image_size"] = list(content.shape[-2:])
         objective = Objective(
             extractor,
             content,
@@ -196,15 +232,19 @@ def _run(cfg: DictConfig, out_dir: str, name: str, group: str | None, stop: Stop
 
         bar = tqdm(total=steps, disable=not cfg.progress, file=sys.stderr, dynamic_ncols=True, unit="step")
         t_opt = time.perf_counter()
+        logged: dict = {}
+
+        def log(ev: StepEvent, snapshot: bool) -> None:
+            metrics = {"step": ev.step, "evals": ev.evals, "time_s": ev.time_s, **ev.terms.as_floats()}
+            tracker.log_step(metrics, ev.image if snapshot else None)
+            logged["step"] = ev.step
+            bar.set_postfix(loss=f"{metrics['loss/total']:.4g}", refresh=False)
 
         def on_step(ev: StepEvent) -> None:
-            latest.update(image=ev.image, step=ev.step, evals=ev.evals)
-            if ev.step % cfg.log_every == 0 or ev.step == steps:
-                metrics = {"step": ev.step, "evals": ev.evals, "time_s": time.perf_counter() - t_opt}
-                metrics.update(ev.terms.as_floats())
-                snap = cfg.snapshot_every and ev.step % cfg.snapshot_every == 0
-                tracker.log_step(metrics, ev.image if snap else None)
-                bar.set_postfix(loss=f"{metrics['loss/total']:.4g}", refresh=False)
+            latest["event"] = ev
+            snapshot = bool(cfg.snapshot_every) and ev.step % cfg.snapshot_every == 0
+            if snapshot or ev.step % cfg.log_every == 0 or ev.step == steps:
+                log(ev, snapshot)
             bar.update(ev.step - bar.n)
 
         try:
@@ -215,15 +255,10 @@ def _run(cfg: DictConfig, out_dir: str, name: str, group: str | None, stop: Stop
                 summary.update({f"final/{k}": v for k, v in result.terms.as_floats().items()})
         except KeyboardInterrupt:  # a second Ctrl-C: keep what the last step produced
             status = "interrupted"
-            final_image = latest.get("image", final_image)
-            summary.update(steps=latest.get("step", 0), evals=latest.get("evals", 0))
-        bar.close()
-        opt_time = time.perf_counter() - t_opt
-        summary.update(
-            status=status,
-            wall_time_s=opt_time,
-            time_per_eval_s=opt_time / summary["evals"] if summary["evals"] else None,
-        )
+        if "event" in latest and logged.get("step") != latest["event"].step:
+            log(latest["event"], snapshot=False)  # the last step always has its metrics line
+        summary["status"] = status
+        summary["wall_time_s"] = time.perf_counter() - t_opt
         if status == "interrupted":
             print(f"interrupted after step {summary['steps']}; final.png is the last good image", file=sys.stderr)
         elif status == "diverged":
@@ -238,12 +273,22 @@ def _run(cfg: DictConfig, out_dir: str, name: str, group: str | None, stop: Stop
         summary["error"] = f"{type(exc).__name__}: {exc}"
         raise
     finally:
+        if bar is not None:
+            bar.close()
+        if summary["status"] != "completed" and "event" in latest and "final/loss/total" not in summary:
+            # Stopped by an exception or a second Ctrl-C inside a step: the newest image the
+            # optimizer produced, with the losses measured on it, is the last good one.
+            ev = latest["event"]
+            final_image = ev.image.clamp(0.0, 1.0)
+            summary.update(steps=ev.step, evals=ev.evals)
+            if torch.equal(final_image, ev.image):  # else its losses are not final.png's
+                summary.update({f"final/{k}": v for k, v in ev.terms.as_floats().items()})
         summary.setdefault("wall_time_s", time.perf_counter() - t_start)
+        summary["time_per_eval_s"] = summary["wall_time_s"] / summary["evals"] if summary["evals"] else None
         summary.update(
-            peak_memory_mb=_peak_memory_mb(device),
+            peak_memory_mb=peak.mb() if peak else None,
             total_time_s=time.perf_counter() - t_start,
-            seed=cfg.seed,
-            name=name,
+            warnings=warnings,
             versions=_versions(),
         )
         tracker.finish(summary, final_image)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import netrc
 import os
+import shutil
 import sys
 from typing import Any
 from urllib.parse import urlparse
@@ -50,16 +51,43 @@ def sweep_group(group: str | None, sweep: str | None, sweep_dir: str) -> str:
     return f"{sweep or 'multirun'}-{stamp}"
 
 
+# What one run writes into its directory (W&B's folder aside: each W&B run is its own).
+RUN_FILES = ("metrics.jsonl", "summary.json", "final.png", "error.log")
+RUN_DIRS = ("snapshots",)
+
+
+def clear_outputs(out_dir: str) -> None:
+    """Remove what an earlier run left in `out_dir`, so no old image sits beside a new summary."""
+    for name in RUN_FILES:
+        try:
+            os.unlink(os.path.join(out_dir, name))
+        except FileNotFoundError:
+            pass
+    for name in RUN_DIRS:
+        shutil.rmtree(os.path.join(out_dir, name), ignore_errors=True)
+
+
 class Tracker:
-    """Writes one run's outputs into `out_dir` and mirrors them to a W&B run."""
+    """Writes one run's outputs into `out_dir` and mirrors them to a W&B run.
+
+    Creating it only prepares the folder (clearing an earlier run's outputs); `start`
+    starts the W&B run, which can fail. `finish` writes the summary in every case.
+    """
 
     def __init__(self, out_dir: str, config: dict, wandb_cfg, name: str, group: str | None):
         self.out_dir = out_dir
+        clear_outputs(out_dir)
         os.makedirs(os.path.join(out_dir, "snapshots"), exist_ok=True)
         self._metrics = open(os.path.join(out_dir, "metrics.jsonl"), "w", buffering=1)
-        self.mode = resolve_wandb_mode(wandb_cfg.mode)
+        self._config, self._wandb_cfg, self._name, self._group = config, wandb_cfg, name, group
         self.run = None
-        self.info: dict[str, Any] = {"wandb_mode": self.mode}
+        self.info: dict[str, Any] = {}
+
+    def start(self) -> None:
+        """Start the W&B run (none when its mode is disabled)."""
+        wandb_cfg = self._wandb_cfg
+        self.mode = resolve_wandb_mode(wandb_cfg.mode)
+        self.info["wandb_mode"] = self.mode
         if self.mode == "disabled":
             return
         import wandb
@@ -67,11 +95,11 @@ class Tracker:
         self.run = wandb.init(
             project=wandb_cfg.project,
             entity=wandb_cfg.entity,
-            group=group,
-            name=name,
+            group=self._group,
+            name=self._name,
             tags=list(wandb_cfg.tags),
-            config=config,
-            dir=out_dir,
+            config=self._config,
+            dir=self.out_dir,
             mode=self.mode,
             job_type="run",
             # Each job is its own run, even when several share one process.
@@ -109,8 +137,10 @@ class Tracker:
         try:
             if final_image is not None:
                 save_image(final_image, os.path.join(self.out_dir, "final.png"))
-            with open(os.path.join(self.out_dir, "summary.json"), "w") as f:
-                json.dump(summary, f, indent=2)
+            tmp = os.path.join(self.out_dir, "summary.json.tmp")
+            with open(tmp, "w") as f:
+                json.dump({**summary, **self.info}, f, indent=2)
+            os.replace(tmp, os.path.join(self.out_dir, "summary.json"))  # never half-written
             self._metrics.close()
             if self.run is not None:
                 import wandb
@@ -118,7 +148,7 @@ class Tracker:
                 if final_image is not None:
                     self.run.log({"final": wandb.Image(to_pil(final_image), caption="final")},
                                  step=max(summary.get("steps", 0), 0))
-                for k, v in summary.items():
+                for k, v in {**summary, **self.info}.items():
                     if isinstance(v, (int, float, str, bool)) or v is None:
                         self.run.summary[k] = v
         finally:

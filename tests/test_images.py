@@ -110,5 +110,5 @@ def test_resize_and_tensor_round_trip():
     assert t.shape == (1, 3, 32, 64) and t.dtype == torch.float32
     assert t[0, :, 0, 0].tolist() == pytest.approx([1.0, 0.0, 0.2])
     assert images.to_pil(t).getpixel((0, 0)) == (255, 0, 51)
-    assert images.round_sides(Image.new("RGB", (384, 255)), 16).size == (384, 256)
-    assert images.round_sides(Image.new("RGB", (20, 5)), 16).size == (16, 16)
+    assert images.round_to((384, 255), 16) == (384, 256)
+    assert images.round_to((20, 5), 16) == (16, 16)

@@ -1,6 +1,7 @@
 """`runner.run` called directly: initializations, reproducibility, blending, objective weighting."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -13,7 +14,8 @@ from nstexp.backbone import FeatureExtractor
 from nstexp.objective import Objective
 from nstexp.runner import run
 
-TINY = ["size=48", "steps=2", "progress=false", "snapshot_every=0", "wandb.mode=disabled"]
+# Pinned to the CPU: reproducibility and the numbers below are the CPU's.
+TINY = ["size=48", "steps=2", "progress=false", "snapshot_every=0", "wandb.mode=disabled", "device=cpu"]
 
 
 def _cfg(*overrides):
@@ -49,23 +51,137 @@ def test_initializations(tmp_path, init):
     assert (first["loss/content"] == 0.0) == (init == "content")
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "lbfgs"])
-def test_optimizers_reduce_the_loss_and_count_evals(tmp_path, optimizer):
-    extra = ["optimizer.line_search=strong_wolfe"] if optimizer == "lbfgs" else []
+def _rows(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("optimizer,extra", [("adam", []), ("lbfgs", []),
+                                             ("lbfgs", ["optimizer.line_search=strong_wolfe"])])
+def test_optimizers_reduce_the_loss_and_count_evals(tmp_path, optimizer, extra):
     summary = run(_cfg(f"optimizer={optimizer}", "steps=4", *extra), str(tmp_path))
-    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert rows[-1]["loss/total"] < rows[0]["loss/total"]
-    if optimizer == "adam":
-        assert summary["evals"] == 4
+    rows = _rows(tmp_path)
+    assert [r["step"] for r in rows] == [0, 1, 2, 3, 4]
+    losses = [r["loss/total"] for r in rows]
+    assert losses[-1] < 0.9 * losses[0], losses
+    assert summary["final/loss/total"] == losses[-1]
+    # Each row: the evaluations spent to make its image; the summary adds the final measurement.
+    if extra:
+        assert rows[-1]["evals"] > 4  # the line search evaluates more than once per step
     else:
-        assert summary["evals"] >= 4  # the line search evaluates more than once per step
-    assert [r["evals"] for r in rows] == sorted(r["evals"] for r in rows)
+        assert [r["evals"] for r in rows] == [0, 1, 2, 3, 4]
+    assert summary["evals"] == rows[-1]["evals"] + 1
+    assert [r["time_s"] for r in rows] == sorted(r["time_s"] for r in rows) and rows[0]["time_s"] == 0.0
 
 
 def test_style_blending_and_scale(tmp_path):
-    summary = run(_cfg("style.blend_images=[sample:chelsea]", "style.blend_weights=[0.7,0.3]",
-                       "style.scale=1.5"), str(tmp_path))
-    assert summary["status"] == "completed"
+    base = run(_cfg(), str(tmp_path / "base"))
+    # A second style with weight 0 changes nothing; with weight > 0 it does.
+    zero = run(_cfg("style.blend_images=[sample:chelsea]", "style.blend_weights=[1,0]"), str(tmp_path / "zero"))
+    mixed = run(_cfg("style.blend_images=[sample:chelsea]", "style.blend_weights=[0.7,0.3]"), str(tmp_path / "mix"))
+    scaled = run(_cfg("style.scale=1.5"), str(tmp_path / "scaled"))
+    finals = {d: Image.open(tmp_path / d / "final.png").tobytes() for d in ("base", "zero", "mix", "scaled")}
+    assert zero["final/loss/total"] == pytest.approx(base["final/loss/total"], rel=1e-5)
+    assert finals["zero"] == finals["base"]
+    assert finals["mix"] != finals["base"] and mixed["final/loss/style"] != base["final/loss/style"]
+    assert finals["scaled"] != finals["base"]
+    # The style target is per position, so a larger style image is not a stronger style: the
+    # step-0 style losses (content image vs style) stay within a small factor (4x+ before).
+    ratio = _rows(tmp_path / "scaled")[0]["loss/style"] / _rows(tmp_path / "base")[0]["loss/style"]
+    assert 0.5 < ratio < 2.0, ratio
+
+
+class _CrashingObjective(Objective):
+    """The real objective, failing on its 4th evaluation (a crash in the middle of a run)."""
+
+    calls = 0
+
+    def __call__(self, image):
+        _CrashingObjective.calls += 1
+        if _CrashingObjective.calls == 4:
+            raise RuntimeError("simulated crash")
+        return super().__call__(image)
+
+
+def test_a_crash_keeps_the_newest_image_and_its_step(tmp_path, monkeypatch):
+    monkeypatch.setattr("nstexp.runner.Objective", _CrashingObjective)
+    _CrashingObjective.calls = 0
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(_cfg("steps=10", "snapshot_every=1", "optimizer=adam"), str(tmp_path))
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["error"] == "RuntimeError: simulated crash"
+    # Evaluations 1-3 measured steps 0-2: step 2's image is the newest good one.
+    assert summary["steps"] == 2 and summary["final/loss/total"] == _rows(tmp_path)[-1]["loss/total"]
+    final = Image.open(tmp_path / "final.png").tobytes()
+    assert final == Image.open(tmp_path / "snapshots" / "step_000002.png").tobytes()
+    assert final != Image.open(tmp_path / "snapshots" / "step_000000.png").tobytes()
+
+
+@pytest.mark.parametrize("override,error", [
+    ("device=cuda:7", "device=cuda:7"),  # fails when the device is resolved
+    ("style.blend_weights=[0]", "style.blend_weights are all 0"),  # fails validation inside the run
+])
+def test_errors_before_the_run_starts_leave_a_failed_summary(tmp_path, override, error):
+    from nstexp.errors import NstexpError
+
+    if override.startswith("device") and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    with pytest.raises(NstexpError, match=error.replace("[", "\\[")):
+        run(_cfg(override), str(tmp_path))
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "failed" and error in summary["error"]
+
+
+def test_wandb_start_up_failure_leaves_a_failed_summary(tmp_path, monkeypatch):
+    from nstexp.errors import NstexpError
+
+    monkeypatch.setenv("WANDB_MODE", "sideways")  # W&B cannot start with it
+    with pytest.raises(NstexpError, match="WANDB_MODE"):
+        run(_cfg("wandb.mode=auto"), str(tmp_path))
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "failed"
+
+
+def test_a_rerun_into_the_same_directory_leaves_nothing_of_the_old_run(tmp_path):
+    run(_cfg("snapshot_every=1"), str(tmp_path))
+    assert (tmp_path / "final.png").exists() and (tmp_path / "snapshots" / "step_000002.png").exists()
+    from nstexp.errors import NstexpError
+
+    with pytest.raises(NstexpError):
+        run(_cfg("content.image=missing.png"), str(tmp_path))
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "failed"
+    assert not (tmp_path / "final.png").exists()
+    assert os.listdir(tmp_path / "snapshots") == []
+    assert (tmp_path / "metrics.jsonl").read_text() == ""
+
+
+def test_snapshots_do_not_depend_on_log_every(tmp_path):
+    run(_cfg("steps=5", "log_every=3", "snapshot_every=2"), str(tmp_path))
+    assert sorted(os.listdir(tmp_path / "snapshots")) == [f"step_00000{i}.png" for i in (0, 2, 4)]
+    # Metrics every log_every steps, at every snapshot and at the last step.
+    assert [r["step"] for r in _rows(tmp_path)] == [0, 2, 3, 4, 5]
+
+
+def test_peak_memory_is_per_run_in_a_shared_process(tmp_path):
+    big = run(_cfg("size=448", "steps=1"), str(tmp_path / "big"))
+    small = run(_cfg("size=32", "steps=1"), str(tmp_path / "small"))
+    # The second run's peak is its own: below the first one's, not the process's lifetime peak.
+    assert small["peak_memory_mb"] < big["peak_memory_mb"] - 100, (small, big)
+
+
+def test_a_small_image_is_upscaled_with_a_warning(tmp_path, capsys):
+    Image.new("RGB", (20, 12), (10, 200, 30)).save(tmp_path / "tiny.png")
+    summary = run(_cfg("size=64", f"content.image={tmp_path}/tiny.png", "steps=0"), str(tmp_path / "out"))
+    err = capsys.readouterr().err
+    (line,) = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert "content.image is 20x12 px: upscaled 3.2x to 64 px" in line
+    assert summary["warnings"] == [line.removeprefix("warning: ")]
+
+
+def test_a_size_that_cannot_fit_in_memory_is_refused_with_an_estimate(tmp_path):
+    from nstexp.errors import NstexpError
+
+    with pytest.raises(NstexpError, match=r"size=20000 .*needs about \d+\.\d GiB, \d+\.\d GiB available"):
+        run(_cfg("size=20000", "steps=0"), str(tmp_path))
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "failed"
 
 
 def test_objective_combines_weighted_terms():
