@@ -1,12 +1,21 @@
-"""Hydra callback that reports on a sweep when its last job has ended.
+"""The life of a sweep in the launching process: stopping it, reporting on it, its outcome.
 
-It writes the comparison files (see nstexp.compare) into the sweep directory and logs one
-W&B run of job type `compare`, in the sweep's group, with a table of all jobs.
+- Ctrl-C or SIGTERM while a sweep runs writes a stop file into the sweep directory. Every
+  job checks it between steps, in whatever process or machine the launcher put it, ends
+  after its current step (keeping its last good image and an `interrupted` summary), and
+  jobs not yet started do not start. The launcher is left to return normally. A second
+  signal aborts at once.
+- When the last job has ended: the comparison files (see nstexp.compare) in the sweep
+  directory, one W&B run of job type `compare` in the sweep's group with a table of all
+  jobs, and the exit status, decided by the jobs' summaries, so that every launcher agrees.
 """
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
+from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
@@ -15,15 +24,50 @@ from omegaconf import DictConfig
 from nstexp.tracking import resolve_wandb_mode, sweep_group
 
 
+STOP_FILE = ".nstexp_stop"
+# The exit status of the sweep this process launched, once it has ended.
+sweep_outcome: dict[str, int] = {}
+
+
+def stop_file(sweep_dir: str) -> Path:
+    return Path(sweep_dir) / STOP_FILE
+
+
+def exit_code(statuses: list[str], interrupted: bool) -> int:
+    if interrupted or "interrupted" in statuses:
+        return 130
+    return 0 if all(s == "completed" for s in statuses) else 1
+
+
 class SweepReport(Callback):
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._stop = stop_file(config.hydra.sweep.dir)
+        self._stop.unlink(missing_ok=True)  # left by an interrupted attempt that is now resumed
+        self._handlers = {}
+        if threading.current_thread() is threading.main_thread():
+            self._handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def _on_signal(self, signum, frame) -> None:
+        if self._stop.exists():
+            raise KeyboardInterrupt  # a second signal: abort
+        self._stop.parent.mkdir(parents=True, exist_ok=True)
+        self._stop.touch()
+        print("stopping the sweep: running jobs end after their current step (again to abort)", file=sys.stderr)
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from nstexp import compare
 
+        for s, handler in self._handlers.items():
+            signal.signal(s, handler)
+        interrupted = self._stop.exists()
+        self._stop.unlink(missing_ok=True)
         sweep_dir = config.hydra.sweep.dir
         try:
             jobs = compare.collect(sweep_dir)
+            sweep_outcome["exit_code"] = exit_code([job.status for job in jobs], interrupted)
             paths = compare.write_report(sweep_dir, jobs=jobs)
         except Exception as exc:  # a report must never hide the jobs' own results
+            sweep_outcome.setdefault("exit_code", 130 if interrupted else 1)
             print(f"warning: no comparison report for {sweep_dir}: {exc}", file=sys.stderr)
             return
         print(f"comparison: {paths['contact_sheet']}", file=sys.stderr)

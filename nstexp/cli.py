@@ -6,8 +6,11 @@ validated once, so a typo fails in one line before any job runs.
 
 from __future__ import annotations
 
+import itertools
 import os
+import signal
 import sys
+import traceback
 from pathlib import Path
 
 import hydra
@@ -19,8 +22,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from nstexp import callbacks, resumable
 from nstexp import config as config_schema
-from nstexp import resumable
 from nstexp.errors import NstexpError
 from nstexp.runner import run
 from nstexp.tracking import sweep_group
@@ -53,21 +56,39 @@ def register_sweeps() -> None:
 
 config_schema.register()
 register_sweeps()
-_failures: list[str] = []
-_interrupted: list[bool] = []
+# Outcomes of the jobs this process ran (a single run, or a sweep under the basic launcher).
+_statuses: list[str] = []
 
 
-# Set by `main` for the jobs (also in launcher subprocesses): the keys a sweep varies.
+# Set by `main` for the jobs (also in launcher subprocesses): the keys a sweep varies, and
+# the process that launched them.
 SWEPT_ENV = "NSTEXP_SWEPT_KEYS"
+PARENT_ENV = "NSTEXP_PARENT_PID"
 
 
-def _run_name(hc) -> str:
-    """A multirun job is named by its swept values, a single run by all its overrides."""
+def compact_number(text: str) -> str:
+    """A number as a person writes it: Hydra turns a swept `1e5` into `100000.0`; this gives `1e5`."""
+    if not any(c in text for c in ".eE") or text.lower() in ("nan", "inf", "-inf"):
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    if value != 0 and (abs(value) >= 1e4 or abs(value) < 1e-3):
+        mantissa, exponent = f"{value:e}".split("e")
+        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+    return f"{value:g}"
+
+
+def _run_name(cfg: DictConfig, hc) -> str:
+    """A multirun job is named by its swept values, a single run by all its overrides;
+    `wandb.name` replaces the name of a single run and prefixes the names of a sweep's jobs."""
     swept = [k for k in os.environ.get(SWEPT_ENV, "").split(",") if k]
-    if hc.mode == RunMode.MULTIRUN and swept:
+    if hc.mode == RunMode.MULTIRUN:
         values = dict(o.lstrip("+~").split("=", 1) for o in hc.overrides.task if "=" in o)
-        return ",".join(f"{k}={values[k]}" for k in swept if k in values) or "default"
-    return hc.job.override_dirname or "default"
+        name = ",".join(f"{k}={compact_number(values[k])}" for k in swept if k in values) or "default"
+        return f"{cfg.wandb.name}/{name}" if cfg.wandb.name else name
+    return cfg.wandb.name or hc.job.override_dirname or "default"
 
 
 def _group(cfg: DictConfig, hc) -> str | None:
@@ -80,24 +101,43 @@ def _group(cfg: DictConfig, hc) -> str | None:
 def _hydra_main(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
-    if cfg.resume and hc.mode == RunMode.MULTIRUN:
-        if resumable.completed(out_dir):
-            print(f"job {hc.job.num}: already completed, skipped", file=sys.stderr)
+    stop_file = None
+    if hc.mode == RunMode.MULTIRUN:
+        stop_file = callbacks.stop_file(hc.sweep.dir)
+        if stop_file.exists():
+            print(f"job {hc.job.num}: not started, the sweep was stopped", file=sys.stderr)
             return
-        resumable.clear_attempt(out_dir)
+        if cfg.resume:
+            if resumable.completed(out_dir, hc.overrides.task):
+                print(f"job {hc.job.num}: already completed, skipped", file=sys.stderr)
+                return
+            resumable.clear_attempt(out_dir)
+    _statuses.append(_run_job(cfg, hc, out_dir, stop_file))
+
+
+def _run_job(cfg: DictConfig, hc, out_dir: Path, stop_file: Path | None) -> str:
+    """One job; never raises, so one job's failure cannot take a sweep's other jobs or its report along."""
     try:
-        summary = run(cfg, hc.runtime.output_dir, name=_run_name(hc), group=_group(cfg, hc))
+        summary = run(cfg, str(out_dir), name=_run_name(cfg, hc), group=_group(cfg, hc), stop_file=stop_file,
+                      record={"overrides": resumable.job_key(hc.overrides.task)})
     except NstexpError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        _failures.append(str(exc))
-        return
-    if summary["status"] == "interrupted":
-        _interrupted.append(True)
-        # Stop the whole sweep, not just this job.
-        raise SystemExit(130)
-    if summary["status"] != "completed":
-        _failures.append(summary["status"])
-    print(f"{summary['status']}: {hc.runtime.output_dir}/final.png", file=sys.stderr)
+        return "failed"
+    except Exception as exc:  # a bug: one line here, the traceback next to the run's summary
+        log = out_dir / "error.log"
+        log.write_text(traceback.format_exc())
+        print(f"error: {type(exc).__name__}: {exc} (unexpected; traceback in {log})", file=sys.stderr)
+        return "failed"
+    finally:
+        if os.environ.get(PARENT_ENV, str(os.getpid())) != str(os.getpid()):
+            # A launcher's worker process between jobs: a Ctrl-C at the terminal reaches it too,
+            # and would kill it while idle; the sweep's stop file stops its next job instead.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+    status = summary["status"]
+    if status == "interrupted" and stop_file is not None:
+        stop_file.touch()  # the sweep's other jobs, in any process, stop too
+    print(f"{status}: {out_dir}/final.png", file=sys.stderr)
+    return status
 
 
 def _describe(exc: BaseException, override: str, base: DictConfig) -> str:
@@ -152,10 +192,13 @@ def _check_group_options(expanded: list[tuple[str, list[str]]]) -> None:
                 raise NstexpError(f"{v}: unknown option for {key} (allowed: {', '.join(options)})")
 
 
-def preflight(overrides: list[str]) -> list[str]:
-    """Compose and validate the config for every value of every override; raise NstexpError.
+def preflight(overrides: list[str]) -> tuple[list[str], dict]:
+    """Compose and validate the config of every job a command would run; raise NstexpError.
 
-    Returns the keys that take several values (what a sweep varies).
+    Every combination of the swept values is checked, not each value alone: a value can be
+    valid with one value of another key and invalid with another (random weights exist for
+    vgg16, Caffe weights do not). Returns the keys that take several values (what a sweep
+    varies) and the sweep file's grid (`hydra.sweeper.params`).
     """
     try:
         expanded = _expand(overrides)
@@ -169,62 +212,75 @@ def preflight(overrides: list[str]) -> list[str]:
         # A sweep file's grid counts like command-line values, except for keys the command
         # line sets itself (Hydra lets those replace the swept values).
         sweep = [vals[0].split("=", 1)[1] for _, vals in expanded if vals[0].startswith("sweep=")]
+        params: dict = {}
         if sweep:
             hydra_cfg = compose(config_name="config", overrides=[f"sweep={sweep[0]}"], return_hydra_config=True)
             given = {v.split("=", 1)[0].lstrip("+~") for _, vals in expanded for v in vals}
-            params = hydra_cfg.hydra.sweeper.params or {}
+            params = OmegaConf.to_container(hydra_cfg.hydra.sweeper.params or {})
             grid = _expand([f"{k}={v}" for k, v in params.items() if k not in given])
             _check_group_options(grid)
             expanded += grid
         # Hydra's own settings (launcher, run and sweep dirs) are Hydra's to check.
         expanded = [(t, vals) for t, vals in expanded if not vals[0].lstrip("+~").startswith("hydra")]
         base = [vals[0] for _, vals in expanded]
-        checks = [(base, "the command line")]
-        for i, (_, values) in enumerate(expanded):
-            for v in values[1:]:
-                checks.append((base[:i] + [v] + base[i + 1 :], v))
-        for ovs, label in checks:
+        swept = [vals for _, vals in expanded if len(vals) > 1]
+        for ovs in itertools.product(*(vals for _, vals in expanded)):
+            ovs = list(ovs)
             try:
                 cfg = compose(config_name="config", overrides=ovs)
             except Exception as exc:
-                bad = next((o for o in ovs if o.split("=")[0].lstrip("+~") in str(exc)), label)
+                bad = next((o for o in ovs if o.split("=")[0].lstrip("+~") in str(exc)), " ".join(ovs))
                 raise NstexpError(_describe(exc, bad, base_cfg)) from None
-            config_schema.validate(cfg)
+            try:
+                config_schema.validate(cfg)
+            except NstexpError as exc:
+                if not swept:
+                    raise
+                combination = " ".join(o for o in ovs if any(o in vals for vals in swept))
+                raise NstexpError(f"{exc} (in the sweep's job {combination})") from None
     GlobalHydra.instance().clear()
-    return [vals[0].lstrip("+~").split("=", 1)[0] for _, vals in expanded if len(vals) > 1]
+    return [vals[0].lstrip("+~").split("=", 1)[0] for _, vals in expanded if len(vals) > 1], params
 
 
 _INFO_FLAGS = {"-h", "--help", "--hydra-help", "--info", "-i", "-c", "--cfg", "--shell-completion", "-sc"}
 
 
 def main() -> None:
+    """Exit status: 0 every run completed; 1 a run failed or diverged (or a sweep's job never
+    ran); 2 bad input, refused before anything ran; 130 interrupted (Ctrl-C, SIGTERM)."""
     args = sys.argv[1:]
     if args[:1] == ["compare"]:  # `nstexp compare <sweep dir>`
         from nstexp.compare import main as compare_main
 
         compare_main(args[1:])
         return
+    os.environ[PARENT_ENV] = str(os.getpid())
     if not any(a.split("=")[0] in _INFO_FLAGS for a in args):
         from hydra._internal.utils import get_args_parser
 
         parsed, _ = get_args_parser().parse_known_args(args)
         if parsed.config_name is None and parsed.config_path is None and parsed.config_dir is None:
             try:
-                os.environ[SWEPT_ENV] = ",".join(preflight(parsed.overrides))
+                swept, params = preflight(parsed.overrides)
+                os.environ[SWEPT_ENV] = ",".join(swept)
                 if resumable.requested(parsed.overrides):
-                    sweep_dir = resumable.sweep_dir_to_resume(parsed.overrides)
-                    if sweep_dir is not None:
+                    planned = resumable.plan(parsed.overrides, params)
+                    if planned is not None:
+                        sweep_dir, overrides = planned
                         print(f"resuming {sweep_dir}", file=sys.stderr)
-                        sys.argv.append(f"hydra.sweep.dir={sweep_dir}")
+                        # The sweep's own overrides, in its order: job numbers meet their folders.
+                        flags = [a for a in args if a not in parsed.overrides]
+                        sys.argv = [sys.argv[0], *flags, *overrides]
             except NstexpError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 sys.exit(2)
     os.environ.setdefault("HYDRA_FULL_ERROR", "0")
     _hydra_main()
-    if _interrupted:
-        sys.exit(130)
-    if _failures:
-        sys.exit(1)
+    code = callbacks.sweep_outcome.get("exit_code")  # a sweep: decided by its jobs' summaries
+    if code is None:
+        code = 130 if "interrupted" in _statuses else 1 if any(s != "completed" for s in _statuses) else 0
+    if code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ metrics.jsonl, the last good image as final.png and a finished W&B run.
 
 from __future__ import annotations
 
+import os
 import platform
 import signal
 import sys
@@ -57,13 +58,18 @@ def _versions() -> dict[str, str]:
 
 
 class StopRequest:
-    """Turns SIGINT/SIGTERM into a flag the loop checks between steps; a second signal aborts."""
+    """Turns SIGINT/SIGTERM into a flag the loop checks between steps; a second signal aborts.
 
-    def __init__(self) -> None:
+    `stop_file`, when given, also stops the run once it exists: how a sweep tells its jobs
+    in other processes (or on other machines) that it was interrupted.
+    """
+
+    def __init__(self, stop_file: str | os.PathLike | None = None) -> None:
         self.signal: int | None = None
+        self.stop_file = stop_file
 
     def __call__(self) -> bool:
-        return self.signal is not None
+        return self.signal is not None or (self.stop_file is not None and os.path.exists(self.stop_file))
 
     def _handle(self, signum, frame):
         if self.signal is not None:
@@ -160,24 +166,26 @@ def _initial_image(cfg: DictConfig, content: torch.Tensor, styles: list[torch.Te
     return images.to_tensor(pil, content.device)
 
 
-def run(cfg: DictConfig, out_dir: str, name: str | None = None, group: str | None = None) -> dict:
+def run(cfg: DictConfig, out_dir: str, name: str | None = None, group: str | None = None,
+        stop_file: str | os.PathLike | None = None, record: dict | None = None) -> dict:
     """Run one style transfer into `out_dir`; returns the summary (also written to summary.json).
 
     Whatever happens, `out_dir` ends with summary.json, metrics.jsonl, the last good image as
     final.png (once an image existed) and a finished W&B run (once one started). Bad input
     raises NstexpError and any other error is re-raised, both after the summary is written.
+    `record` adds entries to the summary (the command line records a job's overrides).
     """
-    stop = StopRequest()
+    stop = StopRequest(stop_file)
     # Installed before any output exists, so a signal during set-up is also handled.
     with stop.installed():
-        return _run(cfg, out_dir, name or cfg.wandb.name or "run", group, stop)
+        return _run(cfg, out_dir, name or cfg.wandb.name or "run", group, stop, record or {})
 
 
-def _run(cfg: DictConfig, out_dir: str, name: str, group: str | None, stop: StopRequest) -> dict:
+def _run(cfg: DictConfig, out_dir: str, name: str, group: str | None, stop: StopRequest, record: dict) -> dict:
     t_start = time.perf_counter()
     config = OmegaConf.to_container(cfg, resolve=True)
     tracker = Tracker(out_dir, config, cfg.wandb, name=name, group=group)
-    summary: dict = {"status": "failed", "steps": 0, "evals": 0, "seed": cfg.seed, "name": name}
+    summary: dict = {"status": "failed", "steps": 0, "evals": 0, "seed": cfg.seed, "name": name, **record}
     final_image = None
     latest: dict = {}  # the newest step event: the last good image, whatever stops the run
     warnings: list[str] = []

@@ -3,10 +3,7 @@
 import csv
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
+import shutil
 
 import pytest
 import yaml
@@ -91,8 +88,8 @@ def test_two_by_two_sweep_basic_launcher(tmp_path, wandb_env):
     assert r.returncode == 0, r.stderr
     jobs = _check_sweep(sweep)
     assert jobs[0].group.startswith("multirun-")
-    # Named by the swept values only.
-    assert sorted(j.name for j in jobs)[0] == "optimizer=adam,style.weight=100000.0"
+    # Named by the swept values only, numbers as a person writes them (Hydra gives 100000.0).
+    assert sorted(j.name for j in jobs)[0] == "optimizer=adam,style.weight=1e5"
 
 
 def test_two_by_two_sweep_joblib_two_workers(tmp_path, wandb_env):
@@ -120,25 +117,23 @@ def test_submitit_local_launcher(tmp_path, wandb_env):
     _check_sweep(sweep, n_jobs=2)
 
 
+RESUME = ["-m", "size=32", "steps=2", "progress=false", "snapshot_every=0", "wandb.mode=disabled"]
+
+
+def _cut_off_sweep(tmp_path):
+    """A 3-job sweep as a lost machine leaves it: job 0 completed, job 1 half done, job 2 never started."""
+    r = run_cli([*RESUME, "seed=0,1,2"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    (sweep,) = (tmp_path / "multirun").glob("*/*")
+    (sweep / "1" / "summary.json").unlink()
+    (sweep / "1" / "final.png").unlink()
+    shutil.rmtree(sweep / "2")
+    return sweep
+
+
 def test_resume_reruns_only_unfinished_jobs(tmp_path, wandb_env):
-    args = ["-m", "size=32", "steps=40", "progress=false", "snapshot_every=0", "seed=0,1,2"]
-    cmd = [sys.executable, "-m", "nstexp", *args]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env={**os.environ}, stderr=subprocess.DEVNULL)
-    root = tmp_path / "multirun"
-    deadline = time.time() + 180
-    first = None
-    while time.time() < deadline:
-        done = list(root.glob("*/*/0/summary.json"))
-        if done and list(root.glob("*/*/1/metrics.jsonl")):
-            first = done[0]
-            break
-        time.sleep(0.2)
-    assert first is not None, "the first job never finished"
-    proc.send_signal(signal.SIGKILL)  # the machine is lost: no clean-up at all
-    proc.wait()
-    sweep = first.parent.parent
-    before = first.read_text()
-    assert not (sweep / "2").exists()
+    sweep = _cut_off_sweep(tmp_path)
+    before = (sweep / "0" / "summary.json").read_text()
 
     # The comparison of the cut-off sweep shows what exists and marks the rest.
     r = run_cli(["compare", str(sweep)], cwd=tmp_path)
@@ -147,18 +142,100 @@ def test_resume_reruns_only_unfinished_jobs(tmp_path, wandb_env):
     assert [row["status"] for row in rows] == ["completed", "running", "missing"]
     assert rows[2]["seed"] == "2"
 
-    r = run_cli([*args, "resume=true"], cwd=tmp_path)
+    # The same jobs, written in another order: job numbers still meet their own folders.
+    r = run_cli(["-m", "seed=2,0,1", *RESUME[1:], "resume=true"], cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert f"resuming multirun/{sweep.parent.name}/{sweep.name}" in r.stderr
     assert "job 0: already completed, skipped" in r.stderr
-    assert first.read_text() == before  # not rerun
+    assert (sweep / "0" / "summary.json").read_text() == before  # not rerun
     for job in ("0", "1", "2"):
-        assert json.loads((sweep / job / "summary.json").read_text())["status"] == "completed"
-        assert len(find_runs(str(sweep / job))) == 1  # one W&B run per job, none duplicated
-    assert len(list(root.glob("*/*"))) == 1  # no second sweep directory
+        summary = json.loads((sweep / job / "summary.json").read_text())
+        assert summary["status"] == "completed" and summary["seed"] == int(job)
+    rows = list(csv.DictReader(open(sweep / "comparison.csv")))
+    assert [(row["seed"], row["status"]) for row in rows] == [("0", "completed"), ("1", "completed"),
+                                                              ("2", "completed")]
+    assert len(list((tmp_path / "multirun").glob("*/*"))) == 1  # no second sweep directory
+
+
+def test_resume_never_skips_a_job_whose_folder_holds_another_configuration(tmp_path):
+    sweep = _cut_off_sweep(tmp_path)
+    # Job 0's folder now holds the results of another configuration (seed 7).
+    summary = json.loads((sweep / "0" / "summary.json").read_text())
+    summary["overrides"] = [o.replace("seed=0", "seed=7") for o in summary["overrides"]]
+    (sweep / "0" / "summary.json").write_text(json.dumps(summary))
+    r = run_cli([*RESUME, "seed=0,1,2", "resume=true"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "already completed" not in r.stderr
+    assert "seed=0" in json.loads((sweep / "0" / "summary.json").read_text())["overrides"]
+
+
+def test_resume_into_a_sweep_of_another_grid_is_refused(tmp_path):
+    sweep = _cut_off_sweep(tmp_path)
+    before = {p: p.read_bytes() for p in sweep.rglob("*") if p.is_file()}
+    r = run_cli([*RESUME, "seed=0,1,3", "resume=true", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert r.returncode == 2
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith(f"error: resume=true: {sweep} holds another grid (3 jobs: ")
+    assert {p: p.read_bytes() for p in sweep.rglob("*") if p.is_file()} == before  # nothing touched
 
 
 def test_resume_without_an_earlier_sweep_says_so(tmp_path):
     r = run_cli(["-m", "seed=0,1", "resume=true"], cwd=tmp_path)
     assert r.returncode == 2
-    assert r.stderr.startswith("error: resume=true: no earlier sweep with the same overrides")
+    assert r.stderr.startswith("error: resume=true: no earlier sweep with the same jobs")
+
+
+def test_every_combination_is_checked_before_any_job(tmp_path):
+    # Each value is valid with the first value of the other key; one combination is not.
+    r = run_cli(["-m", "backbone.weights=random,caffe", "backbone.arch=vgg19,vgg16",
+                 f"hydra.sweep.dir={tmp_path}/s"], cwd=tmp_path)
+    assert r.returncode == 2
+    (line,) = r.stderr.strip().splitlines()
+    assert "backbone.weights=caffe exists only for vgg19, not vgg16" in line
+    assert "backbone.weights=caffe backbone.arch=vgg16" in line
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("launcher", [[], ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+                                      ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5"]])
+def test_every_launcher_exits_1_when_jobs_fail(tmp_path, launcher):
+    r = run_cli(["-m", *TINY, "wandb.mode=disabled", "seed=0,1", "content.image=missing.png", *launcher,
+                 f"hydra.sweep.dir={tmp_path}/s"], cwd=tmp_path, timeout=600)
+    assert r.returncode == 1, r.stderr
+    rows = list(csv.DictReader(open(tmp_path / "s" / "comparison.csv")))
+    assert [row["status"] for row in rows] == ["failed", "failed"]
+
+
+CRASH_SEED_0 = """
+import nstexp.runner
+
+_initial_image = nstexp.runner._initial_image
+
+
+def crash_for_seed_0(cfg, content, styles):
+    if cfg.seed == 0:
+        raise ZeroDivisionError("a bug")
+    return _initial_image(cfg, content, styles)
+
+
+nstexp.runner._initial_image = crash_for_seed_0
+"""
+
+
+@pytest.mark.parametrize("launcher", [[], ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]])
+def test_a_crashing_job_leaves_the_others_and_the_report(tmp_path, wandb_env, launcher):
+    # A bug that shows up in one job only, planted through sitecustomize in every process.
+    (tmp_path / "plant").mkdir()
+    (tmp_path / "plant" / "sitecustomize.py").write_text(CRASH_SEED_0)
+    env = {"PYTHONPATH": os.pathsep.join([str(tmp_path / "plant"), os.environ.get("PYTHONPATH", "")])}
+    sweep = tmp_path / "s"
+    r = run_cli(["-m", *TINY, "seed=0,1", *launcher, f"hydra.sweep.dir={sweep}"], cwd=tmp_path, env=env)
+    assert r.returncode == 1, r.stderr
+    assert "Traceback" not in r.stderr
+    (line,) = [x for x in r.stderr.splitlines() if x.startswith("error:")]
+    assert line == f"error: ZeroDivisionError: a bug (unexpected; traceback in {sweep}/0/error.log)"
+    assert "ZeroDivisionError" in (sweep / "0" / "error.log").read_text()
+    rows = list(csv.DictReader(open(sweep / "comparison.csv")))
+    assert [row["status"] for row in rows] == ["failed", "completed"]
+    runs = find_runs(str(sweep))
+    assert sorted(r.job_type for r in runs) == ["compare", "run", "run"] and all(r.finished for r in runs)
