@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.resources
 import os
+import stat
 import warnings
 
 import numpy as np
@@ -59,7 +60,7 @@ def load_image(spec: str, key: str = "image") -> Image.Image:
         raise NstexpError(f"{key}={spec}: file not found")
     if os.path.isdir(path):
         raise NstexpError(f"{key}={spec}: is a directory, not an image file")
-    if os.path.getsize(path) == 0:
+    if stat.S_ISREG(os.stat(path).st_mode) and os.path.getsize(path) == 0:  # a pipe is read as it comes
         raise NstexpError(f"{key}={spec}: file is empty")
     try:
         with warnings.catch_warnings():

@@ -10,7 +10,7 @@ import time
 import pytest
 from PIL import Image
 
-from conftest import TINY, run_cli
+from conftest import REPO, TINY, run_cli
 from wandb_offline import find_runs
 
 
@@ -46,7 +46,7 @@ def test_two_step_run_writes_outputs_and_offline_wandb_run(tmp_path, wandb_env):
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "completed"
-    assert summary["steps"] == 2 and summary["evals"] == 2
+    assert summary["steps"] == 2 and summary["evals"] == 3  # the last image is measured once more
     assert summary["final/loss/total"] == pytest.approx(metrics[-1]["loss/total"])
     for key in ("wall_time_s", "time_per_eval_s", "peak_memory_mb", "device", "image_size", "versions"):
         assert summary[key] is not None, key
@@ -166,14 +166,41 @@ def test_sigterm_is_handled_like_ctrl_c(tmp_path, wandb_env):
 
 
 def test_signal_during_set_up_still_leaves_a_summary(tmp_path, wandb_env):
-    out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "nstexp", "size=48", "steps=100000", "progress=false", f"hydra.run.dir={out}"]
+    """The content image is a pipe: set-up (W&B started, network loaded) blocks reading it until
+    the test has sent the signal, so the signal lands in set-up, every time."""
+    out, pipe = tmp_path / "run", tmp_path / "content.png"
+    os.mkfifo(pipe)
+    cmd = [sys.executable, "-m", "nstexp", "size=48", "steps=100000", "progress=false", f"content.image={pipe}",
+           f"hydra.run.dir={out}"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env={**os.environ}, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while time.time() < deadline and not (out / "metrics.jsonl").exists():
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)  # the W&B run and the network are still being set up
-    proc.communicate(timeout=60)
-    assert json.loads((out / "summary.json").read_text())["status"] == "interrupted"
+    while True:  # opening the write end succeeds once the run has opened the pipe to read it
+        try:
+            fd = os.open(pipe, os.O_WRONLY | os.O_NONBLOCK)
+            break
+        except OSError:
+            assert time.time() < deadline and proc.poll() is None, "the run never read its content image"
+            time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)  # the handler has run by now; the run is still waiting for the image
+    with open(Image.open(os.path.join(REPO, "nstexp", "samples", "chelsea.png")).filename, "rb") as f:
+        data = f.read()
+    os.set_blocking(fd, True)
+    os.write(fd, data)
+    os.close(fd)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["steps"] == 0
+    assert (out / "final.png").is_file()  # the initial image: the last good one
     (run,) = find_runs(str(out))
-    assert run.finished
+    assert run.finished and run.summary["status"] == "interrupted"
+
+
+def test_wandb_name_names_the_run(tmp_path, wandb_env):
+    out = tmp_path / "run"
+    r = run_cli([*TINY, "wandb.name=my-baseline", f"hydra.run.dir={out}"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    (run,) = find_runs(str(out))
+    assert run.name == "my-baseline"
+    assert json.loads((out / "summary.json").read_text())["name"] == "my-baseline"

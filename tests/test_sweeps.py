@@ -4,6 +4,10 @@ import csv
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import yaml
@@ -239,3 +243,44 @@ def test_a_crashing_job_leaves_the_others_and_the_report(tmp_path, wandb_env, la
     assert [row["status"] for row in rows] == ["failed", "completed"]
     runs = find_runs(str(sweep))
     assert sorted(r.job_type for r in runs) == ["compare", "run", "run"] and all(r.finished for r in runs)
+
+
+def _start_long_sweep(tmp_path, *extra):
+    """A 3-job sweep of endless jobs under joblib with 2 workers, in its own process group
+    (as a terminal runs it); returns once both workers' jobs have logged 2 steps."""
+    sweep = tmp_path / "s"
+    cmd = [sys.executable, "-m", "nstexp", "-m", "size=32", "steps=100000", "progress=false", "snapshot_every=0",
+           "seed=0,1,2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep}", *extra]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env={**os.environ}, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        lines = [len((sweep / j / "metrics.jsonl").read_text().splitlines())
+                 if (sweep / j / "metrics.jsonl").exists() else 0 for j in ("0", "1")]
+        if min(lines) >= 2:
+            return proc, sweep
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("the jobs never started")
+
+
+@pytest.mark.parametrize("how", ["ctrl-c at the terminal", "sigterm to the launcher"])
+def test_interrupting_a_joblib_sweep_keeps_every_job(tmp_path, wandb_env, how):
+    proc, sweep = _start_long_sweep(tmp_path)
+    if how == "ctrl-c at the terminal":
+        os.killpg(proc.pid, signal.SIGINT)  # the whole foreground group: launcher, workers, W&B
+    else:
+        proc.send_signal(signal.SIGTERM)  # the launcher alone: it tells the workers through the stop file
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    for job in ("0", "1"):
+        summary = json.loads((sweep / job / "summary.json").read_text())
+        assert summary["status"] == "interrupted" and summary["steps"] >= 1
+        assert (sweep / job / "final.png").is_file()
+    assert not (sweep / "2" / "summary.json").exists()  # queued: never started
+    rows = list(csv.DictReader(open(sweep / "comparison.csv")))
+    assert [row["status"] for row in rows] == ["interrupted", "interrupted", "missing"]
+    runs = find_runs(str(sweep))
+    assert len(runs) == 3 and all(r.finished for r in runs)  # 2 jobs and the summary run
+    assert not (sweep / ".nstexp_stop").exists()
