@@ -55,7 +55,7 @@ class SweepReport(Callback):
         print("stopping the sweep: running jobs end after their current step (again to abort)", file=sys.stderr)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from nstexp import compare
+        from nstexp import compare, sweep_jobs
 
         for s, handler in self._handlers.items():
             signal.signal(s, handler)
@@ -63,7 +63,7 @@ class SweepReport(Callback):
         self._stop.unlink(missing_ok=True)
         sweep_dir = config.hydra.sweep.dir
         try:
-            jobs = compare.collect(sweep_dir)
+            jobs = sweep_jobs.collect(sweep_dir)
             sweep_outcome["exit_code"] = exit_code([job.status for job in jobs], interrupted)
             paths = compare.write_report(sweep_dir, jobs=jobs)
         except Exception as exc:  # a report must never hide the jobs' own results
@@ -74,7 +74,10 @@ class SweepReport(Callback):
         mode = resolve_wandb_mode(config.wandb.mode)
         if mode != "disabled":
             group = sweep_group(config.wandb.group, config.hydra.runtime.choices.get("sweep"), sweep_dir)
-            log_summary_run(sweep_dir, jobs, paths, config.wandb, mode, group)
+            try:
+                log_summary_run(sweep_dir, jobs, paths, config.wandb, mode, group)
+            except Exception as exc:  # the files are written; W&B's copy is a convenience
+                print(f"warning: no W&B summary run for {sweep_dir}: {type(exc).__name__}: {exc}", file=sys.stderr)
 
 
 def comparison_table(jobs: list):

@@ -216,13 +216,13 @@ def preflight(overrides: list[str]) -> tuple[list[str], dict]:
         if sweep:
             hydra_cfg = compose(config_name="config", overrides=[f"sweep={sweep[0]}"], return_hydra_config=True)
             given = {v.split("=", 1)[0].lstrip("+~") for _, vals in expanded for v in vals}
-            params = OmegaConf.to_container(hydra_cfg.hydra.sweeper.params or {})
+            swept_params = hydra_cfg.hydra.sweeper.params
+            params = OmegaConf.to_container(swept_params) if swept_params is not None else {}
             grid = _expand([f"{k}={v}" for k, v in params.items() if k not in given])
             _check_group_options(grid)
             expanded += grid
         # Hydra's own settings (launcher, run and sweep dirs) are Hydra's to check.
         expanded = [(t, vals) for t, vals in expanded if not vals[0].lstrip("+~").startswith("hydra")]
-        base = [vals[0] for _, vals in expanded]
         swept = [vals for _, vals in expanded if len(vals) > 1]
         for ovs in itertools.product(*(vals for _, vals in expanded)):
             ovs = list(ovs)

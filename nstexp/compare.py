@@ -19,18 +19,16 @@ from __future__ import annotations
 import argparse
 import csv
 import itertools
-import json
 import math
 import os
 import sys
-from dataclasses import dataclass
 
-import yaml
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
 
 from nstexp import images
+from nstexp.sweep_jobs import Job, collect, nested, read_yaml
 from nstexp.errors import NstexpError
 
 # Contact sheet layout in pixels; `contact_sheet` documents how they add up.
@@ -43,7 +41,6 @@ BACKGROUND = (255, 255, 255)
 PLACEHOLDER = (192, 192, 192)  # stands in for a job without a final image
 TEXT = (0, 0, 0)
 
-UNSET = "(default)"  # the value of a swept key in a job that did not override it
 LOSSES = ("loss/total", "loss/content", "loss/style")
 RESULTS = ("status", "steps", "evals", "wall_time_s", *(f"final/{k}" for k in LOSSES))
 OUTPUTS = {
@@ -52,137 +49,6 @@ OUTPUTS = {
     "csv": "comparison.csv",
     "markdown": "comparison.md",
 }
-
-
-@dataclass
-class Job:
-    """One job of a sweep, as read back from its folder (planned ones never started have none)."""
-
-    num: int
-    dir: str | None  # None for a job never started whose folder name depends on more than its number
-    overrides: dict[str, str]  # all of the job's overrides, key -> value, in command-line order
-    swept: dict[str, str]  # only the keys whose values differ between the sweep's jobs
-    summary: dict | None  # summary.json; None until the job has finished
-    metrics: list[dict]  # metrics.jsonl, one dict per logged step
-    final: str | None  # path of final.png, once written
-    status: str  # the summary's status, else "running" (metrics but no summary) or "missing"
-
-
-def collect(sweep_dir: str) -> list[Job]:
-    """Read every job of the sweep in `sweep_dir` in job-number order; NstexpError if it is not a sweep folder.
-
-    A sweep folder is one holding Hydra's multirun.yaml; its jobs are the folders found by `_job_dirs`.
-    """
-    if not os.path.isdir(sweep_dir):
-        raise NstexpError(f"{sweep_dir}: not a directory")
-    multirun_yaml = os.path.join(sweep_dir, "multirun.yaml")
-    if not os.path.isfile(multirun_yaml):
-        raise NstexpError(f"{sweep_dir}: no multirun.yaml, so not a Hydra multirun sweep folder")
-    multirun = _load_yaml(multirun_yaml)
-    jobs = [_read_job(path, num) for num, path in _job_dirs(sweep_dir)]
-    # Jobs the sweep planned but never started (cut off, or still queued) are listed too.
-    started = {job.num for job in jobs}
-    # Their folder is only known when its name is the job number, Hydra's default subdir.
-    default_subdir = _get(multirun, "hydra", "sweep", "subdir") in (None, "${hydra.job.num}")
-    for num, overrides in enumerate(_planned(multirun)):
-        if num not in started:
-            path = os.path.join(sweep_dir, str(num)) if default_subdir else None
-            jobs.append(Job(num, path, _parse_overrides(overrides), {}, None, [], None, "missing"))
-    if not jobs:
-        raise NstexpError(f"{sweep_dir}: no job folders (folders holding .hydra/hydra.yaml) and no planned jobs")
-    jobs.sort(key=lambda job: job.num)
-    keys = dict.fromkeys(k for job in jobs for k in job.overrides)
-    swept = [k for k in keys if len({job.overrides.get(k, UNSET) for job in jobs}) > 1]
-    for job in jobs:
-        job.swept = {k: job.overrides.get(k, UNSET) for k in swept}
-    return jobs
-
-
-def _job_dirs(sweep_dir: str) -> list[tuple[int, str]]:
-    """(job number, folder) of every job folder below `sweep_dir`, sorted.
-
-    A job folder is one holding .hydra/hydra.yaml, at any depth: hydra.sweep.subdir can name
-    it anything (`${hydra.job.num}_${hydra.job.override_dirname}`, `a/${hydra.job.num}`), so
-    the number is the `hydra.job.num` Hydra recorded there, not the folder name.
-    """
-    found = []
-    for path, subdirs, _ in os.walk(sweep_dir):
-        hydra_yaml = os.path.join(path, ".hydra", "hydra.yaml")
-        if os.path.isfile(hydra_yaml):
-            subdirs.clear()  # what a job writes below its folder is its own, never another job
-            num = _get(_load_yaml(hydra_yaml), "hydra", "job", "num")
-            if type(num) is not int:  # not recorded (a hand-made folder): the name is all there is
-                num = int(os.path.basename(path)) if os.path.basename(path).isdecimal() else None
-            if num is not None:
-                found.append((num, path))
-        else:
-            subdirs[:] = [d for d in subdirs if d != "wandb"]  # W&B's run folders, possibly large
-    return sorted(found)
-
-
-def _get(cfg, *keys):
-    """cfg[k1][k2]...; None where a level is missing or not a mapping (a YAML file can hold anything)."""
-    for key in keys:
-        if not isinstance(cfg, dict):
-            return None
-        cfg = cfg.get(key)
-    return cfg
-
-
-def _planned(multirun) -> list[list[str]]:
-    """The overrides of every job of the sweep, recomputed from multirun.yaml the way Hydra's basic sweeper does."""
-    if "BasicSweeper" not in str(_get(multirun, "hydra", "sweeper", "_target_")):
-        return []  # other sweepers choose their jobs as they go
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    params = [f"{k}={v}" for k, v in (_get(multirun, "hydra", "sweeper", "params") or {}).items()]
-    arguments = params + list(_get(multirun, "hydra", "overrides", "task") or [])
-    try:
-        (batch,) = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(arguments), None)
-    except Exception:
-        return []
-    return batch
-
-
-def _parse_overrides(items) -> dict[str, str]:
-    overrides = {}
-    for item in items or []:
-        key, _, value = str(item).partition("=")
-        overrides[key] = value
-    return overrides
-
-
-def _read_job(path: str, num: int) -> Job:
-    overrides = _parse_overrides(_load_yaml(os.path.join(path, ".hydra", "overrides.yaml")))
-    metrics_path = os.path.join(path, "metrics.jsonl")
-    summary = None
-    try:
-        with open(os.path.join(path, "summary.json")) as f:
-            summary = json.load(f)
-    except (FileNotFoundError, json.JSONDecodeError):
-        pass  # not finished, or being written right now
-    metrics = []
-    if os.path.exists(metrics_path):
-        with open(metrics_path) as f:
-            for line in f:
-                try:
-                    metrics.append(json.loads(line))
-                except json.JSONDecodeError:
-                    pass  # a running job's last line can be half-written
-    if summary is not None:
-        status = str(summary.get("status", "unknown"))
-    else:
-        status = "running" if os.path.exists(metrics_path) else "missing"
-    final = os.path.join(path, "final.png")
-    return Job(num, path, overrides, {}, summary, metrics, final if os.path.exists(final) else None, status)
-
-
-def _load_yaml(path: str):
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return yaml.safe_load(f)
 
 
 def _pairs(keys, values) -> list[str]:
@@ -202,8 +68,8 @@ def input_images(job: Job) -> list[tuple[list[str], Image.Image]]:
     """
     if job.dir is None:
         return []
-    cfg = _load_yaml(os.path.join(job.dir, ".hydra", "config.yaml")) or {}
-    launch_dir = _get(_load_yaml(os.path.join(job.dir, ".hydra", "hydra.yaml")), "hydra", "runtime", "cwd")
+    cfg = read_yaml(os.path.join(job.dir, ".hydra", "config.yaml")) or {}
+    launch_dir = nested(read_yaml(os.path.join(job.dir, ".hydra", "hydra.yaml")), "hydra", "runtime", "cwd")
     out = []
     for key in ("content", "style"):
         spec = (cfg.get(key) or {}).get("image")

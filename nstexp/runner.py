@@ -20,7 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from nstexp import images, memory
+from nstexp import inputs, memory
 from nstexp.backbone import FeatureExtractor, pools_before
 from nstexp.config import validate
 from nstexp.engine import StepEvent, optimize
@@ -89,81 +89,9 @@ class StopRequest:
                 signal.signal(s, h)
 
 
-# Upscaling an input by more than this blurs it visibly: the run says so.
-UPSCALE_WARNING = 2.0
-
-
-def _load_inputs(cfg: DictConfig, size: int, deepest: dict[str, int], device: torch.device,
-                 warnings: list[str], check_memory) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Content and style images at the sizes the run uses, as (1, 3, H, W) tensors.
-
-    Sizes are worked out and checked (large enough for the deepest layer, small enough for
-    the memory, via `check_memory(content_wh, style_whs)`) before any image is resized.
-    """
-    specs = [("content.image", cfg.content.image), ("style.image", cfg.style.image)] + [
-        (f"style.blend_images[{i}]", s) for i, s in enumerate(cfg.style.blend_images)
-    ]
-    pils = {key: images.load_image(spec, key) for key, spec in specs}
-    content_wh = images.fit_longest(pils["content.image"].size, size)
-    style_size = max(1, round(max(content_wh) * cfg.style.scale))
-    sizes = {key: content_wh if key == "content.image" else images.fit_longest(pils[key].size, style_size)
-             for key in pils}
-    layer, pools = max(deepest.items(), key=lambda kv: kv[1])
-    need = 2**pools
-    for key, (w, h) in sizes.items():
-        if min(w, h) < need:
-            raise NstexpError(
-                f"{key}: {w}x{h} px after resizing is too small for layer {layer} "
-                f"(needs at least {need} px per side; raise size or style.scale)"
-            )
-        factor = max(w, h) / max(pils[key].size)
-        if factor > UPSCALE_WARNING:
-            warnings.append(f"{key} is {pils[key].width}x{pils[key].height} px: upscaled {factor:.1f}x to "
-                            f"{max(w, h)} px, expect a blurry target (use a larger image or a smaller size)")
-    # The generated image's sides are multiples of the deepest layer's total pooling: otherwise
-    # its last rows and columns, dropped by the poolings, reach only the first layers and come
-    # out as noise. This changes the aspect ratio by a few pixels at most.
-    sizes["content.image"] = images.round_to(content_wh, need)
-    style_keys = [key for key, _ in specs[1:]]
-    check_memory(sizes["content.image"], [sizes[k] for k in style_keys])
-    content = images.to_tensor(images.resize(pils["content.image"], sizes["content.image"]), device)
-    styles = [images.to_tensor(images.resize(pils[k], sizes[k]), device) for k in style_keys]
-    return content, styles
-
-
-def _memory_check(extractor: FeatureExtractor, cfg, device: torch.device, summary: dict):
-    """A `check_memory` for `_load_inputs` that refuses what cannot fit and records the estimate."""
-
-    def check(content_wh: tuple[int, int], style_whs: list[tuple[int, int]]) -> None:
-        w, h = content_wh
-        need = memory.estimate_bytes(extractor.features, h, w, cfg.optimizer)
-        for sw, sh in style_whs:  # style images pass once, without a graph: about their largest activations
-            need = max(need, 3 * memory.activation_bytes(extractor.features, sh, sw)[1])
-        summary["memory_estimate_mb"] = need / 2**20
-        have = memory.available_bytes(device)
-        if have is not None and need > have:
-            raise NstexpError(
-                f"size={max(w, h)} (style.scale={cfg.style.scale}): needs about {need / 2**30:.1f} GiB, "
-                f"{have / 2**30:.1f} GiB available on {device} (lower size or style.scale)"
-            )
-
-    return check
-
-
-def _initial_image(cfg: DictConfig, content: torch.Tensor, styles: list[torch.Tensor]) -> torch.Tensor:
-    kind = cfg.init.kind
-    h, w = content.shape[-2:]
-    if kind == "content":
-        return content.clone()
-    if kind == "noise":
-        # Drawn on the CPU so the same seed gives the same start on every device.
-        gen = torch.Generator().manual_seed(cfg.seed)
-        return torch.rand(content.shape, generator=gen).to(content.device)
-    if kind == "style":
-        pil = images.to_pil(styles[0]).resize((w, h), images.Image.Resampling.LANCZOS)
-    else:  # image
-        pil = images.load_image(cfg.init.path, "init.path").resize((w, h), images.Image.Resampling.LANCZOS)
-    return images.to_tensor(pil, content.device)
+def _log_step(tracker: Tracker, ev: StepEvent, snapshot: bool) -> None:
+    metrics = {"step": ev.step, "evals": ev.evals, "time_s": ev.time_s, **ev.terms.as_floats()}
+    tracker.log_step(metrics, ev.image if snapshot else None)
 
 
 def run(cfg: DictConfig, out_dir: str, name: str | None = None, group: str | None = None,
@@ -216,8 +144,8 @@ def _run(cfg: DictConfig, out_dir: str, name: str, group: str | None, stop: Stop
             preprocessing=cfg.backbone.preprocessing,
             seed=cfg.seed,
         ).to(device)
-        check = _memory_check(extractor, cfg, device, summary)
-        content, styles = _load_inputs(cfg, size, deepest, device, warnings, check)
+        check = inputs.memory_check(extractor, cfg, device, summary)
+        content, styles = inputs.load(cfg, size, deepest, device, warnings, check)
         for w in warnings:
             print(f"warning: {w}", file=sys.stderr)
         summary["image_size"] = list(content.shape[-2:])
@@ -234,25 +162,20 @@ def _run(cfg: DictConfig, out_dir: str, name: str, group: str | None, stop: Stop
             cfg.style.normalization,
             list(cfg.style.blend_weights) or None,
         )
-        init = _initial_image(cfg, content, styles)
+        init = inputs.initial_image(cfg, content, styles)
         final_image = init
         tracker.log_inputs(content, styles)
 
         bar = tqdm(total=steps, disable=not cfg.progress, file=sys.stderr, dynamic_ncols=True, unit="step")
         t_opt = time.perf_counter()
-        logged: dict = {}
-
-        def log(ev: StepEvent, snapshot: bool) -> None:
-            metrics = {"step": ev.step, "evals": ev.evals, "time_s": ev.time_s, **ev.terms.as_floats()}
-            tracker.log_step(metrics, ev.image if snapshot else None)
-            logged["step"] = ev.step
-            bar.set_postfix(loss=f"{metrics['loss/total']:.4g}", refresh=False)
 
         def on_step(ev: StepEvent) -> None:
             latest["event"] = ev
             snapshot = bool(cfg.snapshot_every) and ev.step % cfg.snapshot_every == 0
             if snapshot or ev.step % cfg.log_every == 0 or ev.step == steps:
-                log(ev, snapshot)
+                _log_step(tracker, ev, snapshot)
+                latest["logged"] = ev.step
+                bar.set_postfix(loss=f"{ev.terms.total[0].item():.4g}", refresh=False)
             bar.update(ev.step - bar.n)
 
         try:
@@ -263,8 +186,6 @@ def _run(cfg: DictConfig, out_dir: str, name: str, group: str | None, stop: Stop
                 summary.update({f"final/{k}": v for k, v in result.terms.as_floats().items()})
         except KeyboardInterrupt:  # a second Ctrl-C: keep what the last step produced
             status = "interrupted"
-        if "event" in latest and logged.get("step") != latest["event"].step:
-            log(latest["event"], snapshot=False)  # the last step always has its metrics line
         summary["status"] = status
         summary["wall_time_s"] = time.perf_counter() - t_opt
         if status == "interrupted":
@@ -283,6 +204,8 @@ def _run(cfg: DictConfig, out_dir: str, name: str, group: str | None, stop: Stop
     finally:
         if bar is not None:
             bar.close()
+        if "event" in latest and latest.get("logged") != latest["event"].step:
+            _log_step(tracker, latest["event"], snapshot=False)  # the last step always has its metrics line
         if summary["status"] != "completed" and "event" in latest and "final/loss/total" not in summary:
             # Stopped by an exception or a second Ctrl-C inside a step: the newest image the
             # optimizer produced, with the losses measured on it, is the last good one.

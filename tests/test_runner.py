@@ -78,7 +78,7 @@ def test_style_blending_and_scale(tmp_path):
     # A second style with weight 0 changes nothing; with weight > 0 it does.
     zero = run(_cfg("style.blend_images=[sample:chelsea]", "style.blend_weights=[1,0]"), str(tmp_path / "zero"))
     mixed = run(_cfg("style.blend_images=[sample:chelsea]", "style.blend_weights=[0.7,0.3]"), str(tmp_path / "mix"))
-    scaled = run(_cfg("style.scale=1.5"), str(tmp_path / "scaled"))
+    run(_cfg("style.scale=1.5"), str(tmp_path / "scaled"))
     finals = {d: Image.open(tmp_path / d / "final.png").tobytes() for d in ("base", "zero", "mix", "scaled")}
     assert zero["final/loss/total"] == pytest.approx(base["final/loss/total"], rel=1e-5)
     assert finals["zero"] == finals["base"]

@@ -211,18 +211,18 @@ def test_every_launcher_exits_1_when_jobs_fail(tmp_path, launcher):
 
 
 CRASH_SEED_0 = """
-import nstexp.runner
+import nstexp.inputs
 
-_initial_image = nstexp.runner._initial_image
+initial_image = nstexp.inputs.initial_image
 
 
 def crash_for_seed_0(cfg, content, styles):
     if cfg.seed == 0:
         raise ZeroDivisionError("a bug")
-    return _initial_image(cfg, content, styles)
+    return initial_image(cfg, content, styles)
 
 
-nstexp.runner._initial_image = crash_for_seed_0
+nstexp.inputs.initial_image = crash_for_seed_0
 """
 
 

@@ -1,0 +1,91 @@
+"""The images a run starts from: content and style at the sizes the run uses, and the initial image.
+
+Sizes are worked out from the config and checked (large enough for the deepest layer, small
+enough for the memory) before any image is resized. Inside the harness an image is RGB in
+[0, 1], shape (1, 3, H, W).
+"""
+
+from __future__ import annotations
+
+import torch
+from omegaconf import DictConfig
+
+from nstexp import images, memory
+from nstexp.backbone import FeatureExtractor
+from nstexp.errors import NstexpError
+
+# Upscaling an input by more than this blurs it visibly: the run says so.
+UPSCALE_WARNING = 2.0
+
+
+def load(cfg: DictConfig, size: int, deepest: dict[str, int], device: torch.device,
+                 warnings: list[str], check_memory) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Content and style images at the sizes the run uses, as (1, 3, H, W) tensors.
+
+    Sizes are worked out and checked (large enough for the deepest layer, small enough for
+    the memory, via `check_memory(content_wh, style_whs)`) before any image is resized.
+    """
+    specs = [("content.image", cfg.content.image), ("style.image", cfg.style.image)] + [
+        (f"style.blend_images[{i}]", s) for i, s in enumerate(cfg.style.blend_images)
+    ]
+    pils = {key: images.load_image(spec, key) for key, spec in specs}
+    content_wh = images.fit_longest(pils["content.image"].size, size)
+    style_size = max(1, round(max(content_wh) * cfg.style.scale))
+    sizes = {key: content_wh if key == "content.image" else images.fit_longest(pils[key].size, style_size)
+             for key in pils}
+    layer, pools = max(deepest.items(), key=lambda kv: kv[1])
+    need = 2**pools
+    for key, (w, h) in sizes.items():
+        if min(w, h) < need:
+            raise NstexpError(
+                f"{key}: {w}x{h} px after resizing is too small for layer {layer} "
+                f"(needs at least {need} px per side; raise size or style.scale)"
+            )
+        factor = max(w, h) / max(pils[key].size)
+        if factor > UPSCALE_WARNING:
+            warnings.append(f"{key} is {pils[key].width}x{pils[key].height} px: upscaled {factor:.1f}x to "
+                            f"{max(w, h)} px, expect a blurry target (use a larger image or a smaller size)")
+    # The generated image's sides are multiples of the deepest layer's total pooling: otherwise
+    # its last rows and columns, dropped by the poolings, reach only the first layers and come
+    # out as noise. This changes the aspect ratio by a few pixels at most.
+    sizes["content.image"] = images.round_to(content_wh, need)
+    style_keys = [key for key, _ in specs[1:]]
+    check_memory(sizes["content.image"], [sizes[k] for k in style_keys])
+    content = images.to_tensor(images.resize(pils["content.image"], sizes["content.image"]), device)
+    styles = [images.to_tensor(images.resize(pils[k], sizes[k]), device) for k in style_keys]
+    return content, styles
+
+
+def memory_check(extractor: FeatureExtractor, cfg, device: torch.device, summary: dict):
+    """A `check_memory` for `load` that refuses what cannot fit and records the estimate."""
+
+    def check(content_wh: tuple[int, int], style_whs: list[tuple[int, int]]) -> None:
+        w, h = content_wh
+        need = memory.estimate_bytes(extractor.features, h, w, cfg.optimizer)
+        for sw, sh in style_whs:  # style images pass once, without a graph: about their largest activations
+            need = max(need, 3 * memory.activation_bytes(extractor.features, sh, sw)[1])
+        summary["memory_estimate_mb"] = need / 2**20
+        have = memory.available_bytes(device)
+        if have is not None and need > have:
+            raise NstexpError(
+                f"size={max(w, h)} (style.scale={cfg.style.scale}): needs about {need / 2**30:.1f} GiB, "
+                f"{have / 2**30:.1f} GiB available on {device} (lower size or style.scale)"
+            )
+
+    return check
+
+
+def initial_image(cfg: DictConfig, content: torch.Tensor, styles: list[torch.Tensor]) -> torch.Tensor:
+    kind = cfg.init.kind
+    h, w = content.shape[-2:]
+    if kind == "content":
+        return content.clone()
+    if kind == "noise":
+        # Drawn on the CPU so the same seed gives the same start on every device.
+        gen = torch.Generator().manual_seed(cfg.seed)
+        return torch.rand(content.shape, generator=gen).to(content.device)
+    if kind == "style":
+        pil = images.to_pil(styles[0]).resize((w, h), images.Image.Resampling.LANCZOS)
+    else:  # image
+        pil = images.load_image(cfg.init.path, "init.path").resize((w, h), images.Image.Resampling.LANCZOS)
+    return images.to_tensor(pil, content.device)
