@@ -26,6 +26,7 @@ from nstexp import callbacks, resumable
 from nstexp import config as config_schema
 from nstexp.errors import NstexpError
 from nstexp.runner import run
+from nstexp.sweep_jobs import display_value
 from nstexp.tracking import sweep_group
 
 
@@ -66,27 +67,13 @@ SWEPT_ENV = "NSTEXP_SWEPT_KEYS"
 PARENT_ENV = "NSTEXP_PARENT_PID"
 
 
-def compact_number(text: str) -> str:
-    """A number as a person writes it: Hydra turns a swept `1e5` into `100000.0`; this gives `1e5`."""
-    if not any(c in text for c in ".eE") or text.lower() in ("nan", "inf", "-inf"):
-        return text
-    try:
-        value = float(text)
-    except ValueError:
-        return text
-    if value != 0 and (abs(value) >= 1e4 or abs(value) < 1e-3):
-        mantissa, exponent = f"{value:e}".split("e")
-        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
-    return f"{value:g}"
-
-
 def _run_name(cfg: DictConfig, hc) -> str:
     """A multirun job is named by its swept values, a single run by all its overrides;
     `wandb.name` replaces the name of a single run and prefixes the names of a sweep's jobs."""
     swept = [k for k in os.environ.get(SWEPT_ENV, "").split(",") if k]
     if hc.mode == RunMode.MULTIRUN:
         values = dict(o.lstrip("+~").split("=", 1) for o in hc.overrides.task if "=" in o)
-        name = ",".join(f"{k}={compact_number(values[k])}" for k in swept if k in values) or "default"
+        name = ",".join(f"{k}={display_value(values[k])}" for k in swept if k in values) or "default"
         return f"{cfg.wandb.name}/{name}" if cfg.wandb.name else name
     return cfg.wandb.name or hc.job.override_dirname or "default"
 

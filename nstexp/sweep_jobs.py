@@ -9,6 +9,7 @@ started are recomputed from multirun.yaml and listed as `missing`.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 
@@ -17,6 +18,27 @@ import yaml
 from nstexp.errors import NstexpError
 
 UNSET = "(default)"  # the value of a swept key in a job that did not override it
+
+
+def display_value(text: str) -> str:
+    """A number as a person writes it: Hydra turns a swept `1e5` into `100000.0`; this gives `1e5`.
+
+    Exact: the result reads back as the same float; anything that is not a float is left as is.
+    """
+    if not any(c in text for c in ".eE"):
+        return text  # integers and words
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    if not math.isfinite(value):
+        return text
+    if value != 0 and (abs(value) >= 1e4 or abs(value) < 1e-3):
+        mantissa, exponent = f"{value:.15e}".split("e")
+        short = f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+    else:
+        short = repr(value).removesuffix(".0")
+    return short if float(short) == value else text
 
 
 @dataclass
@@ -59,7 +81,7 @@ def collect(sweep_dir: str) -> list[Job]:
     keys = dict.fromkeys(k for job in jobs for k in job.overrides)
     swept = [k for k in keys if len({job.overrides.get(k, UNSET) for job in jobs}) > 1]
     for job in jobs:
-        job.swept = {k: job.overrides.get(k, UNSET) for k in swept}
+        job.swept = {k: display_value(job.overrides.get(k, UNSET)) for k in swept}
     return jobs
 
 

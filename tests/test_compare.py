@@ -13,6 +13,7 @@ from PIL import Image
 from conftest import REPO
 from nstexp import callbacks, compare
 from nstexp.errors import NstexpError
+from nstexp.sweep_jobs import display_value
 
 CELL = 64  # small cells keep the tests fast
 RED, GREEN, BLUE, YELLOW, CYAN = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255)
@@ -351,3 +352,14 @@ def test_summary_run_logs_the_table_offline(tmp_path, wandb_env):
     logged = json.loads(Path(run.media(run.history[0]["comparison"]["path"])).read_text())
     assert logged["columns"] == ["job", "steps (swept)", *compare.RESULTS, "final", "run"]
     assert [row[1] for row in logged["data"]] == ["10", "20"]
+
+
+@pytest.mark.parametrize("text,shown", [
+    ("100000.0", "1e5"), ("3000000.0", "3e6"), ("30000.0", "3e4"), ("0.0001", "1e-4"), ("0.02", "0.02"),
+    ("1.0", "1"), ("0.1234567891", "0.1234567891"), ("123456.7", "1.234567e5"), ("7", "7"), ("adam", "adam"),
+    ("sample:chelsea", "sample:chelsea"), ("inf", "inf"), ("1e5", "1e5"),
+])
+def test_swept_numbers_are_shown_as_people_write_them(text, shown):
+    assert display_value(text) == shown
+    if shown != text:
+        assert float(shown) == float(text)  # exact, never rounded
