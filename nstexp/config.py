@@ -23,6 +23,7 @@ PREPROCESSING = ("auto", "caffe", "imagenet")
 POOLING = ("max", "avg")
 CONTENT_NORMALIZATIONS = ("gatys", "mean")
 STYLE_NORMALIZATIONS = ("gatys", "mean", "cosine")
+STYLE_LOSSES = ("gram", "w2", "sliced")
 OPTIMIZERS = ("lbfgs", "adam")
 LINE_SEARCHES = ("none", "strong_wolfe")
 INITS = ("content", "noise", "style", "image")
@@ -66,6 +67,9 @@ class StyleConfig:
     # Longest side of the style image relative to the content image's.
     scale: float = 1.0
     weight: float = 1e3
+    # gram (Gatys et al.), w2 (Wasserstein-2 between Gaussian fits), sliced (Heitz et al.)
+    loss: str = "gram"
+    # Of the Gram matrices; the w2 and sliced losses have no normalization to choose.
     normalization: str = "gatys"
 
 
@@ -206,6 +210,7 @@ def validate(cfg: DictConfig) -> None:
 
     _choice("content.normalization", cfg.content.normalization, CONTENT_NORMALIZATIONS)
     _choice("style.normalization", cfg.style.normalization, STYLE_NORMALIZATIONS)
+    _choice("style.loss", cfg.style.loss, STYLE_LOSSES)
     for key in ("content.weight", "style.weight", "tv.weight"):
         _at_least(key, cfg[key.split(".")[0]].weight, 0)
     _at_least("style.scale", cfg.style.scale, 0, strict=True)

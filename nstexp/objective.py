@@ -53,28 +53,60 @@ class Objective:
         content_normalization: str = "gatys",
         style_normalization: str = "gatys",
         blend_weights: list[float] | None = None,
+        style_loss: str = "gram",
+        seed: int = 0,
     ):
         self.extractor = extractor
         self.content_layers = dict(content_layers)
         self.style_layers = dict(style_layers)
         self.content_weight, self.style_weight, self.tv_weight = content_weight, style_weight, tv_weight
         self.content_normalization = content_normalization
-        self.style_normalization = style_normalization
+        self.style_normalization = style_normalization  # of the Gram loss
+        self.style_loss = style_loss
+        # The sliced loss draws new directions at every evaluation: seeded, so runs repeat.
+        self.generator = torch.Generator().manual_seed(seed)
 
         # Targets are constants: computed once, without a graph.
         with torch.no_grad():
             feats = extractor(content_image)
             self.content_targets = {k: feats[k].detach() for k in self.content_layers}
             blend = blend_weights or [1.0] * len(style_images)
-            total = sum(blend)
-            self.style_targets = {k: 0.0 for k in self.style_layers}
-            for img, w in zip(style_images, blend):
-                feats = extractor(img)
-                for k in self.style_layers:
-                    # Blending several styles averages their Gram matrices, each normalized
-                    # by its own number of positions, so an image's size does not weigh in.
-                    gram = losses.gram_matrix(feats[k], style_normalization)
-                    self.style_targets[k] = self.style_targets[k] + (w / total) * gram
+            shares = [w / sum(blend) for w in blend]
+            style_feats = [extractor(img) for img in style_images]
+            self.style_targets = {k: self._style_target([f[k] for f in style_feats], shares)
+                                  for k in self.style_layers}
+
+    def _style_target(self, feats: list[torch.Tensor], shares: list[float]):
+        """One layer's style target from each style image's features (1, N, H, W) and blend share.
+
+        Every statistic is taken over an image's own positions, so an image's size does not
+        weigh in: blending averages Gram matrices (gram), means and second moments (w2), or
+        mixes the feature distributions (sliced).
+        """
+        if self.style_loss == "gram":
+            return sum(w * losses.gram_matrix(f, self.style_normalization) for f, w in zip(feats, shares))
+        if self.style_loss == "w2":
+            stats = [losses.moments(f) for f in feats]
+            mean = sum(w * m for (m, _), w in zip(stats, shares))  # (1, N)
+            second = sum(w * s for (_, s), w in zip(stats, shares))  # (1, N, N)
+            cov = losses.covariance(mean, second)
+            return mean, cov, losses.sqrtm(cov)
+        if self.style_loss == "sliced":
+            points = torch.cat([f[0].flatten(1) for f in feats], dim=1)  # (N, sum of M_i)
+            weights = torch.cat([torch.full((f[0, 0].numel(),), w / f[0, 0].numel(), dtype=f.dtype, device=f.device)
+                                 for f, w in zip(feats, shares)])
+            return points, weights
+        raise ValueError(f"unknown style loss {self.style_loss!r}")
+
+    def _style_term(self, layer: str, f: torch.Tensor) -> torch.Tensor:
+        target = self.style_targets[layer]
+        if self.style_loss == "gram":
+            gram = losses.gram_matrix(f, self.style_normalization)
+            return losses.style_loss(gram, target, f.shape[1], self.style_normalization)
+        if self.style_loss == "w2":
+            return losses.w2_loss(f, *target)
+        n = f.shape[1]
+        return losses.sliced_loss(f, *target, losses.random_directions(n, n, self.generator, f))
 
     def __call__(self, image: torch.Tensor) -> LossTerms:
         feats = self.extractor(image)
@@ -83,11 +115,7 @@ class Objective:
             k: losses.content_loss(feats[k], self.content_targets[k], self.content_normalization)
             for k in self.content_layers
         }
-        style_layers = {}
-        for k in self.style_layers:
-            f = feats[k]
-            gram = losses.gram_matrix(f, self.style_normalization)
-            style_layers[k] = losses.style_loss(gram, self.style_targets[k], f.shape[1], self.style_normalization)
+        style_layers = {k: self._style_term(k, feats[k]) for k in self.style_layers}
         content = self.content_weight * sum(
             (w * content_layers[k] for k, w in self.content_layers.items()), zero
         )

@@ -161,6 +161,8 @@ def _run(cfg: DictConfig, out_dir: str, name: str, group: str | None, stop: Stop
             cfg.content.normalization,
             cfg.style.normalization,
             list(cfg.style.blend_weights) or None,
+            style_loss=cfg.style.loss,
+            seed=cfg.seed,
         )
         init = inputs.initial_image(cfg, content, styles)
         final_image = init

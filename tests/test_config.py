@@ -108,6 +108,7 @@ def test_bad_values_fail_in_one_line(tmp_path, override, needle):
         (["steps=-1"], "steps=-1 must be >= 0"),
         (["seed=-1"], "seed=-1 must be in [0, 2**63)"),
         (["log_every=0"], "log_every=0 must be >= 1"),
+        (["style.loss=w3"], "style.loss='w3' is not allowed (allowed: gram, w2, sliced)"),
     ],
 )
 def test_every_number_is_finite_and_in_range(overrides, needle):

@@ -201,3 +201,15 @@ def test_objective_combines_weighted_terms():
     # The content image itself has zero content loss; each sample is scored on its own.
     t2 = obj(torch.cat([content, x[:1]]))
     assert t2.content[0].item() < 1e-6 * t2.content[1].item()
+
+
+@pytest.mark.parametrize("preset", ["w2", "sliced"])
+def test_distribution_style_losses_run_lower_the_loss_and_repeat(tmp_path, preset):
+    a = run(_cfg(f"loss={preset}", "steps=4", "optimizer=adam", "optimizer.lr=0.05"), str(tmp_path / "a"))
+    b = run(_cfg(f"loss={preset}", "steps=4", "optimizer=adam", "optimizer.lr=0.05"), str(tmp_path / "b"))
+    rows = _rows(tmp_path / "a")
+    assert a["status"] == "completed" and rows[-1]["loss/style"] < rows[0]["loss/style"]
+    assert all(r["loss/style/relu1_1"] >= 0 for r in rows)
+    # The sliced loss draws random directions at every evaluation, from the seed: runs repeat.
+    assert a["final/loss/total"] == b["final/loss/total"]
+    assert Image.open(tmp_path / "a" / "final.png").tobytes() == Image.open(tmp_path / "b" / "final.png").tobytes()

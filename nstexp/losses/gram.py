@@ -1,27 +1,11 @@
-"""Loss functions of neural style transfer, pure and per sample.
+"""Gram-matrix style loss (Gatys et al., eqs. 3-5) and the tutorials' normalizations of it.
 
-Every function takes batched tensors and returns one value per sample, shape (B,),
-so independent images can share a forward pass. Notation follows Gatys et al.:
-F are the generated image's features, P the content image's, N the number of
-channels of a layer and M = H * W its number of positions.
+N is a layer's number of channels and M = H * W its number of positions.
 """
 
 from __future__ import annotations
 
 import torch
-
-
-def content_loss(features: torch.Tensor, target: torch.Tensor, normalization: str = "gatys") -> torch.Tensor:
-    """Content loss of one layer; features (B, N, H, W), target (B or 1, N, H, W) -> (B,).
-
-    gatys: 1/2 * sum (F - P)^2 (paper eq. 1); mean: mean squared error.
-    """
-    sq = (features - target).pow(2).flatten(1)  # (B, N*M)
-    if normalization == "gatys":
-        return 0.5 * sq.sum(1)
-    if normalization == "mean":
-        return sq.mean(1)
-    raise ValueError(f"unknown content normalization {normalization!r}")
 
 
 def gram_matrix(features: torch.Tensor, normalization: str = "gatys") -> torch.Tensor:
@@ -58,10 +42,3 @@ def style_loss(gram: torch.Tensor, target_gram: torch.Tensor, n: int, normalizat
     if normalization in ("mean", "cosine"):
         return sq.mean(1)
     raise ValueError(f"unknown style normalization {normalization!r}")
-
-
-def tv_loss(image: torch.Tensor) -> torch.Tensor:
-    """Total variation: sum of squared differences of neighbouring pixels; (B, C, H, W) -> (B,)."""
-    dh = (image[:, :, 1:, :] - image[:, :, :-1, :]).pow(2).flatten(1).sum(1)
-    dw = (image[:, :, :, 1:] - image[:, :, :, :-1]).pow(2).flatten(1).sum(1)
-    return dh + dw

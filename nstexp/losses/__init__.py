@@ -1,0 +1,20 @@
+"""Loss functions of neural style transfer, pure and per sample, one module per family.
+
+Every function takes batched tensors and returns one value per sample, shape (B,), so
+independent images can share a forward pass. Notation follows Gatys et al.: F are the
+generated image's features, P the content image's, N a layer's number of channels and
+M = H * W its number of positions.
+"""
+
+from nstexp.losses.content import content_loss
+from nstexp.losses.gram import gram_matrix, style_loss
+from nstexp.losses.sliced import quantiles, random_directions, sliced_loss
+from nstexp.losses.tv import tv_loss
+from nstexp.losses.wasserstein import (
+    centered_covariance, covariance, moments, sqrtm, trace_sqrt, w2_loss,
+)
+
+__all__ = [
+    "centered_covariance", "content_loss", "covariance", "gram_matrix", "moments", "quantiles", "random_directions", "sliced_loss",
+    "sqrtm", "style_loss", "trace_sqrt", "tv_loss", "w2_loss",
+]

@@ -1,0 +1,80 @@
+"""Wasserstein-2 style loss between Gaussian fits of the features (mean and covariance).
+
+Per layer, with μ and Σ the mean and covariance of the generated image's features over its
+positions and μ_s, Σ_s the style image's (each over its own positions, so sizes do not matter):
+
+    W2² = ‖μ − μ_s‖² + tr(Σ + Σ_s − 2 (Σ_s^½ Σ Σ_s^½)^½)
+
+This is the style loss of crowsonkb/style-transfer-pytorch. Σ_s^½ is computed once per target
+(`sqrtm`). Per evaluation only the trace of (Σ_s^½ Σ Σ_s^½)^½ is needed: the sum of the square
+roots of that symmetric matrix's eigenvalues (`trace_sqrt`). Its gradient, V diag(g) Vᵀ, needs
+no gaps between eigenvalues, so it stays finite for repeated ones (a flat image has all-equal
+zero eigenvalues); eigenvalues are clamped at a floor so the square root's slope stays finite.
+On a CPU this is an order of magnitude faster and more accurate than Newton–Schulz iterations
+(measured on relu4_1 of the Caffe VGG-19: 12 ms forward and backward, relative error 1e-4,
+against 272 ms and 1e-3 for 20 iterations).
+"""
+
+from __future__ import annotations
+
+import torch
+
+# Added to every covariance's diagonal, as crowsonkb does: Σ_s^½ and the eigenvalues below
+# it stay away from 0. Negligible next to VGG activations (variances of 1e2 to 1e6).
+EPS = 1e-4
+
+
+def moments(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean (B, N) and second raw moment E[f fᵀ] (B, N, N) over positions, in float64 (targets).
+
+    Unlike covariances, these average linearly: blending styles averages them. Float64,
+    because Σ = E[f fᵀ] − μ μᵀ cancels digits where the mean is large next to the spread.
+    """
+    b, n, h, w = features.shape
+    f = features.reshape(b, n, h * w).double()  # (B, N, M)
+    return f.mean(2), f @ f.transpose(1, 2) / (h * w)
+
+
+def covariance(mean: torch.Tensor, second_moment: torch.Tensor, eps: float = EPS) -> torch.Tensor:
+    """Σ = E[f fᵀ] − μ μᵀ + eps I; (B, N), (B, N, N) -> (B, N, N)."""
+    eye = torch.eye(mean.shape[-1], dtype=mean.dtype, device=mean.device)
+    return second_moment - mean.unsqueeze(2) * mean.unsqueeze(1) + eps * eye
+
+
+def centered_covariance(features: torch.Tensor, eps: float = EPS) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean (B, N) and covariance + eps I (B, N, N) of features (B, N, H, W), differentiable.
+
+    Centred before the product, so float32 loses no digits to the mean.
+    """
+    b, n, h, w = features.shape
+    f = features.reshape(b, n, h * w)  # (B, N, M)
+    mean = f.mean(2)
+    c = f - mean.unsqueeze(2)
+    eye = torch.eye(n, dtype=f.dtype, device=f.device)
+    return mean, c @ c.transpose(1, 2) / (h * w) + eps * eye
+
+
+def sqrtm(a: torch.Tensor) -> torch.Tensor:
+    """Square root of symmetric positive semi-definite matrices (..., N, N), in float64, no gradient."""
+    vals, vecs = torch.linalg.eigh(a.detach().double())
+    return (vecs * vals.clamp(min=0).sqrt().unsqueeze(-2)) @ vecs.transpose(-2, -1)
+
+
+def trace_sqrt(a: torch.Tensor, floor: float = EPS**2) -> torch.Tensor:
+    """tr(A^½) of symmetric positive semi-definite matrices (B, N, N) -> (B,), differentiable."""
+    return torch.linalg.eigvalsh(a).clamp(min=floor).sqrt().sum(-1)
+
+
+def w2_loss(
+    features: torch.Tensor, target_mean: torch.Tensor, target_cov: torch.Tensor, target_cov_sqrt: torch.Tensor
+) -> torch.Tensor:
+    """W2² of one layer; features (B, N, H, W), float64 targets (1, N), (1, N, N), (1, N, N) -> (B,)."""
+    mean, cov = centered_covariance(features)
+    # The trace terms nearly cancel (W2² is small next to tr Σ): in float32 their rounding
+    # made W2² of identical distributions negative, so they are taken in float64.
+    cov = cov.double()
+    cross = target_cov_sqrt @ cov @ target_cov_sqrt  # Σ_s^½ Σ Σ_s^½, symmetric
+    cross = (cross + cross.transpose(1, 2)) / 2  # exactly so, for eigvalsh
+    trace = cov.diagonal(dim1=1, dim2=2).sum(1) + target_cov.diagonal(dim1=1, dim2=2).sum(1)
+    w2 = (mean.double() - target_mean).pow(2).sum(1) + trace - 2 * trace_sqrt(cross)
+    return w2.to(features.dtype)
