@@ -20,7 +20,8 @@ from nstexp.errors import ConfigError
 ARCHS = ("vgg19", "vgg16")
 WEIGHTS = ("caffe", "imagenet", "random")  # or a path to a state dict file
 PREPROCESSING = ("auto", "caffe", "imagenet")
-POOLING = ("max", "avg")
+POOLING = ("max", "avg", "avg_scaled")
+PADDINGS = ("zeros", "reflect", "replicate")
 CONTENT_NORMALIZATIONS = ("gatys", "mean")
 STYLE_NORMALIZATIONS = ("gatys", "mean", "cosine")
 STYLE_LOSSES = ("gram", "w2", "sliced")
@@ -38,8 +39,11 @@ class BackboneConfig:
     weights: str = "caffe"
     # auto: the preprocessing the weights were trained with
     preprocessing: str = "auto"
-    # The paper reports slightly nicer results with average pooling.
+    # The paper reports slightly nicer results with average pooling; avg_scaled keeps the
+    # activations' magnitudes of max pooling.
     pooling: str = "max"
+    # Of every convolution: zeros (VGG's), reflect, replicate (fewer edge artefacts).
+    padding: str = "zeros"
 
 
 @dataclass
@@ -76,6 +80,8 @@ class StyleConfig:
 @dataclass
 class TVConfig:
     weight: float = 0.0
+    # TV = sum ((Δx)² + (Δy)²)^exponent; 1 is the plain sum of squares, seed 000 uses 1.25.
+    exponent: float = 1.0
 
 
 @dataclass
@@ -194,6 +200,7 @@ def validate(cfg: DictConfig) -> None:
         )
     _choice("backbone.preprocessing", b.preprocessing, PREPROCESSING)
     _choice("backbone.pooling", b.pooling, POOLING)
+    _choice("backbone.padding", b.padding, PADDINGS)
 
     names = layer_names(b.arch)
     for part in ("content", "style"):
@@ -214,6 +221,8 @@ def validate(cfg: DictConfig) -> None:
     for key in ("content.weight", "style.weight", "tv.weight"):
         _at_least(key, cfg[key.split(".")[0]].weight, 0)
     _at_least("style.scale", cfg.style.scale, 0, strict=True)
+    # Below 1 the slope at a flat patch, where (Δx)² + (Δy)² = 0, is infinite.
+    _at_least("tv.exponent", cfg.tv.exponent, 1)
     n_styles = 1 + len(cfg.style.blend_images)
     if cfg.style.blend_weights and len(cfg.style.blend_weights) != n_styles:
         raise ConfigError(

@@ -55,11 +55,13 @@ class Objective:
         blend_weights: list[float] | None = None,
         style_loss: str = "gram",
         seed: int = 0,
+        tv_exponent: float = 1.0,
     ):
         self.extractor = extractor
         self.content_layers = dict(content_layers)
         self.style_layers = dict(style_layers)
         self.content_weight, self.style_weight, self.tv_weight = content_weight, style_weight, tv_weight
+        self.tv_exponent = tv_exponent
         self.content_normalization = content_normalization
         self.style_normalization = style_normalization  # of the Gram loss
         self.style_loss = style_loss
@@ -120,5 +122,5 @@ class Objective:
             (w * content_layers[k] for k, w in self.content_layers.items()), zero
         )
         style = self.style_weight * sum((w * style_layers[k] for k, w in self.style_layers.items()), zero)
-        tv = self.tv_weight * losses.tv_loss(image) if self.tv_weight else zero
+        tv = self.tv_weight * losses.tv_loss(image, self.tv_exponent) if self.tv_weight else zero
         return LossTerms(content + style + tv, content, style, tv, content_layers, style_layers)

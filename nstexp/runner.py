@@ -141,6 +141,7 @@ def _run(cfg: DictConfig, out_dir: str, name: str, group: str | None, stop: Stop
             cfg.backbone.weights,
             list(layers),
             pooling=cfg.backbone.pooling,
+            padding=cfg.backbone.padding,
             preprocessing=cfg.backbone.preprocessing,
             seed=cfg.seed,
         ).to(device)
@@ -163,6 +164,7 @@ def _run(cfg: DictConfig, out_dir: str, name: str, group: str | None, stop: Stop
             list(cfg.style.blend_weights) or None,
             style_loss=cfg.style.loss,
             seed=cfg.seed,
+            tv_exponent=cfg.tv.exponent,
         )
         init = inputs.initial_image(cfg, content, styles)
         final_image = init

@@ -101,11 +101,44 @@ def test_extractor_is_truncated_frozen_and_reads_pre_relu_convs():
     assert out["relu4_2"].shape == (1, 512, 8, 8)
 
 
-def test_avg_pooling_option():
-    ex = FeatureExtractor("vgg19", "random", ["relu2_1"], pooling="avg")
-    assert any(isinstance(m, torch.nn.AvgPool2d) for m in ex.features)
-    assert not any(isinstance(m, torch.nn.MaxPool2d) for m in ex.features)
+def test_avg_pooling_options():
+    x = torch.rand(1, 3, 32, 32)
+    plain = FeatureExtractor("vgg19", "random", ["relu2_1"], pooling="avg")
+    assert not any(isinstance(m, torch.nn.MaxPool2d) for m in plain.features)
+    # The paper's average pooling is the plain mean of each 2x2 window.
+    block = plain.features[:4](plain.preprocess(x))
+    assert torch.allclose(plain.features[4](block), torch.nn.functional.avg_pool2d(block, 2))
 
+
+def test_scaled_average_pooling_keeps_max_poolings_magnitudes():
+    layers = ["relu2_1", "relu3_1", "relu4_1", "relu5_1"]
+    maxed, plain, scaled = (FeatureExtractor("vgg19", "caffe", layers, pooling=p) for p in ("max", "avg", "avg_scaled"))
+    factors = [m.scale.item() for m in scaled.features if isinstance(m, backbone.ScaledAvgPool2d)]
+    assert len(factors) == 4 and all(1.0 < f < 3.0 for f in factors), factors
+    x = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(0))  # not the calibration images
+    with torch.no_grad():
+        m, p, s = maxed(x), plain(x), scaled(x)
+    for layer in layers:
+        ratio_plain = (p[layer].mean() / m[layer].mean()).item()
+        ratio_scaled = (s[layer].mean() / m[layer].mean()).item()
+        # Plain averaging shrinks the deep layers (to about 1/4 at relu5_1); scaled stays close.
+        assert abs(ratio_scaled - 1) < abs(ratio_plain - 1) and 0.6 < ratio_scaled < 1.6, (layer, ratio_scaled)
+
+
+@pytest.mark.parametrize("padding", ["reflect", "replicate"])
+def test_padding_modes_leave_a_flat_image_flat(padding):
+    """With zeros padding the borders of a flat image's activations differ from the interior;
+    reflecting or repeating the edge keeps every layer exactly flat."""
+    flat = torch.full((1, 3, 32, 32), 0.4)
+    zeros = FeatureExtractor("vgg19", "caffe", ["relu1_1", "relu3_1"])
+    other = FeatureExtractor("vgg19", "caffe", ["relu1_1", "relu3_1"], padding=padding)
+    with torch.no_grad():
+        z, o = zeros(flat), other(flat)
+    for layer in ("relu1_1", "relu3_1"):
+        spread = o[layer].amax(dim=(2, 3)) - o[layer].amin(dim=(2, 3))  # per channel
+        assert spread.max().item() < 1e-3 * o[layer].abs().max().item()
+        assert (z[layer].amax(dim=(2, 3)) - z[layer].amin(dim=(2, 3))).max().item() > 1.0
+    assert all(m.padding_mode == padding for m in other.features if isinstance(m, torch.nn.Conv2d))
 
 def test_random_weights_are_seeded():
     a = FeatureExtractor("vgg16", "random", ["conv1_1"], seed=1).features[0].weight

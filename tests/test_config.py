@@ -109,6 +109,7 @@ def test_bad_values_fail_in_one_line(tmp_path, override, needle):
         (["seed=-1"], "seed=-1 must be in [0, 2**63)"),
         (["log_every=0"], "log_every=0 must be >= 1"),
         (["style.loss=w3"], "style.loss='w3' is not allowed (allowed: gram, w2, sliced)"),
+        (["tv.exponent=0.5"], "tv.exponent=0.5 must be >= 1"),
     ],
 )
 def test_every_number_is_finite_and_in_range(overrides, needle):

@@ -58,6 +58,9 @@ def test_tv_loss():
     img = torch.tensor([[[[0.0, 1.0], [2.0, 3.0]]]])
     # vertical: (2-0)^2 + (3-1)^2 = 8; horizontal: (1-0)^2 + (3-2)^2 = 2
     assert losses.tv_loss(img).item() == pytest.approx(10.0)
+    # Per pixel ((Δx)² + (Δy)²)^β: top left 1 + 4, top right 0 + 4, bottom left 1 + 0, bottom right 0.
+    assert losses.tv_loss(img, 1.25).item() == pytest.approx(5**1.25 + 4**1.25 + 1)
+    assert losses.tv_loss(img, 2.0).item() == pytest.approx(25 + 16 + 1)
 
 
 def test_losses_are_per_sample():

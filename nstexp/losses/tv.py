@@ -1,12 +1,20 @@
-"""Total variation: a smoothness prior on the pixels."""
+"""Total variation: a smoothness prior on the pixels (Mahendran & Vedaldi, 2015)."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
-def tv_loss(image: torch.Tensor) -> torch.Tensor:
-    """Total variation: sum of squared differences of neighbouring pixels; (B, C, H, W) -> (B,)."""
-    dh = (image[:, :, 1:, :] - image[:, :, :-1, :]).pow(2).flatten(1).sum(1)
-    dw = (image[:, :, :, 1:] - image[:, :, :, :-1]).pow(2).flatten(1).sum(1)
-    return dh + dw
+def tv_loss(image: torch.Tensor, exponent: float = 1.0) -> torch.Tensor:
+    """TV = sum over pixels and channels of ((Δx)² + (Δy)²)^exponent; (B, C, H, W) -> (B,).
+
+    Δx, Δy are the differences to the right and lower neighbour; the last column's Δx and
+    the last row's Δy are 0 (the image is padded by repeating its edge). With exponent 1 this
+    is the sum of all squared neighbour differences; seed 000 (Keras) uses 1.25.
+    """
+    padded = F.pad(image, (0, 1, 0, 1), mode="replicate")  # (B, C, H + 1, W + 1)
+    dx = padded[:, :, :-1, 1:] - padded[:, :, :-1, :-1]  # (B, C, H, W)
+    dy = padded[:, :, 1:, :-1] - padded[:, :, :-1, :-1]
+    sq = dx.pow(2) + dy.pow(2)
+    return (sq if exponent == 1 else sq.pow(exponent)).flatten(1).sum(1)
