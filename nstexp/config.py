@@ -25,6 +25,7 @@ PADDINGS = ("zeros", "reflect", "replicate")
 CONTENT_NORMALIZATIONS = ("gatys", "mean")
 STYLE_NORMALIZATIONS = ("gatys", "mean", "cosine")
 STYLE_LOSSES = ("gram", "w2", "sliced")
+STYLE_BALANCES = ("none", "content")
 OPTIMIZERS = ("lbfgs", "adam")
 LINE_SEARCHES = ("none", "strong_wolfe")
 INITS = ("content", "noise", "style", "image")
@@ -75,6 +76,9 @@ class StyleConfig:
     loss: str = "gram"
     # Of the Gram matrices; the w2 and sliced losses have no normalization to choose.
     normalization: str = "gatys"
+    # none: the equations as written; content: each layer's term divided by its value on the
+    # content image, so that every layer counts by its weight w_l.
+    balance: str = "none"
 
 
 @dataclass
@@ -105,6 +109,9 @@ class AdamConfig:
     lr: float = 0.02
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
+    # Decay of a bias-corrected exponential average of the iterates, reported instead of
+    # the last iterate (crowsonkb uses 0.99); 0 = off.
+    ema: float = 0.0
 
 
 @dataclass
@@ -218,6 +225,7 @@ def validate(cfg: DictConfig) -> None:
     _choice("content.normalization", cfg.content.normalization, CONTENT_NORMALIZATIONS)
     _choice("style.normalization", cfg.style.normalization, STYLE_NORMALIZATIONS)
     _choice("style.loss", cfg.style.loss, STYLE_LOSSES)
+    _choice("style.balance", cfg.style.balance, STYLE_BALANCES)
     for key in ("content.weight", "style.weight", "tv.weight"):
         _at_least(key, cfg[key.split(".")[0]].weight, 0)
     _at_least("style.scale", cfg.style.scale, 0, strict=True)
@@ -245,6 +253,8 @@ def validate(cfg: DictConfig) -> None:
         if len(opt.betas) != 2 or not all(0 <= b < 1 for b in opt.betas):
             raise ConfigError(f"optimizer.betas={list(opt.betas)} must be two numbers in [0, 1)")
         _at_least("optimizer.eps", opt.eps, 0, strict=True)
+        if not 0 <= opt.ema < 1:
+            raise ConfigError(f"optimizer.ema={opt.ema} must be in [0, 1) (0 = no averaging)")
 
     _choice("init.kind", cfg.init.kind, INITS)
     if cfg.init.kind == "image" and not cfg.init.path:

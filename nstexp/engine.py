@@ -68,6 +68,23 @@ def _tell_lbfgs_the_clamped_step(optimizer: torch.optim.Optimizer, x: torch.Tens
         state["d"] = (x.detach() - before).flatten() / t
 
 
+class IterateAverage:
+    """Bias-corrected exponential moving average of the iterates (Polyak-style averaging, as
+    crowsonkb/style-transfer-pytorch does), corrected like Adam's moments: the average of
+    x_0 … x_k with weights (1 - d) d^(k - i), divided by their sum 1 - d^(k + 1)."""
+
+    def __init__(self, x: torch.Tensor, decay: float):
+        self.decay, self.value, self.weight = decay, torch.zeros_like(x), 0.0
+        self.update(x)
+
+    def update(self, x: torch.Tensor) -> None:
+        self.value.mul_(self.decay).add_(x.detach(), alpha=1 - self.decay)
+        self.weight = self.weight * self.decay + (1 - self.decay)
+
+    def get(self) -> torch.Tensor:
+        return self.value / self.weight
+
+
 def _detach(terms: LossTerms) -> LossTerms:
     d = lambda t: t.detach()  # noqa: E731
     return LossTerms(
@@ -90,10 +107,18 @@ def optimize(
     on_step: Callable[[StepEvent], None] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> Result:
-    """Optimize the pixels of `image` (B, 3, H, W) for `steps` optimizer steps."""
+    """Optimize the pixels of `image` (B, 3, H, W) for `steps` optimizer steps.
+
+    With `optimizer_cfg.ema` > 0 the images reported (events, result) are the running average
+    of the iterates, while the losses in the events stay those of the iterates the optimizer
+    evaluates (measuring the average too would cost a second evaluation per step); the result's
+    losses are measured on the average itself.
+    """
     t0 = time.perf_counter()
     x = image.detach().clone().requires_grad_(True)
     optimizer = build_optimizer([x], optimizer_cfg)
+    decay = float(getattr(optimizer_cfg, "ema", 0.0) or 0.0)
+    average = IterateAverage(x, decay) if decay else None
     evals = 0
     first: dict = {}  # losses of the first evaluation in the current step
     scale: dict = {}  # the first loss, when the optimizer works on a normalized loss
@@ -119,12 +144,19 @@ def optimize(
 
     def emit(pending: tuple, img: torch.Tensor, terms: LossTerms) -> None:
         if on_step is not None:
-            step, _, evals_at, t = pending
+            step, _, evals_at, t, _ = pending
             on_step(StepEvent(step, evals_at, t, img, terms))
 
-    last_good, last_terms, good_step = x.detach().clone(), None, 0
-    # (step, image, evals, time) of the newest image, waiting for its losses.
-    pending = (0, x.detach().clone(), 0, 0.0)
+    def shown() -> torch.Tensor:
+        """The image to report for the current iterate: itself, or the running average."""
+        if average is None:
+            return x.detach().clone()
+        average.update(x)
+        return average.get()
+
+    last_good, last_terms, good_step, measured_itself = x.detach().clone(), None, 0, False
+    # (step, iterate, evals, time, image to report) of the newest iterate, waiting for its losses.
+    pending = (0, x.detach().clone(), 0, 0.0, x.detach().clone())
     status = "completed"
     for step in range(1, steps + 1):
         if should_stop():
@@ -137,13 +169,14 @@ def optimize(
         if not _finite(terms):
             status = "diverged"
             break
-        last_good, last_terms, good_step = pending[1], terms, pending[0]
-        emit(pending, pending[1], terms)
+        last_good, last_terms, good_step = pending[4], terms, pending[0]
+        measured_itself = average is None  # else these are the iterate's losses, not the average's
+        emit(pending, pending[4], terms)
         if clamp == "every_step":
             with torch.no_grad():
                 x.clamp_(0.0, 1.0)
             _tell_lbfgs_the_clamped_step(optimizer, x, before=pending[1])
-        pending = (step, x.detach().clone(), evals, time.perf_counter() - t0)
+        pending = (step, x.detach().clone(), evals, time.perf_counter() - t0, shown())
 
     def measure(img: torch.Tensor) -> LossTerms:
         nonlocal evals
@@ -154,16 +187,17 @@ def optimize(
 
     if status != "diverged":
         # The image the last step left has not been evaluated yet.
-        img = pending[1].clamp(0.0, 1.0)
+        img = pending[4].clamp(0.0, 1.0)
         terms = measure(img)
         if _finite(terms):
             last_good, last_terms, good_step = img, terms, pending[0]
+            measured_itself = True
             emit(pending, img, terms)
         else:
             status = "diverged"
     final = last_good.clamp(0.0, 1.0)
-    if last_terms is not None and not torch.equal(final, last_good):
-        # With clamp=at_end the last good image may lie outside [0, 1]: report the losses
-        # of the image that is returned (and saved), not of its unclamped original.
+    if last_terms is not None and not (measured_itself and torch.equal(final, last_good)):
+        # With clamp=at_end the last good image may lie outside [0, 1], and with an average the
+        # losses so far were the iterates': report the losses of the image that is returned.
         last_terms = measure(final)
     return Result(status, final, last_terms, good_step, evals)

@@ -67,6 +67,7 @@ class Objective:
         self.style_loss = style_loss
         # The sliced loss draws new directions at every evaluation: seeded, so runs repeat.
         self.generator = torch.Generator().manual_seed(seed)
+        self.style_balance = {k: 1.0 for k in self.style_layers}  # see `balance_style`
 
         # Targets are constants: computed once, without a graph.
         with torch.no_grad():
@@ -77,6 +78,25 @@ class Objective:
             style_feats = [extractor(img) for img in style_images]
             self.style_targets = {k: self._style_target([f[k] for f in style_feats], shares)
                                   for k in self.style_layers}
+
+    def balance_style(self, image: torch.Tensor) -> dict[str, float]:
+        """Rescale each layer's style term so that on `image` (1, 3, H, W) every layer contributes
+        in proportion to its weight w_l, and the weighted style loss there is what it was.
+
+        With the raw Caffe VGG-19 the relu4_1 Gram term is 1e4 to 1e6 times the relu1_1 term,
+        so the paper's equal w_l do not make the layers count equally (the paper's rescaled VGG
+        did). Factor of layer l: (Σ_j w_j E_j / Σ_j w_j) / E_l, all on `image`; keeping the total
+        keeps `style.weight`'s scale. Returns the factors; logged per-layer values stay unscaled.
+        """
+        with torch.no_grad():
+            feats = self.extractor(image)
+            values = {k: self._style_term(k, feats[k])[0].item() for k in self.style_layers}
+        for k, v in values.items():
+            if not v > 0:
+                raise ValueError(f"layer {k}: the style term of the balancing image is {v}, so it cannot be balanced")
+        total = sum(w * values[k] for k, w in self.style_layers.items()) / sum(self.style_layers.values())
+        self.style_balance = {k: total / v for k, v in values.items()}
+        return dict(self.style_balance)
 
     def _style_target(self, feats: list[torch.Tensor], shares: list[float]):
         """One layer's style target from each style image's features (1, N, H, W) and blend share.
@@ -118,9 +138,10 @@ class Objective:
             for k in self.content_layers
         }
         style_layers = {k: self._style_term(k, feats[k]) for k in self.style_layers}
+        balanced = {k: v * self.style_balance[k] for k, v in style_layers.items()}
         content = self.content_weight * sum(
             (w * content_layers[k] for k, w in self.content_layers.items()), zero
         )
-        style = self.style_weight * sum((w * style_layers[k] for k, w in self.style_layers.items()), zero)
+        style = self.style_weight * sum((w * balanced[k] for k, w in self.style_layers.items()), zero)
         tv = self.tv_weight * losses.tv_loss(image, self.tv_exponent) if self.tv_weight else zero
         return LossTerms(content + style + tv, content, style, tv, content_layers, style_layers)

@@ -166,6 +166,12 @@ def _run(cfg: DictConfig, out_dir: str, name: str, group: str | None, stop: Stop
             seed=cfg.seed,
             tv_exponent=cfg.tv.exponent,
         )
+        if cfg.style.balance == "content":
+            try:
+                summary["style_balance"] = objective.balance_style(content)
+            except ValueError as exc:
+                raise NstexpError(f"style.balance=content: {exc} (the content image has the style's statistics)"
+                                  ) from None
         init = inputs.initial_image(cfg, content, styles)
         final_image = init
         tracker.log_inputs(content, styles)

@@ -1,5 +1,6 @@
 """The optimization loop on objectives with closed-form losses."""
 
+import pytest
 import torch
 
 from nstexp.engine import optimize
@@ -40,3 +41,23 @@ def test_step_times_are_taken_when_the_image_exists_and_every_evaluation_counts(
     assert [e.evals for e in events] == [0, 1, 2, 3]  # evaluations spent to make each image
     assert result.evals == 4  # ... plus the final measurement of the last image
     assert result.terms.total.item() == events[-1].terms.total.item()
+
+
+def test_ema_reports_the_bias_corrected_average_of_the_iterates():
+    image = torch.zeros(1, 3, 2, 2)
+    plain, averaged = [], []
+    optimize(image, _quadratic(0.8, 10.0), AdamConfig(lr=0.1), steps=5, on_step=plain.append)
+    result = optimize(image, _quadratic(0.8, 10.0), AdamConfig(lr=0.1, ema=0.9), steps=5,
+                      on_step=averaged.append)
+    iterates = [e.image for e in plain]  # the same trajectory: averaging does not steer Adam
+    for k, event in enumerate(averaged):
+        weights = [0.1 * 0.9 ** (k - i) for i in range(k + 1)]
+        expected = sum(w * x for w, x in zip(weights, iterates)) / sum(weights)  # = / (1 - 0.9^(k+1))
+        assert torch.allclose(event.image, expected, atol=1e-6), k
+        if k < 5:  # the iterate's losses, from the optimizer's own evaluations
+            assert event.terms.total.item() == plain[k].terms.total.item()
+    assert torch.allclose(result.image, averaged[-1].image)
+    assert result.terms.total.item() == averaged[-1].terms.total.item()  # the last step: measured itself
+    # The final losses are the average's own: (x - 0.8)^2 summed over 12 values.
+    assert result.terms.total.item() == pytest.approx(((result.image - 0.8) ** 2).sum().item(), rel=1e-6)
+    assert result.evals == 6  # 5 steps and one measurement of the average

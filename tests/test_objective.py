@@ -64,3 +64,23 @@ def test_style_image_size_leaves_the_target_per_position_unchanged(extractor, lo
         # Blending the two is then a blend of equals, whatever their sizes.
         assert torch.allclose(blended.style_targets["relu1_1"],
                               0.5 * sum(o.style_targets["relu1_1"] for o in objectives))
+
+
+def test_balance_makes_every_layer_count_by_its_weight_and_keeps_the_total(extractor):
+    torch.manual_seed(0)
+    content, style = torch.rand(1, 3, 64, 64), _texture(2)
+    weights = {"relu1_1": 0.1, "relu2_1": 0.2, "relu3_1": 0.3, "relu4_1": 0.4}
+    obj = Objective(extractor, content, [style], {"relu4_2": 1.0}, weights, 1.0, 2.0, 0.0)
+    with torch.no_grad():
+        before = obj(content)
+        factors = obj.balance_style(content)
+        after = obj(content)
+    raw = {k: v.item() for k, v in before.style_layers.items()}
+    assert max(raw.values()) / min(raw.values()) > 100  # the raw terms are far apart
+    # On the balancing image, layer l contributes w_l times the same amount ...
+    contributions = {k: weights[k] * factors[k] * raw[k] for k in weights}
+    for k, c in contributions.items():
+        assert c / weights[k] == pytest.approx(contributions["relu1_1"] / 0.1, rel=1e-5), k
+    # ... the weighted style loss is unchanged, and the logged per-layer values stay raw.
+    assert after.style.item() == pytest.approx(before.style.item(), rel=1e-5)
+    assert {k: v.item() for k, v in after.style_layers.items()} == raw

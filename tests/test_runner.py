@@ -213,3 +213,17 @@ def test_distribution_style_losses_run_lower_the_loss_and_repeat(tmp_path, prese
     # The sliced loss draws random directions at every evaluation, from the seed: runs repeat.
     assert a["final/loss/total"] == b["final/loss/total"]
     assert Image.open(tmp_path / "a" / "final.png").tobytes() == Image.open(tmp_path / "b" / "final.png").tobytes()
+
+
+def test_new_switches_run_end_to_end(tmp_path):
+    summary = run(_cfg("style.balance=content", "backbone.padding=replicate", "backbone.pooling=avg_scaled",
+                       "tv.weight=1", "tv.exponent=1.25", "optimizer=adam", "optimizer.ema=0.9", "steps=3"),
+                  str(tmp_path))
+    assert summary["status"] == "completed"
+    assert set(summary["style_balance"]) == {f"relu{i}_1" for i in range(1, 6)}
+    rows = _rows(tmp_path)
+    # Balanced on the content image, which is also the initial one: the weighted style loss at
+    # step 0 is the unbalanced one's, sum_l w_l E_l * style.weight.
+    unbalanced = 3e5 * sum(0.2 * rows[0][f"loss/style/relu{i}_1"] for i in range(1, 6))
+    assert rows[0]["loss/style"] == pytest.approx(unbalanced, rel=1e-4)
+    assert rows[0]["loss/tv"] > 0
