@@ -15,6 +15,6 @@ from nstexp.losses.wasserstein import (
 )
 
 __all__ = [
-    "centered_covariance", "content_loss", "covariance", "gram_matrix", "moments", "quantiles", "random_directions", "sliced_loss",
-    "sqrtm", "style_loss", "trace_sqrt", "tv_loss", "w2_loss",
+    "centered_covariance", "content_loss", "covariance", "gram_matrix", "moments", "quantiles",
+    "random_directions", "sliced_loss", "sqrtm", "style_loss", "trace_sqrt", "tv_loss", "w2_loss",
 ]
