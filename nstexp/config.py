@@ -122,6 +122,16 @@ class InitConfig:
 
 
 @dataclass
+class ScalesConfig:
+    # Smallest longest side in pixels; None: one level, at `size`.
+    min: Optional[int] = None
+    # Each level's longest side is `factor` times the previous one's (crowsonkb's √2).
+    factor: float = 1.4142135623730951
+    # Steps at the first level (None: `steps`, as at every other level).
+    first_steps: Optional[int] = None
+
+
+@dataclass
 class WandbConfig:
     mode: str = "auto"
     project: str = "nstexp"
@@ -147,6 +157,8 @@ class Config:
     steps: Optional[int] = None
     # Longest side of the content image in pixels. None: 384 on CPU, 512 on a GPU.
     size: Optional[int] = None
+    # Coarse-to-fine levels; `steps` counts within each.
+    scales: ScalesConfig = field(default_factory=ScalesConfig)
     seed: int = 0
     # auto: cuda, then mps, then cpu
     device: str = "auto"
@@ -265,6 +277,13 @@ def validate(cfg: DictConfig) -> None:
         _at_least("steps", cfg.steps, 0)
     if cfg.size is not None:
         _at_least("size", cfg.size, 16)  # the upper limit is the memory: see nstexp.memory
+    if cfg.scales.min is not None:
+        _at_least("scales.min", cfg.scales.min, 16)
+        if cfg.size is not None and cfg.scales.min > cfg.size:
+            raise ConfigError(f"scales.min={cfg.scales.min} must be <= size={cfg.size}")
+    _at_least("scales.factor", cfg.scales.factor, 1, strict=True)
+    if cfg.scales.first_steps is not None:
+        _at_least("scales.first_steps", cfg.scales.first_steps, 0)
     if not 0 <= cfg.seed < 2**63:
         raise ConfigError(f"seed={cfg.seed} must be in [0, 2**63)")
     _at_least("log_every", cfg.log_every, 1)

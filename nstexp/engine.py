@@ -34,6 +34,7 @@ class Result:
     terms: LossTerms | None  # of `image` itself
     steps: int
     evals: int  # every evaluation, the final measurement included
+    optimizer_state: dict | None = None  # Adam's, to warm-start the next coarse-to-fine level
 
 
 def build_optimizer(params: list[torch.Tensor], cfg) -> torch.optim.Optimizer:
@@ -106,6 +107,7 @@ def optimize(
     clamp: str = "every_step",
     on_step: Callable[[StepEvent], None] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
+    optimizer_state: dict | None = None,
 ) -> Result:
     """Optimize the pixels of `image` (B, 3, H, W) for `steps` optimizer steps.
 
@@ -117,6 +119,8 @@ def optimize(
     t0 = time.perf_counter()
     x = image.detach().clone().requires_grad_(True)
     optimizer = build_optimizer([x], optimizer_cfg)
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
     decay = float(getattr(optimizer_cfg, "ema", 0.0) or 0.0)
     average = IterateAverage(x, decay) if decay else None
     evals = 0
@@ -200,4 +204,5 @@ def optimize(
         # With clamp=at_end the last good image may lie outside [0, 1], and with an average the
         # losses so far were the iterates': report the losses of the image that is returned.
         last_terms = measure(final)
-    return Result(status, final, last_terms, good_step, evals)
+    state = optimizer.state_dict() if isinstance(optimizer, torch.optim.Adam) else None
+    return Result(status, final, last_terms, good_step, evals, state)

@@ -64,7 +64,8 @@ def memory_check(extractor: FeatureExtractor, cfg, device: torch.device, summary
         need = memory.estimate_bytes(extractor.features, h, w, cfg.optimizer)
         for sw, sh in style_whs:  # style images pass once, without a graph: about their largest activations
             need = max(need, 3 * memory.activation_bytes(extractor.features, sh, sw)[1])
-        summary["memory_estimate_mb"] = need / 2**20
+        # The largest of the sizes checked (a coarse-to-fine run checks each level).
+        summary["memory_estimate_mb"] = max(summary.get("memory_estimate_mb", 0.0), need / 2**20)
         have = memory.available_bytes(device)
         if have is not None and need > have:
             raise NstexpError(

@@ -20,7 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from nstexp import inputs, memory
+from nstexp import inputs, memory, pyramid
 from nstexp.backbone import FeatureExtractor, pools_before
 from nstexp.config import validate
 from nstexp.engine import StepEvent, optimize
@@ -89,9 +89,38 @@ class StopRequest:
                 signal.signal(s, h)
 
 
-def _log_step(tracker: Tracker, ev: StepEvent, snapshot: bool) -> None:
-    metrics = {"step": ev.step, "evals": ev.evals, "time_s": ev.time_s, **ev.terms.as_floats()}
+def _log_step(tracker: Tracker, ev: StepEvent, snapshot: bool, extra: dict | None = None) -> None:
+    metrics = {"step": ev.step, "evals": ev.evals, "time_s": ev.time_s, **(extra or {}), **ev.terms.as_floats()}
     tracker.log_step(metrics, ev.image if snapshot else None)
+
+
+def _objective(cfg: DictConfig, extractor: FeatureExtractor, content: torch.Tensor, styles: list[torch.Tensor],
+               summary: dict) -> Objective:
+    """The loss for content and style images at one size (a coarse-to-fine level's)."""
+    content_layers = {k: v for k, v in cfg.layers.content.items() if v > 0}
+    style_layers = {k: v for k, v in cfg.layers.style.items() if v > 0}
+    objective = Objective(
+        extractor,
+        content,
+        styles,
+        content_layers,
+        style_layers,
+        cfg.content.weight,
+        cfg.style.weight,
+        cfg.tv.weight,
+        cfg.content.normalization,
+        cfg.style.normalization,
+        list(cfg.style.blend_weights) or None,
+        style_loss=cfg.style.loss,
+        seed=cfg.seed,
+        tv_exponent=cfg.tv.exponent,
+    )
+    if cfg.style.balance == "content":
+        try:
+            summary["style_balance"] = objective.balance_style(content)
+        except ValueError as exc:
+            raise NstexpError(f"style.balance=content: {exc} (the content image has the style's statistics)") from None
+    return objective
 
 
 def run(cfg: DictConfig, out_dir: str, name: str | None = None, group: str | None = None,
@@ -132,9 +161,7 @@ def _run(cfg: DictConfig, out_dir: str, name: str, group: str | None, stop: Stop
         tracker.start()
 
         # A layer weighted 0 is left out (dict overrides merge, so this is how to drop one).
-        content_layers = {k: v for k, v in cfg.layers.content.items() if v > 0}
-        style_layers = {k: v for k, v in cfg.layers.style.items() if v > 0}
-        layers = {**content_layers, **style_layers}
+        layers = {k: v for part in (cfg.layers.content, cfg.layers.style) for k, v in part.items() if v > 0}
         deepest = {layer: pools_before(cfg.backbone.arch, layer) for layer in layers}
         extractor = FeatureExtractor(
             cfg.backbone.arch,
@@ -146,52 +173,61 @@ def _run(cfg: DictConfig, out_dir: str, name: str, group: str | None, stop: Stop
             seed=cfg.seed,
         ).to(device)
         check = inputs.memory_check(extractor, cfg, device, summary)
+        # The full size first: it fails early if the last level cannot fit.
         content, styles = inputs.load(cfg, size, deepest, device, warnings, check)
         for w in warnings:
             print(f"warning: {w}", file=sys.stderr)
         summary["image_size"] = list(content.shape[-2:])
-        objective = Objective(
-            extractor,
-            content,
-            styles,
-            content_layers,
-            style_layers,
-            cfg.content.weight,
-            cfg.style.weight,
-            cfg.tv.weight,
-            cfg.content.normalization,
-            cfg.style.normalization,
-            list(cfg.style.blend_weights) or None,
-            style_loss=cfg.style.loss,
-            seed=cfg.seed,
-            tv_exponent=cfg.tv.exponent,
-        )
-        if cfg.style.balance == "content":
-            try:
-                summary["style_balance"] = objective.balance_style(content)
-            except ValueError as exc:
-                raise NstexpError(f"style.balance=content: {exc} (the content image has the style's statistics)"
-                                  ) from None
-        init = inputs.initial_image(cfg, content, styles)
-        final_image = init
+        sizes = pyramid.levels(size, cfg.scales.min, cfg.scales.factor)
+        first = cfg.scales.first_steps if cfg.scales.first_steps is not None and len(sizes) > 1 else steps
+        level_steps = [first] + [steps] * (len(sizes) - 1)
+        if len(sizes) > 1:
+            summary["levels"] = sizes
         tracker.log_inputs(content, styles)
+        full = content, styles
 
-        bar = tqdm(total=steps, disable=not cfg.progress, file=sys.stderr, dynamic_ncols=True, unit="step")
+        bar = tqdm(total=sum(level_steps), disable=not cfg.progress, file=sys.stderr, dynamic_ncols=True,
+                   unit="step")
         t_opt = time.perf_counter()
-
-        def on_step(ev: StepEvent) -> None:
-            latest["event"] = ev
-            snapshot = bool(cfg.snapshot_every) and ev.step % cfg.snapshot_every == 0
-            if snapshot or ev.step % cfg.log_every == 0 or ev.step == steps:
-                _log_step(tracker, ev, snapshot)
-                latest["logged"] = ev.step
-                bar.set_postfix(loss=f"{ev.terms.total[0].item():.4g}", refresh=False)
-            bar.update(ev.step - bar.n)
-
+        image = state = result = None
+        done = {"steps": 0, "evals": 0}  # over the levels finished so far
         try:
-            result = optimize(init, objective, cfg.optimizer, steps, cfg.clamp, on_step, stop)
+            for level, (level_size, n_steps) in enumerate(zip(sizes, level_steps)):
+                content, styles = full if level_size == size else inputs.load(
+                    cfg, level_size, deepest, device, [], check)
+                objective = _objective(cfg, extractor, content, styles, summary)
+                if image is None:
+                    image = inputs.initial_image(cfg, content, styles)
+                    final_image = image
+                else:
+                    image = pyramid.upsample(image, content.shape[-2:])
+                    # Adam continues with its moments resized; L-BFGS's curvature pairs do not carry over.
+                    state = pyramid.resize_adam_state(state, content.shape[-2:]) if state else None
+                extra = {"level": level, "level_size": level_size} if len(sizes) > 1 else {}
+                t_level = time.perf_counter() - t_opt
+
+                def on_step(ev: StepEvent, level=level, extra=extra, t_level=t_level) -> None:
+                    # Steps, evals and time run on across the levels.
+                    ev = StepEvent(done["steps"] + ev.step, done["evals"] + ev.evals, t_level + ev.time_s,
+                                   ev.image, ev.terms)
+                    latest["event"], latest["extra"] = ev, extra
+                    if level > 0 and ev.step == done["steps"]:
+                        return  # the upsampled image: the previous level logged this step
+                    snapshot = bool(cfg.snapshot_every) and ev.step % cfg.snapshot_every == 0
+                    if snapshot or ev.step % cfg.log_every == 0 or ev.step == sum(level_steps):
+                        _log_step(tracker, ev, snapshot, extra)
+                        latest["logged"] = ev.step
+                        bar.set_postfix(loss=f"{ev.terms.total[0].item():.4g}", refresh=False)
+                    bar.update(ev.step - bar.n)
+
+                result = optimize(image, objective, cfg.optimizer, n_steps, cfg.clamp, on_step, stop, state)
+                image, state = result.image, result.optimizer_state
+                done["steps"] += result.steps
+                done["evals"] += result.evals
+                if result.status != "completed":
+                    break
             status, final_image = result.status, result.image
-            summary.update(steps=result.steps, evals=result.evals)
+            summary.update(steps=done["steps"], evals=done["evals"])
             if result.terms is not None:
                 summary.update({f"final/{k}": v for k, v in result.terms.as_floats().items()})
         except KeyboardInterrupt:  # a second Ctrl-C: keep what the last step produced
@@ -215,7 +251,8 @@ def _run(cfg: DictConfig, out_dir: str, name: str, group: str | None, stop: Stop
         if bar is not None:
             bar.close()
         if "event" in latest and latest.get("logged") != latest["event"].step:
-            _log_step(tracker, latest["event"], snapshot=False)  # the last step always has its metrics line
+            # The last step always has its metrics line.
+            _log_step(tracker, latest["event"], snapshot=False, extra=latest.get("extra"))
         if summary["status"] != "completed" and "event" in latest and "final/loss/total" not in summary:
             # Stopped by an exception or a second Ctrl-C inside a step: the newest image the
             # optimizer produced, with the losses measured on it, is the last good one.

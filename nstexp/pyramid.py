@@ -1,0 +1,42 @@
+"""Coarse-to-fine: the image sizes of the levels, and what carries over from one level to the next.
+
+Each level optimizes at one size, from the previous level's result upsampled; the targets are
+recomputed at each size (see runner). As crowsonkb/style-transfer-pytorch does, Adam's moments
+are resized with the image (the first moment bicubically, the second bilinearly and clamped at
+0, as it is a mean of squares); L-BFGS starts afresh, its curvature pairs being tied to the
+old size.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+
+
+def levels(size: int, smallest: int | None, factor: float) -> list[int]:
+    """Longest sides from `smallest` up to `size`, each `factor` times the previous, counted down
+    from `size` (512 -> 362 -> 256 -> 181 -> 128 for a factor of √2); [size] without `smallest`."""
+    if smallest is None or smallest >= size:
+        return [size]
+    out, k = [], 0
+    while round(size / factor**k) >= smallest:
+        out.append(round(size / factor**k))
+        k += 1
+    return sorted(set(out))
+
+
+def upsample(image: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """(B, 3, h, w) in [0, 1] -> (B, 3, H, W), bicubic, clamped back into [0, 1]."""
+    return F.interpolate(image, size=tuple(hw), mode="bicubic", align_corners=False).clamp(0.0, 1.0)
+
+
+def resize_adam_state(state: dict, hw: tuple[int, int]) -> dict:
+    """An Adam state_dict for the image at size `hw`, warm-started from the previous level's."""
+    state = copy.deepcopy(state)
+    for s in state["state"].values():
+        s["exp_avg"] = F.interpolate(s["exp_avg"], size=tuple(hw), mode="bicubic", align_corners=False)
+        s["exp_avg_sq"] = F.interpolate(s["exp_avg_sq"], size=tuple(hw), mode="bilinear", align_corners=False)
+        s["exp_avg_sq"].clamp_(min=0)
+    return state
