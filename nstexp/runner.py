@@ -188,7 +188,7 @@ def _run(cfg: DictConfig, out_dir: str, name: str, group: str | None, stop: Stop
 
         bar = tqdm(total=sum(level_steps), disable=not cfg.progress, file=sys.stderr, dynamic_ncols=True,
                    unit="step")
-        t_opt = time.perf_counter()
+        t_opt = None
         image = state = result = None
         done = {"steps": 0, "evals": 0}  # over the levels finished so far
         try:
@@ -204,7 +204,9 @@ def _run(cfg: DictConfig, out_dir: str, name: str, group: str | None, stop: Stop
                     # Adam continues with its moments resized; L-BFGS's curvature pairs do not carry over.
                     state = pyramid.resize_adam_state(state, content.shape[-2:]) if state else None
                 extra = {"level": level, "level_size": level_size} if len(sizes) > 1 else {}
-                t_level = time.perf_counter() - t_opt
+                # Time runs from the first level's first step; later levels' set-up counts.
+                t_level = 0.0 if t_opt is None else time.perf_counter() - t_opt
+                t_opt = t_opt or time.perf_counter()
 
                 def on_step(ev: StepEvent, level=level, extra=extra, t_level=t_level) -> None:
                     # Steps, evals and time run on across the levels.
@@ -233,7 +235,7 @@ def _run(cfg: DictConfig, out_dir: str, name: str, group: str | None, stop: Stop
         except KeyboardInterrupt:  # a second Ctrl-C: keep what the last step produced
             status = "interrupted"
         summary["status"] = status
-        summary["wall_time_s"] = time.perf_counter() - t_opt
+        summary["wall_time_s"] = time.perf_counter() - (t_opt or time.perf_counter())
         if status == "interrupted":
             print(f"interrupted after step {summary['steps']}; final.png is the last good image", file=sys.stderr)
         elif status == "diverged":
