@@ -94,11 +94,17 @@ def _log_step(tracker: Tracker, ev: StepEvent, snapshot: bool, extra: dict | Non
     tracker.log_step(metrics, ev.image if snapshot else None)
 
 
+def _weighted_layers(cfg: DictConfig) -> tuple[dict[str, float], dict[str, float]]:
+    """Content and style layers with their weights; a layer weighted 0 is left out (dict
+    overrides merge with the preset, so this is how to drop one)."""
+    return ({k: v for k, v in cfg.layers.content.items() if v > 0},
+            {k: v for k, v in cfg.layers.style.items() if v > 0})
+
+
 def _objective(cfg: DictConfig, extractor: FeatureExtractor, content: torch.Tensor, styles: list[torch.Tensor],
                summary: dict) -> Objective:
     """The loss for content and style images at one size (a coarse-to-fine level's)."""
-    content_layers = {k: v for k, v in cfg.layers.content.items() if v > 0}
-    style_layers = {k: v for k, v in cfg.layers.style.items() if v > 0}
+    content_layers, style_layers = _weighted_layers(cfg)
     objective = Objective(
         extractor,
         content,
@@ -160,8 +166,7 @@ def _run(cfg: DictConfig, out_dir: str, name: str, group: str | None, stop: Stop
         torch.manual_seed(cfg.seed)
         tracker.start()
 
-        # A layer weighted 0 is left out (dict overrides merge, so this is how to drop one).
-        layers = {k: v for part in (cfg.layers.content, cfg.layers.style) for k, v in part.items() if v > 0}
+        layers = {k: v for part in _weighted_layers(cfg) for k, v in part.items()}
         deepest = {layer: pools_before(cfg.backbone.arch, layer) for layer in layers}
         extractor = FeatureExtractor(
             cfg.backbone.arch,
