@@ -24,6 +24,8 @@ CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CAFFE_WEIGHTS_FILE = "vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin"
+# The images the average pooling scale is measured on (fixed, so that adding a sample changes nothing).
+CALIBRATION_SAMPLES = ("chelsea", "swirls")
 
 # torchvision's layer configurations: "D" is VGG-16, "E" VGG-19.
 _CONFIGS = {"vgg19": "E", "vgg16": "D"}
@@ -257,14 +259,14 @@ class FeatureExtractor(nn.Module):
     def _calibrate_average_pooling(self) -> None:
         """Scale each average pooling so its mean output equals max pooling's on the same input.
 
-        Measured on the bundled sample images at 256 px, pooling by pooling through this network,
+        Measured on the bundled samples chelsea and swirls at 256 px, pooling by pooling through this network,
         so every later layer sees activations of about the magnitude it was trained on. (Gatys et
         al. swap in average pooling without rescaling; crowsonkb multiplies by 2, a value for
         torchvision's weights: on the Caffe VGG-19 the factors come out 1.37, 1.90, 1.52 and 2.13.)
         """
         from nstexp import images  # the images module knows the bundled samples
 
-        batch = [images.to_tensor(images.load_image(f"sample:{name}").resize((256, 256))) for name in images.samples()]
+        batch = [images.to_tensor(images.load_image(f"sample:{name}").resize((256, 256))) for name in CALIBRATION_SAMPLES]
         x = self.preprocess(torch.cat(batch))
         for module in self.features:
             if isinstance(module, ScaledAvgPool2d):

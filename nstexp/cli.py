@@ -28,6 +28,7 @@ from nstexp.errors import NstexpError
 from nstexp.runner import run
 from nstexp.sweep_jobs import display_value
 from nstexp.tracking import sweep_group
+from nstexp.validation import validate
 
 
 def _data_dir(name: str, marker: str) -> str:
@@ -221,7 +222,7 @@ def preflight(overrides: list[str]) -> tuple[list[str], dict]:
                 bad = next((o for o in ovs if o.split("=")[0].lstrip("+~") in str(exc)), " ".join(ovs))
                 raise NstexpError(_describe(exc, bad, base_cfg)) from None
             try:
-                config_schema.validate(cfg)
+                validate(cfg)
             except NstexpError as exc:
                 if not swept:
                     raise

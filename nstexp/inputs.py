@@ -7,10 +7,13 @@ enough for the memory) before any image is resized. Inside the harness an image 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from omegaconf import DictConfig
+from PIL import Image
 
-from nstexp import images, memory
+from nstexp import colour, images, masks, memory
 from nstexp.backbone import FeatureExtractor
 from nstexp.errors import NstexpError
 
@@ -18,8 +21,34 @@ from nstexp.errors import NstexpError
 UPSCALE_WARNING = 2.0
 
 
-def load(cfg: DictConfig, size: int, deepest: dict[str, int], device: torch.device,
-                 warnings: list[str], check_memory) -> tuple[torch.Tensor, list[torch.Tensor]]:
+@dataclass
+class Inputs:
+    """What one size of a run starts from; images (1, 3, H, W), masks (1, 1, H, W)."""
+
+    content: torch.Tensor  # as the network sees it (grey under color.preserve=luminance)
+    styles: list[torch.Tensor]  # as the network sees them (colour-matched under histogram)
+    colours: torch.Tensor  # the content image in its own colours, for `colour.present`
+    style_masks: list[torch.Tensor] | None
+    content_mask: torch.Tensor | None
+
+
+def prepare(cfg: DictConfig, size: int, deepest: dict[str, int], device: torch.device, warnings: list[str],
+            check_memory, style_image: Image.Image | None = None) -> Inputs:
+    """The run's inputs at one size: `load`ed images, the colour control applied, masks read.
+
+    `style_image` replaces the file of `style.image` (scale control makes its own).
+    """
+    content, styles = load(cfg, size, deepest, device, warnings, check_memory, style_image)
+    wh = (content.shape[-1], content.shape[-2])
+    style_masks = [masks.load(spec, f"style.masks[{i}]", wh, device)
+                   for i, spec in enumerate(cfg.style.masks)] or None
+    content_mask = masks.load(cfg.content.mask, "content.mask", wh, device) if cfg.content.mask else None
+    seen, seen_styles = colour.prepare(cfg.color.preserve, content, styles)
+    return Inputs(seen, seen_styles, content, style_masks, content_mask)
+
+
+def load(cfg: DictConfig, size: int, deepest: dict[str, int], device: torch.device, warnings: list[str],
+         check_memory, style_image: Image.Image | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Content and style images at the sizes the run uses, as (1, 3, H, W) tensors.
 
     Sizes are worked out and checked (large enough for the deepest layer, small enough for
@@ -29,6 +58,8 @@ def load(cfg: DictConfig, size: int, deepest: dict[str, int], device: torch.devi
         (f"style.blend_images[{i}]", s) for i, s in enumerate(cfg.style.blend_images)
     ]
     pils = {key: images.load_image(spec, key) for key, spec in specs}
+    if style_image is not None:
+        pils["style.image"] = style_image
     content_wh = images.fit_longest(pils["content.image"].size, size)
     style_size = max(1, round(max(content_wh) * cfg.style.scale))
     sizes = {key: content_wh if key == "content.image" else images.fit_longest(pils[key].size, style_size)
@@ -77,6 +108,8 @@ def memory_check(extractor: FeatureExtractor, cfg, device: torch.device, summary
 
 
 def initial_image(cfg: DictConfig, content: torch.Tensor, styles: list[torch.Tensor]) -> torch.Tensor:
+    """The image the optimization starts from, in the colours the network sees (grey when
+    color.preserve=luminance); `content` and `styles` as `Inputs` holds them."""
     kind = cfg.init.kind
     h, w = content.shape[-2:]
     if kind == "content":
@@ -84,9 +117,10 @@ def initial_image(cfg: DictConfig, content: torch.Tensor, styles: list[torch.Ten
     if kind == "noise":
         # Drawn on the CPU so the same seed gives the same start on every device.
         gen = torch.Generator().manual_seed(cfg.seed)
-        return torch.rand(content.shape, generator=gen).to(content.device)
-    if kind == "style":
-        pil = images.to_pil(styles[0]).resize((w, h), images.Image.Resampling.LANCZOS)
+        image = torch.rand(content.shape, generator=gen).to(content.device)
+    elif kind == "style":
+        image = images.to_tensor(images.to_pil(styles[0]).resize((w, h), Image.Resampling.LANCZOS), content.device)
     else:  # image
-        pil = images.load_image(cfg.init.path, "init.path").resize((w, h), images.Image.Resampling.LANCZOS)
-    return images.to_tensor(pil, content.device)
+        pil = images.load_image(cfg.init.path, "init.path").resize((w, h), Image.Resampling.LANCZOS)
+        image = images.to_tensor(pil, content.device)
+    return colour.grey(colour.luminance(image)) if cfg.color.preserve == "luminance" else image

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from nstexp import losses
+from nstexp import losses, masks
 from nstexp.backbone import FeatureExtractor
 
 
@@ -56,6 +56,8 @@ class Objective:
         style_loss: str = "gram",
         seed: int = 0,
         tv_exponent: float = 1.0,
+        style_masks: list[torch.Tensor] | None = None,
+        content_mask: torch.Tensor | None = None,
     ):
         self.extractor = extractor
         self.content_layers = dict(content_layers)
@@ -76,8 +78,20 @@ class Objective:
             blend = blend_weights or [1.0] * len(style_images)
             shares = [w / sum(blend) for w in blend]
             style_feats = [extractor(img) for img in style_images]
-            self.style_targets = {k: self._style_target([f[k] for f in style_feats], shares)
-                                  for k in self.style_layers}
+            # Masks at each layer's resolution (the generated image has the content's size).
+            self.content_guides = {k: masks.to_layer(content_mask, feats[k].shape[-2:])
+                                   for k in self.content_layers} if content_mask is not None else {}
+            if style_masks is None:
+                self.regions = None
+                self.style_targets = {k: self._style_target([f[k] for f in style_feats], shares)
+                                      for k in self.style_layers}
+            else:
+                # Spatial control: style i is matched inside its mask only, its term weighted by
+                # its blend share; a region that vanishes at a layer's resolution is left out there.
+                self.regions = {k: [(share, self._style_target([f[k]], [1.0]), guide)
+                                    for f, share, mask in zip(style_feats, shares, style_masks)
+                                    if (guide := masks.to_layer(mask, feats[k].shape[-2:])).sum() > 0]
+                                for k in self.style_layers}
 
     def balance_style(self, image: torch.Tensor) -> dict[str, float]:
         """Rescale each layer's style term so that on `image` (1, 3, H, W) every layer contributes
@@ -121,12 +135,18 @@ class Objective:
         raise ValueError(f"unknown style loss {self.style_loss!r}")
 
     def _style_term(self, layer: str, f: torch.Tensor) -> torch.Tensor:
-        target = self.style_targets[layer]
+        if self.regions is None:
+            return self._distance(f, self.style_targets[layer])
+        return sum((share * self._distance(f, target, guide) for share, target, guide in self.regions[layer]),
+                   f.new_zeros(f.shape[0]))
+
+    def _distance(self, f: torch.Tensor, target, guide: torch.Tensor | None = None) -> torch.Tensor:
+        """One layer's style loss between features f (B, N, H, W), inside `guide` if given, and a target."""
         if self.style_loss == "gram":
-            gram = losses.gram_matrix(f, self.style_normalization)
+            gram = losses.gram_matrix(f, self.style_normalization, guide)
             return losses.style_loss(gram, target, f.shape[1], self.style_normalization)
         if self.style_loss == "w2":
-            return losses.w2_loss(f, *target)
+            return losses.w2_loss(f, *target, guide=guide)
         n = f.shape[1]
         return losses.sliced_loss(f, *target, losses.random_directions(n, n, self.generator, f))
 
@@ -134,7 +154,8 @@ class Objective:
         feats = self.extractor(image)
         zero = image.new_zeros(image.shape[0])
         content_layers = {
-            k: losses.content_loss(feats[k], self.content_targets[k], self.content_normalization)
+            k: losses.content_loss(feats[k], self.content_targets[k], self.content_normalization,
+                                   self.content_guides.get(k))
             for k in self.content_layers
         }
         style_layers = {k: self._style_term(k, feats[k]) for k in self.style_layers}

@@ -20,9 +20,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from nstexp import inputs, memory, pyramid
+from nstexp import colour, inputs, memory, pyramid, scale_control
 from nstexp.backbone import FeatureExtractor, pools_before
-from nstexp.config import validate
+from nstexp.validation import validate
 from nstexp.engine import StepEvent, optimize
 from nstexp.errors import NstexpError
 from nstexp.objective import Objective
@@ -89,9 +89,10 @@ class StopRequest:
                 signal.signal(s, h)
 
 
-def _log_step(tracker: Tracker, ev: StepEvent, snapshot: bool, extra: dict | None = None) -> None:
+def _log_step(tracker: Tracker, ev: StepEvent, snapshot: bool, extra: dict | None = None, show=None) -> None:
+    """Log a step's metrics, and its image as `show(image)` (what the user sees) when `snapshot`."""
     metrics = {"step": ev.step, "evals": ev.evals, "time_s": ev.time_s, **(extra or {}), **ev.terms.as_floats()}
-    tracker.log_step(metrics, ev.image if snapshot else None)
+    tracker.log_step(metrics, show(ev.image) if snapshot else None)
 
 
 def _weighted_layers(cfg: DictConfig) -> tuple[dict[str, float], dict[str, float]]:
@@ -101,14 +102,13 @@ def _weighted_layers(cfg: DictConfig) -> tuple[dict[str, float], dict[str, float
             {k: v for k, v in cfg.layers.style.items() if v > 0})
 
 
-def _objective(cfg: DictConfig, extractor: FeatureExtractor, content: torch.Tensor, styles: list[torch.Tensor],
-               summary: dict) -> Objective:
-    """The loss for content and style images at one size (a coarse-to-fine level's)."""
+def _objective(cfg: DictConfig, extractor: FeatureExtractor, inp: inputs.Inputs, summary: dict) -> Objective:
+    """The loss for the inputs at one size (a coarse-to-fine level's)."""
     content_layers, style_layers = _weighted_layers(cfg)
     objective = Objective(
         extractor,
-        content,
-        styles,
+        inp.content,
+        inp.styles,
         content_layers,
         style_layers,
         cfg.content.weight,
@@ -120,10 +120,12 @@ def _objective(cfg: DictConfig, extractor: FeatureExtractor, content: torch.Tens
         style_loss=cfg.style.loss,
         seed=cfg.seed,
         tv_exponent=cfg.tv.exponent,
+        style_masks=inp.style_masks,
+        content_mask=inp.content_mask,
     )
     if cfg.style.balance == "content":
         try:
-            summary["style_balance"] = objective.balance_style(content)
+            summary["style_balance"] = objective.balance_style(inp.content)
         except ValueError as exc:
             raise NstexpError(f"style.balance=content: {exc} (the content image has the style's statistics)") from None
     return objective
@@ -168,28 +170,37 @@ def _run(cfg: DictConfig, out_dir: str, name: str, group: str | None, stop: Stop
 
         layers = {k: v for part in _weighted_layers(cfg) for k, v in part.items()}
         deepest = {layer: pools_before(cfg.backbone.arch, layer) for layer in layers}
+        control = cfg.style.scale_control
+        fine_layers = list(control.fine_layers) if control.fine_image else []
         extractor = FeatureExtractor(
             cfg.backbone.arch,
             cfg.backbone.weights,
-            list(layers),
+            list(dict.fromkeys([*layers, *fine_layers])),
             pooling=cfg.backbone.pooling,
             padding=cfg.backbone.padding,
             preprocessing=cfg.backbone.preprocessing,
             seed=cfg.seed,
         ).to(device)
         check = inputs.memory_check(extractor, cfg, device, summary)
+        style_image = None  # scale control's, made at the full size and resized for each level
+        if control.fine_image:
+            t0 = time.perf_counter()
+            coarse = inputs.load(cfg, size, deepest, device, [], check)[1][0]
+            style_image = scale_control.style_image(extractor, coarse, control, stop)
+            summary["scale_control_time_s"] = time.perf_counter() - t0
+            tracker.save_input("style_target", style_image)
         # The full size first: it fails early if the last level cannot fit.
-        content, styles = inputs.load(cfg, size, deepest, device, warnings, check)
+        full = inputs.prepare(cfg, size, deepest, device, warnings, check, style_image)
         for w in warnings:
             print(f"warning: {w}", file=sys.stderr)
-        summary["image_size"] = list(content.shape[-2:])
+        summary["image_size"] = list(full.content.shape[-2:])
         sizes = pyramid.levels(size, cfg.scales.min, cfg.scales.factor)
         first = cfg.scales.first_steps if cfg.scales.first_steps is not None and len(sizes) > 1 else steps
         level_steps = [first] + [steps] * (len(sizes) - 1)
         if len(sizes) > 1:
             summary["levels"] = sizes
-        tracker.log_inputs(content, styles)
-        full = content, styles
+        tracker.log_inputs(full.content, full.styles)
+        mode = cfg.color.preserve
 
         bar = tqdm(total=sum(level_steps), disable=not cfg.progress, file=sys.stderr, dynamic_ncols=True,
                    unit="step")
@@ -198,22 +209,24 @@ def _run(cfg: DictConfig, out_dir: str, name: str, group: str | None, stop: Stop
         done = {"steps": 0, "evals": 0}  # over the levels finished so far
         try:
             for level, (level_size, n_steps) in enumerate(zip(sizes, level_steps)):
-                content, styles = full if level_size == size else inputs.load(
-                    cfg, level_size, deepest, device, [], check)
-                objective = _objective(cfg, extractor, content, styles, summary)
+                inp = full if level_size == size else inputs.prepare(
+                    cfg, level_size, deepest, device, [], check, style_image)
+                objective = _objective(cfg, extractor, inp, summary)
+                # What the user sees of an image: in the content's colours, if asked.
+                latest["show"] = show = lambda x, c=inp.colours: colour.present(mode, x, c)  # noqa: E731
                 if image is None:
-                    image = inputs.initial_image(cfg, content, styles)
-                    final_image = image
+                    image = inputs.initial_image(cfg, inp.content, inp.styles)
+                    final_image = show(image)
                 else:
-                    image = pyramid.upsample(image, content.shape[-2:])
+                    image = pyramid.upsample(image, inp.content.shape[-2:])
                     # Adam continues with its moments resized; L-BFGS's curvature pairs do not carry over.
-                    state = pyramid.resize_adam_state(state, content.shape[-2:]) if state else None
+                    state = pyramid.resize_adam_state(state, inp.content.shape[-2:]) if state else None
                 extra = {"level": level, "level_size": level_size} if len(sizes) > 1 else {}
                 # Time runs from the first level's first step; later levels' set-up counts.
                 t_level = 0.0 if t_opt is None else time.perf_counter() - t_opt
                 t_opt = t_opt or time.perf_counter()
 
-                def on_step(ev: StepEvent, level=level, extra=extra, t_level=t_level) -> None:
+                def on_step(ev: StepEvent, level=level, extra=extra, t_level=t_level, show=show) -> None:
                     # Steps, evals and time run on across the levels.
                     ev = StepEvent(done["steps"] + ev.step, done["evals"] + ev.evals, t_level + ev.time_s,
                                    ev.image, ev.terms)
@@ -222,7 +235,7 @@ def _run(cfg: DictConfig, out_dir: str, name: str, group: str | None, stop: Stop
                         return  # the upsampled image: the previous level logged this step
                     snapshot = bool(cfg.snapshot_every) and ev.step % cfg.snapshot_every == 0
                     if snapshot or ev.step % cfg.log_every == 0 or ev.step == sum(level_steps):
-                        _log_step(tracker, ev, snapshot, extra)
+                        _log_step(tracker, ev, snapshot, extra, show)
                         latest["logged"] = ev.step
                         bar.set_postfix(loss=f"{ev.terms.total[0].item():.4g}", refresh=False)
                     bar.update(ev.step - bar.n)
@@ -233,7 +246,7 @@ def _run(cfg: DictConfig, out_dir: str, name: str, group: str | None, stop: Stop
                 done["evals"] += result.evals
                 if result.status != "completed":
                     break
-            status, final_image = result.status, result.image
+            status, final_image = result.status, show(result.image)
             summary.update(steps=done["steps"], evals=done["evals"])
             if result.terms is not None:
                 summary.update({f"final/{k}": v for k, v in result.terms.as_floats().items()})
@@ -259,14 +272,14 @@ def _run(cfg: DictConfig, out_dir: str, name: str, group: str | None, stop: Stop
             bar.close()
         if "event" in latest and latest.get("logged") != latest["event"].step:
             # The last step always has its metrics line.
-            _log_step(tracker, latest["event"], snapshot=False, extra=latest.get("extra"))
+            _log_step(tracker, latest["event"], snapshot=False, extra=latest.get("extra"), show=latest.get("show"))
         if summary["status"] != "completed" and "event" in latest and "final/loss/total" not in summary:
             # Stopped by an exception or a second Ctrl-C inside a step: the newest image the
             # optimizer produced, with the losses measured on it, is the last good one.
             ev = latest["event"]
-            final_image = ev.image.clamp(0.0, 1.0)
+            final_image = latest["show"](ev.image.clamp(0.0, 1.0))
             summary.update(steps=ev.step, evals=ev.evals)
-            if torch.equal(final_image, ev.image):  # else its losses are not final.png's
+            if torch.equal(ev.image.clamp(0.0, 1.0), ev.image):  # else its losses are not final.png's
                 summary.update({f"final/{k}": v for k, v in ev.terms.as_floats().items()})
         summary.setdefault("wall_time_s", time.perf_counter() - t_start)
         summary["time_per_eval_s"] = summary["wall_time_s"] / summary["evals"] if summary["evals"] else None
@@ -278,3 +291,4 @@ def _run(cfg: DictConfig, out_dir: str, name: str, group: str | None, stop: Stop
         )
         tracker.finish(summary, final_image)
     return summary
+

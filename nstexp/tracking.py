@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import torch
+from PIL import Image
 
 from nstexp.errors import NstexpError
 from nstexp.images import save_image, to_pil
@@ -52,7 +53,7 @@ def sweep_group(group: str | None, sweep: str | None, sweep_dir: str) -> str:
 
 
 # What one run writes into its directory (W&B's folder aside: each W&B run is its own).
-RUN_FILES = ("metrics.jsonl", "summary.json", "final.png", "error.log")
+RUN_FILES = ("metrics.jsonl", "summary.json", "final.png", "error.log", "style_target.png")
 RUN_DIRS = ("snapshots",)
 
 
@@ -117,6 +118,14 @@ class Tracker:
         for i, s in enumerate(styles):
             images[f"inputs/style{'' if i == 0 else i}"] = wandb.Image(to_pil(s), caption=f"style {i}")
         self.run.log(images, step=0)
+
+    def save_input(self, name: str, image: Image.Image) -> None:
+        """An input the run made itself (scale control's style image): `<name>.png`, and in W&B."""
+        image.save(os.path.join(self.out_dir, f"{name}.png"))
+        if self.run is not None:
+            import wandb
+
+            self.run.log({f"inputs/{name}": wandb.Image(image, caption=name)}, step=0)
 
     def log_step(self, metrics: dict[str, Any], image: torch.Tensor | None) -> None:
         """One logged step; `image` is given at the snapshot interval."""

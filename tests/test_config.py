@@ -8,7 +8,7 @@ from hydra.core.global_hydra import GlobalHydra
 
 from conftest import REPO, run_cli
 from nstexp import cli
-from nstexp.config import validate
+from nstexp.validation import validate
 
 GROUPS = ["backbone", "layers", "loss", "optimizer", "init"]
 

@@ -96,9 +96,9 @@ def test_decompression_bomb_is_refused(tmp_path):
 
 
 def test_samples_and_unknown_sample():
-    assert {"chelsea", "swirls"} <= set(images.samples())
+    assert {"chelsea", "swirls", "coffee", "mosaic"} <= set(images.samples())
     assert images.load_image("sample:chelsea").size == (451, 300)
-    with pytest.raises(NstexpError, match="allowed: sample:chelsea, sample:swirls"):
+    with pytest.raises(NstexpError, match="allowed: sample:chelsea, sample:coffee, sample:mosaic, sample:swirls"):
         images.load_image("sample:nope", "style.image")
 
 

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from conftest import run_cli
 from nstexp import cli
-from nstexp.config import validate
+from nstexp.validation import validate
 
 EXPERIMENT_DIR = os.path.join(cli.CONFIG_DIR, "experiment")
 RECIPES = sorted(f[:-5] for f in os.listdir(EXPERIMENT_DIR) if f.endswith(".yaml"))

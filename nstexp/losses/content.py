@@ -8,12 +8,20 @@ from __future__ import annotations
 import torch
 
 
-def content_loss(features: torch.Tensor, target: torch.Tensor, normalization: str = "gatys") -> torch.Tensor:
+def content_loss(features: torch.Tensor, target: torch.Tensor, normalization: str = "gatys",
+                 mask: torch.Tensor | None = None) -> torch.Tensor:
     """Content loss of one layer; features (B, N, H, W), target (B or 1, N, H, W) -> (B,).
 
     gatys: 1/2 * sum (F - P)^2 (paper eq. 1); mean: mean squared error.
+    mask (B or 1, 1, H, W), weights in [0, 1]: each position's term is weighted by the mask
+    (the mean is then over the mask's mass), so content is kept only where the mask is white.
     """
-    sq = (features - target).pow(2).flatten(1)  # (B, N*M)
+    sq = (features - target).pow(2)  # (B, N, H, W)
+    if mask is not None:
+        sq = sq * mask
+        if normalization == "mean":
+            return sq.flatten(1).sum(1) / (features.shape[1] * mask.flatten(1).sum(1)).clamp_min(1e-12)
+    sq = sq.flatten(1)  # (B, N*M)
     if normalization == "gatys":
         return 0.5 * sq.sum(1)
     if normalization == "mean":

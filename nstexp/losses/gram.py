@@ -8,7 +8,8 @@ from __future__ import annotations
 import torch
 
 
-def gram_matrix(features: torch.Tensor, normalization: str = "gatys") -> torch.Tensor:
+def gram_matrix(features: torch.Tensor, normalization: str = "gatys",
+                guide: torch.Tensor | None = None) -> torch.Tensor:
     """Gram matrices per position; features (B, N, H, W) -> (B, N, N).
 
     gatys: G / M with G_ij = sum_k F_ik F_jk (paper eq. 3). Dividing by the image's own M
@@ -16,16 +17,24 @@ def gram_matrix(features: torch.Tensor, normalization: str = "gatys") -> torch.T
       paper's 1 / (4 N^2 M^2) back together, exactly so when both images have M positions;
     mean: G / (N * M) (the PyTorch tutorial's);
     cosine: G of channel vectors normalized to unit L2 norm (seed 004's).
+    guide (B or 1, 1, H, W), weights in [0, 1]: the guided Gram matrix of Gatys et al. (CVPR
+      2017), G = (F∘T)(F∘T)ᵀ with M replaced by the guide's mass Σ T²: the statistics of a
+      region, so an all-ones guide changes nothing.
     """
     b, n, h, w = features.shape
     f = features.reshape(b, n, h * w)  # (B, N, M)
+    m = h * w
+    if guide is not None:
+        t = guide.reshape(guide.shape[0], 1, h * w)  # (B or 1, 1, M)
+        f = f * t
+        m = t.pow(2).sum(2, keepdim=True)  # (B or 1, 1, 1)
     if normalization == "cosine":
         f = f / (f.norm(dim=2, keepdim=True) + 1e-8)
     gram = f @ f.transpose(1, 2)  # (B, N, N)
     if normalization == "gatys":
-        gram = gram / (h * w)
+        gram = gram / m
     elif normalization == "mean":
-        gram = gram / (n * h * w)
+        gram = gram / (n * m)
     return gram
 
 

@@ -41,17 +41,24 @@ def covariance(mean: torch.Tensor, second_moment: torch.Tensor, eps: float = EPS
     return second_moment - mean.unsqueeze(2) * mean.unsqueeze(1) + eps * eye
 
 
-def centered_covariance(features: torch.Tensor, eps: float = EPS) -> tuple[torch.Tensor, torch.Tensor]:
+def centered_covariance(features: torch.Tensor, eps: float = EPS,
+                        guide: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean (B, N) and covariance + eps I (B, N, N) of features (B, N, H, W), differentiable.
 
-    Centred before the product, so float32 loses no digits to the mean.
+    Centred before the product, so float32 loses no digits to the mean. A guide (B or 1, 1,
+    H, W) weights position p by T_p² / Σ T² (as the guided Gram matrix does): a region's fit.
     """
     b, n, h, w = features.shape
     f = features.reshape(b, n, h * w)  # (B, N, M)
-    mean = f.mean(2)
+    if guide is None:
+        p = f.new_full((1, 1, h * w), 1.0 / (h * w))
+    else:
+        t2 = guide.reshape(guide.shape[0], 1, h * w).pow(2)
+        p = t2 / t2.sum(2, keepdim=True)  # (B or 1, 1, M), sums to 1
+    mean = (f * p).sum(2)
     c = f - mean.unsqueeze(2)
     eye = torch.eye(n, dtype=f.dtype, device=f.device)
-    return mean, c @ c.transpose(1, 2) / (h * w) + eps * eye
+    return mean, (c * p) @ c.transpose(1, 2) + eps * eye
 
 
 def sqrtm(a: torch.Tensor) -> torch.Tensor:
@@ -66,10 +73,14 @@ def trace_sqrt(a: torch.Tensor, floor: float = EPS**2) -> torch.Tensor:
 
 
 def w2_loss(
-    features: torch.Tensor, target_mean: torch.Tensor, target_cov: torch.Tensor, target_cov_sqrt: torch.Tensor
+    features: torch.Tensor, target_mean: torch.Tensor, target_cov: torch.Tensor, target_cov_sqrt: torch.Tensor,
+    guide: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """W2² of one layer; features (B, N, H, W), float64 targets (1, N), (1, N, N), (1, N, N) -> (B,)."""
-    mean, cov = centered_covariance(features)
+    """W2² of one layer; features (B, N, H, W), float64 targets (1, N), (1, N, N), (1, N, N) -> (B,).
+
+    With a guide (see `centered_covariance`), of the features' fit inside the guided region.
+    """
+    mean, cov = centered_covariance(features, guide=guide)
     # The trace terms nearly cancel (W2² is small next to tr Σ): in float32 their rounding
     # made W2² of identical distributions negative, so they are taken in float64.
     cov = cov.double()

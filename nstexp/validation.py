@@ -1,0 +1,151 @@
+"""Checks of a composed config that its types cannot express; each failure is one line.
+
+Choices, ranges, layer names, list lengths and files are all checked before any work
+starts, so a bad value never costs a run.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from nstexp.config import (
+    ARCHS, CLAMPS, COLOR_MODES, CONTENT_NORMALIZATIONS, INITS, LINE_SEARCHES, OPTIMIZERS, PADDINGS, POOLING, PREPROCESSING,
+    STYLE_BALANCES, STYLE_LOSSES, STYLE_NORMALIZATIONS, WANDB_MODES, WEIGHTS,
+)
+from nstexp.errors import ConfigError
+
+
+def _choice(key: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not allowed (allowed: {', '.join(allowed)})")
+
+
+def _check_finite(node: Any, key: str = "") -> None:
+    """Refuse nan and inf anywhere in the config: no setting has a use for them."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            _check_finite(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            _check_finite(v, f"{key}[{i}]")
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"{key}={node} must be a finite number")
+
+
+def _at_least(key: str, value: float, low: float, strict: bool = False) -> None:
+    if value < low or (strict and value == low):
+        raise ConfigError(f"{key}={value} must be {'>' if strict else '>='} {low}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check what the schema's types cannot; raise ConfigError with a one-line message."""
+    from nstexp.backbone import layer_names  # the layer names come from the network itself
+
+    _check_finite(OmegaConf.to_container(cfg, resolve=True))
+    b = cfg.backbone
+    _choice("backbone.arch", b.arch, ARCHS)
+    if b.weights not in WEIGHTS and not os.path.isfile(b.weights):
+        raise ConfigError(
+            f"backbone.weights={b.weights!r} is neither a known source nor a file "
+            f"(allowed: {', '.join(WEIGHTS)}, or a path to a state dict file)"
+        )
+    if b.weights == "caffe" and b.arch != "vgg19":
+        raise ConfigError(
+            f"backbone.weights=caffe exists only for vgg19, not {b.arch} "
+            "(use backbone.weights=imagenet|random|<path>)"
+        )
+    _choice("backbone.preprocessing", b.preprocessing, PREPROCESSING)
+    _choice("backbone.pooling", b.pooling, POOLING)
+    _choice("backbone.padding", b.padding, PADDINGS)
+
+    names = layer_names(b.arch)
+    for part in ("content", "style"):
+        layers = cfg.layers[part]
+        if not any(w > 0 for w in layers.values()) and cfg[part].weight > 0:
+            raise ConfigError(f"layers.{part} has no layer with a weight > 0 but {part}.weight > 0")
+        for name, w in layers.items():
+            if name not in names:
+                raise ConfigError(
+                    f"layers.{part}: unknown layer {name!r} for {b.arch} "
+                    f"(allowed: {', '.join(names)})"
+                )
+            _at_least(f"layers.{part}.{name}", w, 0)
+
+    _choice("content.normalization", cfg.content.normalization, CONTENT_NORMALIZATIONS)
+    _choice("style.normalization", cfg.style.normalization, STYLE_NORMALIZATIONS)
+    _choice("style.loss", cfg.style.loss, STYLE_LOSSES)
+    _choice("style.balance", cfg.style.balance, STYLE_BALANCES)
+    for key in ("content.weight", "style.weight", "tv.weight"):
+        _at_least(key, cfg[key.split(".")[0]].weight, 0)
+    _at_least("style.scale", cfg.style.scale, 0, strict=True)
+    # Below 1 the slope at a flat patch, where (Δx)² + (Δy)² = 0, is infinite.
+    _at_least("tv.exponent", cfg.tv.exponent, 1)
+    n_styles = 1 + len(cfg.style.blend_images)
+    if cfg.style.blend_weights and len(cfg.style.blend_weights) != n_styles:
+        raise ConfigError(
+            f"style.blend_weights has {len(cfg.style.blend_weights)} values for {n_styles} "
+            "style images (give one per image, the first included, or none)"
+        )
+    for w in cfg.style.blend_weights:
+        _at_least("style.blend_weights", w, 0)
+    if cfg.style.blend_weights and sum(cfg.style.blend_weights) <= 0:
+        raise ConfigError("style.blend_weights are all 0 (give at least one weight > 0, or none for equal weights)")
+
+    if cfg.style.masks and len(cfg.style.masks) != n_styles:
+        raise ConfigError(
+            f"style.masks has {len(cfg.style.masks)} images for {n_styles} style images "
+            "(give one mask per style image, the first included, or none)"
+        )
+    if cfg.style.masks and cfg.style.loss == "sliced":
+        raise ConfigError("style.masks works with style.loss=gram or w2, not sliced")
+    _choice("color.preserve", cfg.color.preserve, COLOR_MODES)
+    sc = cfg.style.scale_control
+    for name in sc.fine_layers:
+        if name not in names:
+            raise ConfigError(f"style.scale_control.fine_layers: unknown layer {name!r} for {b.arch} "
+                              f"(allowed: {', '.join(names)})")
+    if sc.fine_image is not None and not sc.fine_layers:
+        raise ConfigError("style.scale_control.fine_layers is empty (name the layers whose statistics are fine)")
+    _at_least("style.scale_control.steps", sc.steps, 0)
+
+    opt = cfg.optimizer
+    _choice("optimizer.name", opt.name, OPTIMIZERS)
+    _at_least("optimizer.lr", opt.lr, 0, strict=True)
+    if opt.name == "lbfgs":
+        _choice("optimizer.line_search", opt.line_search, LINE_SEARCHES)
+        _at_least("optimizer.max_iter", opt.max_iter, 1)
+        _at_least("optimizer.history_size", opt.history_size, 1)
+    else:
+        if len(opt.betas) != 2 or not all(0 <= b < 1 for b in opt.betas):
+            raise ConfigError(f"optimizer.betas={list(opt.betas)} must be two numbers in [0, 1)")
+        _at_least("optimizer.eps", opt.eps, 0, strict=True)
+        if not 0 <= opt.ema < 1:
+            raise ConfigError(f"optimizer.ema={opt.ema} must be in [0, 1) (0 = no averaging)")
+
+    _choice("init.kind", cfg.init.kind, INITS)
+    if cfg.init.kind == "image" and not cfg.init.path:
+        raise ConfigError("init.kind=image needs init.path=<image file>")
+    _choice("clamp", cfg.clamp, CLAMPS)
+    _choice("wandb.mode", cfg.wandb.mode, WANDB_MODES)
+    if cfg.steps is not None:
+        _at_least("steps", cfg.steps, 0)
+    if cfg.size is not None:
+        _at_least("size", cfg.size, 16)  # the upper limit is the memory: see nstexp.memory
+    if cfg.scales.min is not None:
+        _at_least("scales.min", cfg.scales.min, 16)
+        if cfg.size is not None and cfg.scales.min > cfg.size:
+            raise ConfigError(f"scales.min={cfg.scales.min} must be <= size={cfg.size}")
+    _at_least("scales.factor", cfg.scales.factor, 1, strict=True)
+    if cfg.scales.first_steps is not None:
+        _at_least("scales.first_steps", cfg.scales.first_steps, 0)
+    if not 0 <= cfg.seed < 2**63:
+        raise ConfigError(f"seed={cfg.seed} must be in [0, 2**63)")
+    _at_least("log_every", cfg.log_every, 1)
+    _at_least("snapshot_every (0 disables snapshots)", cfg.snapshot_every, 0)
+    dev = cfg.device
+    if dev not in ("auto", "cpu", "mps") and not (dev == "cuda" or dev.startswith("cuda:")):
+        raise ConfigError(f"device={dev!r} is not allowed (allowed: auto, cpu, cuda, cuda:N, mps)")
