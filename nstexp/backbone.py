@@ -266,7 +266,8 @@ class FeatureExtractor(nn.Module):
         """
         from nstexp import images  # the images module knows the bundled samples
 
-        batch = [images.to_tensor(images.load_image(f"sample:{name}").resize((256, 256))) for name in CALIBRATION_SAMPLES]
+        batch = [images.to_tensor(images.load_image(f"sample:{name}").resize((256, 256)))
+                 for name in CALIBRATION_SAMPLES]
         x = self.preprocess(torch.cat(batch))
         for module in self.features:
             if isinstance(module, ScaledAvgPool2d):
