@@ -279,11 +279,16 @@ class FeatureExtractor(nn.Module):
             image = image.flip(1) * 255.0  # RGB -> BGR, 0..255
         return (image - self.mean) / self.scale
 
-    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, image: torch.Tensor, layers=None) -> dict[str, torch.Tensor]:
+        """Features of the extractor's layers, or of `layers` among them only (the network then
+        stops at the deepest of those)."""
+        wanted = set(self.layers if layers is None else layers)
         x = self.preprocess(image)
         out = {}
         for name, module in zip(self.names, self.features):
             x = module(x)
-            if name in self.layers:
+            if name in wanted:
                 out[name] = x
+                if len(out) == len(wanted):
+                    break
         return out

@@ -7,7 +7,8 @@
   signal aborts at once.
 - When the last job has ended: the comparison files (see nstexp.compare) in the sweep
   directory, one W&B run of job type `compare` in the sweep's group with a table of all
-  jobs, and the exit status, decided by the jobs' summaries, so that every launcher agrees.
+  jobs, the plots and an interactive trade-off scatter, and the exit status, decided by the
+  jobs' summaries, so that every launcher agrees.
 """
 
 from __future__ import annotations
@@ -84,24 +85,37 @@ def comparison_table(jobs: list):
     """The W&B table of the sweep: comparison.csv's columns, but the final image itself and a link to the job's run."""
     import wandb
 
-    from nstexp.compare import RESULTS, columns
+    from nstexp.compare import columns, result_keys
 
-    table = wandb.Table(columns=columns(jobs[0].swept, ("final", "run")))
+    results = result_keys(jobs)
+    table = wandb.Table(columns=columns(jobs[0].swept, results, ("final", "run")))
     for job in jobs:
         s = job.summary or {}
         table.add_data(
             job.num,
             *[str(v) for v in job.swept.values()],
             job.status,
-            *[s.get(k) for k in RESULTS[1:]],  # numbers stay numbers, for sorting and plots
+            *[s.get(k) for k in results[1:]],  # numbers stay numbers, for sorting and plots
             wandb.Image(job.final) if job.final else None,
             s.get("wandb_url") or s.get("wandb_id") or "",
         )
     return table
 
 
+def tradeoff_chart(jobs: list):
+    """tradeoff.png as an interactive W&B scatter: a row per job with both metrics, named by its swept values."""
+    import wandb
+
+    from nstexp.plots import CONTENT_FIDELITY, STYLE_FIDELITY, swept_label, tradeoff_points
+
+    # The columns are named by the axis labels, which say which way is better.
+    x, y = CONTENT_FIDELITY[1], STYLE_FIDELITY[1]
+    table = wandb.Table(columns=["job", x, y], data=[[swept_label(j), cx, sy] for j, cx, sy in tradeoff_points(jobs)])
+    return wandb.plot.scatter(table, x, y, title="final images: best towards the bottom right")
+
+
 def log_summary_run(sweep_dir: str, jobs: list, paths: dict[str, str], wandb_cfg, mode: str, group: str) -> None:
-    """One W&B run with a row per job (see `comparison_table`), the contact sheet and the loss curves."""
+    """One W&B run with a row per job (see `comparison_table`) and the plots `paths` has (see compare.OUTPUTS)."""
     import wandb
 
     keys = list(jobs[0].swept)
@@ -118,8 +132,6 @@ def log_summary_run(sweep_dir: str, jobs: list, paths: dict[str, str], wandb_cfg
         mode=mode,
         reinit="create_new",
     ) as run:
-        run.log({
-            "comparison": table,
-            "contact_sheet": wandb.Image(paths["contact_sheet"]),
-            "loss_curves": wandb.Image(paths["loss_curves"]),
-        })
+        images = {k: wandb.Image(v) for k, v in paths.items() if v.endswith(".png")}
+        charts = {"tradeoff_chart": tradeoff_chart(jobs)} if "tradeoff" in paths else {}
+        run.log({"comparison": table, **images, **charts})

@@ -244,6 +244,11 @@ def main() -> None:
 
         compare_main(args[1:])
         return
+    if args[:1] == ["evaluate"]:  # `nstexp evaluate RESULT... --content C --style S`
+        from nstexp.evaluation import main as evaluate_main
+
+        evaluate_main(args[1:])
+        return
     os.environ[PARENT_ENV] = str(os.getpid())
     if not any(a.split("=")[0] in _INFO_FLAGS for a in args):
         from hydra._internal.utils import get_args_parser

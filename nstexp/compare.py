@@ -3,12 +3,14 @@
 A sweep folder holds Hydra's multirun.yaml and one folder per job (0/, 1/, ... by default,
 anywhere below it with a custom hydra.sweep.subdir) with its overrides, metrics.jsonl,
 summary.json and final.png. Opening them one at a time is slow and easy to misread, so this
-writes four files into the sweep folder that put the jobs next to each other:
+writes files into the sweep folder that put the jobs next to each other:
 
 - contact_sheet.png: the final images in a grid laid out by the swept values, with the
   content and style images along the top;
-- loss_curves.png: total, content and style loss of every job against evals and wall time;
-- comparison.csv and comparison.md: one row per job, its swept values and final numbers.
+- loss_curves.png, eval_curves.png and tradeoff.png: see nstexp.plots (the last two only
+  when the jobs logged the image-quality `eval/` metrics);
+- comparison.csv and comparison.md: one row per job, its swept values and final numbers
+  (the markdown rounded for reading, the CSV in full precision).
 
 Jobs that are still running, were cut off or failed are shown as such rather than left out,
 so a sweep can be looked at before it has finished.
@@ -23,11 +25,9 @@ import math
 import os
 import sys
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
 
-from nstexp import images
+from nstexp import images, plots
 from nstexp.sweep_jobs import Job, collect, nested, read_yaml
 from nstexp.errors import NstexpError
 
@@ -41,11 +41,15 @@ BACKGROUND = (255, 255, 255)
 PLACEHOLDER = (192, 192, 192)  # stands in for a job without a final image
 TEXT = (0, 0, 0)
 
-LOSSES = ("loss/total", "loss/content", "loss/style")
-RESULTS = ("status", "steps", "evals", "wall_time_s", *(f"final/{k}" for k in LOSSES))
+RESULTS = ("status", "steps", "evals", "wall_time_s", *(f"final/{k}" for k in plots.LOSSES))
+# The image-quality metrics of the final image that the tables show, when the jobs logged them.
+EVALS = ("eval/ssim", "eval/content", "eval/style_gram", "eval/style_sw", "eval/colour_style", "eval/tv")
+HIGHER_IS_BETTER = ("eval/ssim",)  # for every other sortable number lower is better
 OUTPUTS = {
     "contact_sheet": "contact_sheet.png",
     "loss_curves": "loss_curves.png",
+    "eval_curves": "eval_curves.png",
+    "tradeoff": "tradeoff.png",
     "csv": "comparison.csv",
     "markdown": "comparison.md",
 }
@@ -53,12 +57,6 @@ OUTPUTS = {
 
 def _pairs(keys, values) -> list[str]:
     return [f"{k}={v}" for k, v in zip(keys, values)]
-
-
-def _job_label(job: Job) -> str:
-    values = ", ".join(_pairs(job.swept, job.swept.values()))
-    status = "" if job.status == "completed" else f" ({job.status})"
-    return f"job {job.num}{': ' if values else ''}{values}{status}"
 
 
 def input_images(job: Job) -> list[tuple[list[str], Image.Image]]:
@@ -190,89 +188,98 @@ def contact_sheet(
     sheet.save(path)
 
 
-def _positive(value) -> bool:
-    return isinstance(value, (int, float)) and value > 0 and math.isfinite(value)
-
-
-def loss_curves(jobs: list[Job], path: str, title: str = "") -> None:
-    """Plot each job's total, content and style loss against evals (top row) and wall time (bottom row).
-
-    The y-scale is logarithmic because losses span orders of magnitude within a sweep. Values
-    it cannot show (a content loss of 0 at step 0, inf after divergence) are left out.
-    """
-    fig = Figure(figsize=(15, 9), layout="constrained")
-    FigureCanvasAgg(fig)  # render with Agg directly: no GUI backend, no global pyplot state
-    axes = fig.subplots(2, 3)
-    x_axes = (("evals", "evals"), ("time_s", "wall time (s)"))
-    for i, job in enumerate(j for j in jobs if j.metrics):
-        style = {"color": f"C{i % 10}", "linestyle": ("-", "--", ":", "-.")[i // 10 % 4], "label": _job_label(job)}
-        for row, (x_key, _) in enumerate(x_axes):
-            for col, loss in enumerate(LOSSES):
-                points = [(m[x_key], m[loss]) for m in job.metrics if x_key in m and _positive(m.get(loss))]
-                # Dots too, or a curve of one point (a job cut off early) would not show at all.
-                marker = "." if len(points) < 20 else None
-                axes[row, col].plot([p[0] for p in points], [p[1] for p in points], marker=marker, **style)
-    for row, (_, x_label) in enumerate(x_axes):
-        for col, loss in enumerate(LOSSES):
-            axes[row, col].set(title=loss, xlabel=x_label, ylabel="loss", yscale="log")
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, loc="outside lower center", ncols=min(3, len(handles)))
-    fig.suptitle(title)
-    fig.savefig(path, dpi=100)
-
-
-def _cell(value) -> str:
-    """A table cell: floats in full precision (repr), so they read back equal to summary.json."""
+def csv_cell(value) -> str:
+    """Floats in full precision (repr), so they read back equal to summary.json; None is empty."""
     if value is None:
         return ""
     return repr(value) if isinstance(value, float) else str(value)
 
 
-def columns(keys, tail: tuple[str, ...]) -> list[str]:
-    """A comparison table's header: job, the swept `keys`, RESULTS, then that table's own `tail` columns.
+def _md_cell(key: str, value) -> str:
+    """Floats to 4 significant digits (`2.317e+15`, `0.3142`), seconds (keys ending in `_s`) as `4.60 s`."""
+    if not isinstance(value, float):
+        return csv_cell(value)  # swept values are strings, shown as they are
+    return f"{value:.2f} s" if key.endswith("_s") else f"{value:.4g}"
+
+
+def result_keys(jobs: list[Job], every_eval: bool = False) -> list[str]:
+    """RESULTS, then the EVALS any job's summary has; with `every_eval` also its other `eval/` keys (per layer)."""
+    found = dict.fromkeys(k for job in jobs for k in job.summary or {} if k.startswith("eval/"))
+    evals = [k for k in EVALS if k in found] + ([k for k in found if k not in EVALS] if every_eval else [])
+    return [*RESULTS, *evals]
+
+
+def columns(keys, results: list[str], tail: tuple[str, ...]) -> list[str]:
+    """A comparison table's header: job, the swept `keys`, the `results` (see result_keys), then `tail`.
 
     Shared by comparison.csv/.md and the W&B table so they name columns alike. A swept key named
     like another column (a swept `steps` next to the steps actually run) gets " (swept)": a
     repeated name would make the two columns impossible to tell apart.
     """
-    fixed = ("job", *RESULTS, *tail)
-    return ["job", *(f"{k} (swept)" if k in fixed else k for k in keys), *RESULTS, *tail]
+    fixed = ("job", *results, *tail)
+    return ["job", *(f"{k} (swept)" if k in fixed else k for k in keys), *results, *tail]
 
 
-def table(jobs: list[Job], sweep_dir: str) -> tuple[list[str], list[list[str]]]:
-    """Header and one row per job: number, swept values, results, final.png relative to `sweep_dir`."""
-    header = columns(jobs[0].swept, ("final_png",))
+def table(jobs: list[Job], sweep_dir: str, every_eval: bool = False) -> tuple[list[str], list[list]]:
+    """Header and one row per job: number, swept values, results (None if missing), final.png relative to `sweep_dir`.
+
+    `every_eval`: all of the summaries' `eval/` keys, not only the EVALS (see result_keys).
+    """
+    results = result_keys(jobs, every_eval)
     rows = []
     for job in jobs:
         summary = job.summary or {}
         final = os.path.relpath(job.final, sweep_dir) if job.final else ""
-        results = [_cell(summary.get(k)) for k in RESULTS[1:]]
-        rows.append([str(job.num), *job.swept.values(), job.status, *results, final])
-    return header, rows
+        rows.append([job.num, *job.swept.values(), job.status, *(summary.get(k) for k in results[1:]), final])
+    return columns(jobs[0].swept, results, ("final_png",)), rows
 
 
-def _markdown(header: list[str], rows: list[list[str]]) -> str:
-    lines = [header, ["---"] * len(header), *rows]
+def sort_jobs(jobs: list[Job], key: str) -> list[Job]:
+    """`jobs` best first by their summary's number `key`: lowest first, highest for HIGHER_IS_BETTER; others last.
+
+    NstexpError if no job has a number for `key`.
+    """
+    def rank(job: Job) -> tuple[int, float]:
+        value = (job.summary or {}).get(key)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value):
+            return (1, 0.0)
+        return (0, -value if key in HIGHER_IS_BETTER else value)
+
+    if all(rank(job)[0] for job in jobs):
+        raise NstexpError(f"cannot sort by {key}: no job's summary.json has a number for it")
+    return sorted(jobs, key=rank)
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    cells = [[_md_cell(k, v) for k, v in zip(header, row)] for row in rows]
+    lines = [header, ["---"] * len(header), *cells]
     return "".join("| " + " | ".join(c.replace("|", "\\|") for c in line) + " |\n" for line in lines)
 
 
-def write_report(sweep_dir: str, cell: int = CELL, jobs: list[Job] | None = None) -> dict[str, str]:
-    """Write the four comparison files into `sweep_dir`; returns their paths, keyed as in OUTPUTS.
+def write_report(sweep_dir: str, cell: int = CELL, jobs: list[Job] | None = None, sort: str | None = None
+                 ) -> dict[str, str]:
+    """Write the comparison files into `sweep_dir`; returns the paths written, keyed as in OUTPUTS.
 
-    `jobs` is what `collect(sweep_dir)` returns, for callers that already have it.
+    eval_curves.png and tradeoff.png are written only when some job has the `eval/` metrics.
+    `jobs` is what `collect(sweep_dir)` returns, for callers that already have it; `sort` a
+    summary key that orders the tables' rows (see sort_jobs), else they are in job order.
     """
     jobs = collect(sweep_dir) if jobs is None else jobs
+    rows_order = sort_jobs(jobs, sort) if sort else jobs  # first: a wrong key must not leave half a report
     paths = {kind: os.path.join(sweep_dir, name) for kind, name in OUTPUTS.items()}
     # Any started job's config names the inputs; job 0 may not have started (parallel launchers).
     first = next((job for job in jobs if job.dir and os.path.isdir(job.dir)), jobs[0])
     contact_sheet(jobs, paths["contact_sheet"], cell, input_images(first))
-    loss_curves(jobs, paths["loss_curves"], title=os.path.abspath(sweep_dir))
-    header, rows = table(jobs, sweep_dir)
+    title = os.path.abspath(sweep_dir)
+    plots.loss_curves(jobs, paths["loss_curves"], title)
+    for kind, plot in (("eval_curves", plots.eval_curves), ("tradeoff", plots.tradeoff)):
+        if not plot(jobs, paths[kind], title):
+            del paths[kind]
+    header, rows = table(rows_order, sweep_dir, every_eval=True)
     with open(paths["csv"], "w", newline="") as f:
-        csv.writer(f).writerows([header, *rows])
+        csv.writer(f).writerows([header, *([csv_cell(v) for v in row] for row in rows)])
     with open(paths["markdown"], "w") as f:
-        f.write(_markdown(header, rows))
+        f.write(markdown_table(*table(rows_order, sweep_dir)))
     return paths
 
 
@@ -287,14 +294,18 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="nstexp compare",
         description="Compare the jobs of a Hydra multirun sweep: writes contact_sheet.png, loss_curves.png, "
-        "comparison.csv and comparison.md into the sweep folder.",
+        "comparison.csv and comparison.md into the sweep folder, and eval_curves.png and tradeoff.png when "
+        "the jobs logged the eval/ image-quality metrics.",
     )
     parser.add_argument("sweep_dir", help="the sweep folder, the one holding Hydra's multirun.yaml")
     parser.add_argument("--cell", type=_positive_int, default=CELL,
                         help="longest side of each image in the contact sheet, in pixels (default: %(default)s)")
+    parser.add_argument("--sort", metavar="KEY",
+                        help="order the tables' rows best first by this summary.json number, e.g. eval/style_sw "
+                        "(lowest first; highest first for eval/ssim)")
     args = parser.parse_args(argv)
     try:
-        paths = write_report(args.sweep_dir, args.cell)
+        paths = write_report(args.sweep_dir, args.cell, sort=args.sort)
     except NstexpError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

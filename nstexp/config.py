@@ -155,6 +155,16 @@ class ScalesConfig:
 
 
 @dataclass
+class EvalConfig:
+    # The yardstick metrics (nstexp/metrics.py), at the end of every run and during it.
+    enabled: bool = True
+    # Every N steps; None: at every snapshot (snapshot_every); 0: only at the end.
+    every: Optional[int] = None
+    # Longest side of the reference resolution every metric is computed at, whatever `size`.
+    size: int = 256
+
+
+@dataclass
 class WandbConfig:
     mode: str = "auto"
     project: str = "nstexp"
@@ -192,6 +202,7 @@ class Config:
     progress: bool = True
     # Multirun only: rerun just the jobs of the latest matching sweep that did not complete.
     resume: bool = False
+    eval: EvalConfig = field(default_factory=EvalConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
 

@@ -9,23 +9,21 @@ from __future__ import annotations
 
 import os
 import platform
-import signal
 import sys
-import threading
 import time
-from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from nstexp import colour, inputs, memory, pyramid, scale_control
+from nstexp import colour, inputs, memory, metrics, pyramid, scale_control
 from nstexp.backbone import FeatureExtractor, pools_before
 from nstexp.validation import validate
 from nstexp.engine import StepEvent, optimize
 from nstexp.errors import NstexpError
 from nstexp.objective import Objective
+from nstexp.stopping import StopRequest
 from nstexp.tracking import Tracker
 
 # Defaults that depend on the device: a GPU affords larger images and more steps.
@@ -55,38 +53,6 @@ def _versions() -> dict[str, str]:
         except PackageNotFoundError:
             out[pkg] = "unknown"
     return out
-
-
-class StopRequest:
-    """Turns SIGINT/SIGTERM into a flag the loop checks between steps; a second signal aborts.
-
-    `stop_file`, when given, also stops the run once it exists: how a sweep tells its jobs
-    in other processes (or on other machines) that it was interrupted.
-    """
-
-    def __init__(self, stop_file: str | os.PathLike | None = None) -> None:
-        self.signal: int | None = None
-        self.stop_file = stop_file
-
-    def __call__(self) -> bool:
-        return self.signal is not None or (self.stop_file is not None and os.path.exists(self.stop_file))
-
-    def _handle(self, signum, frame):
-        if self.signal is not None:
-            raise KeyboardInterrupt
-        self.signal = signum
-
-    @contextmanager
-    def installed(self):
-        if threading.current_thread() is not threading.main_thread():
-            yield self  # signals can only be handled in the main thread
-            return
-        old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield self
-        finally:
-            for s, h in old.items():
-                signal.signal(s, h)
 
 
 def _log_step(tracker: Tracker, ev: StepEvent, snapshot: bool, extra: dict | None = None, show=None) -> None:
@@ -154,7 +120,7 @@ def _run(cfg: DictConfig, out_dir: str, name: str, group: str | None, stop: Stop
     final_image = None
     latest: dict = {}  # the newest step event: the last good image, whatever stops the run
     warnings: list[str] = []
-    peak = bar = None
+    peak = bar = evaluate = None
     try:
         validate(cfg)
         device = resolve_device(cfg.device)
@@ -201,6 +167,9 @@ def _run(cfg: DictConfig, out_dir: str, name: str, group: str | None, stop: Stop
             summary["levels"] = sizes
         tracker.log_inputs(full.content, full.styles)
         mode = cfg.color.preserve
+        every = cfg.snapshot_every if cfg.eval.every is None else cfg.eval.every
+        if cfg.eval.enabled:
+            evaluate = _evaluator(cfg, device, summary)
 
         bar = tqdm(total=sum(level_steps), disable=not cfg.progress, file=sys.stderr, dynamic_ncols=True,
                    unit="step")
@@ -234,7 +203,10 @@ def _run(cfg: DictConfig, out_dir: str, name: str, group: str | None, stop: Stop
                     if level > 0 and ev.step == done["steps"]:
                         return  # the upsampled image: the previous level logged this step
                     snapshot = bool(cfg.snapshot_every) and ev.step % cfg.snapshot_every == 0
-                    if snapshot or ev.step % cfg.log_every == 0 or ev.step == sum(level_steps):
+                    last = ev.step == sum(level_steps)
+                    scored = evaluate is not None and ((bool(every) and ev.step % every == 0) or last)
+                    if snapshot or scored or ev.step % cfg.log_every == 0 or last:
+                        extra = {**extra, **evaluate(show(ev.image))} if scored else extra
                         _log_step(tracker, ev, snapshot, extra, show)
                         latest["logged"] = ev.step
                         bar.set_postfix(loss=f"{ev.terms.total[0].item():.4g}", refresh=False)
@@ -281,6 +253,11 @@ def _run(cfg: DictConfig, out_dir: str, name: str, group: str | None, stop: Stop
             summary.update(steps=ev.step, evals=ev.evals)
             if torch.equal(ev.image.clamp(0.0, 1.0), ev.image):  # else its losses are not final.png's
                 summary.update({f"final/{k}": v for k, v in ev.terms.as_floats().items()})
+        if evaluate is not None and final_image is not None:
+            try:  # the yardstick of the image final.png holds, whatever stopped the run
+                summary.update(evaluate(final_image))
+            except Exception as exc:  # never hides what stopped the run
+                warnings.append(f"the metrics could not be computed: {type(exc).__name__}: {exc}")
         summary.setdefault("wall_time_s", time.perf_counter() - t_start)
         summary["time_per_eval_s"] = summary["wall_time_s"] / summary["evals"] if summary["evals"] else None
         summary.update(
@@ -292,3 +269,24 @@ def _run(cfg: DictConfig, out_dir: str, name: str, group: str | None, stop: Stop
         tracker.finish(summary, final_image)
     return summary
 
+
+def _evaluator(cfg: DictConfig, device: torch.device, summary: dict):
+    """The run's yardstick (nstexp.metrics) against its content and first style image, as the
+    user gave them; its cost goes to the summary's `eval_time_s`."""
+    t0 = time.perf_counter()
+    content = metrics.load(cfg.content.image, "content.image", device)
+    style = metrics.load(cfg.style.image, "style.image", device)
+    evaluator = metrics.Evaluator(content, style, cfg.eval.size)
+    summary["eval_time_s"] = time.perf_counter() - t0
+
+    last: dict = {}  # the final image is usually the last step's: scored once
+
+    def evaluate(image: torch.Tensor) -> dict[str, float]:
+        if "image" in last and last["image"].shape == image.shape and torch.equal(last["image"], image):
+            return dict(last["out"])
+        t = time.perf_counter()
+        last.update(image=image.detach().clone(), out=evaluator(image))
+        summary["eval_time_s"] += time.perf_counter() - t
+        return dict(last["out"])
+
+    return evaluate

@@ -16,6 +16,7 @@ to the content's).
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import torch
@@ -36,7 +37,9 @@ def fine_onto_coarse(extractor: FeatureExtractor, coarse: torch.Tensor, fine: to
     Equal layer weights and the paper's Gram loss; the authors' weights differ by a common
     factor only, to which L-BFGS with a normalized loss is insensitive.
     """
-    objective = Objective(extractor, coarse, [fine], content_layers={}, style_layers=dict.fromkeys(fine_layers, 1.0),
+    # The network runs only up to the deepest fine layer.
+    shallow = functools.partial(extractor, layers=fine_layers)
+    objective = Objective(shallow, coarse, [fine], content_layers={}, style_layers=dict.fromkeys(fine_layers, 1.0),
                           content_weight=0.0, style_weight=1.0, tv_weight=0.0)
     return optimize(coarse, objective, LBFGSConfig(), steps, "every_step", should_stop=should_stop).image
 

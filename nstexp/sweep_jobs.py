@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import os
 from dataclasses import dataclass
 
@@ -23,8 +24,10 @@ UNSET = "(default)"  # the value of a swept key in a job that did not override i
 def display_value(text: str) -> str:
     """A number as a person writes it: Hydra turns a swept `1e5` into `100000.0`; this gives `1e5`.
 
-    Exact: the result reads back as the same float; anything that is not a float is left as is.
+    Exact: the result reads back as the same float; anything that is not a float is left as is,
+    but for Hydra's escapes: `sample\\:chelsea` is shown as `sample:chelsea`.
     """
+    text = re.sub(r"\\(.)", r"\1", text)
     if not any(c in text for c in ".eE"):
         return text  # integers and words
     try:

@@ -144,6 +144,9 @@ def validate(cfg: DictConfig) -> None:
         _at_least("scales.first_steps", cfg.scales.first_steps, 0)
     if not 0 <= cfg.seed < 2**63:
         raise ConfigError(f"seed={cfg.seed} must be in [0, 2**63)")
+    if cfg.eval.every is not None:
+        _at_least("eval.every (0: only at the end)", cfg.eval.every, 0)
+    _at_least("eval.size", cfg.eval.size, 32)
     _at_least("log_every", cfg.log_every, 1)
     _at_least("snapshot_every (0 disables snapshots)", cfg.snapshot_every, 0)
     dev = cfg.device

@@ -11,7 +11,7 @@ import yaml
 from PIL import Image
 
 from conftest import REPO
-from nstexp import callbacks, compare
+from nstexp import callbacks, compare, plots
 from nstexp.errors import NstexpError
 from nstexp.sweep_jobs import display_value
 
@@ -304,7 +304,9 @@ def test_cli_writes_the_report(tmp_path):
     result = _cli(str(tmp_path), "--cell", "32")
     assert result.returncode == 0, result.stderr
     written = result.stdout.split()
-    assert sorted(written) == sorted(str(tmp_path / n) for n in compare.OUTPUTS.values())
+    # No eval/ metrics in these jobs, so no eval_curves.png or tradeoff.png.
+    kinds = ("contact_sheet", "loss_curves", "csv", "markdown")
+    assert sorted(written) == sorted(str(tmp_path / compare.OUTPUTS[k]) for k in kinds)
     size, _ = layout(n_rows=2, n_cols=3, n_keys=2, n_col_keys=1, n_inputs=2, cell=32)
     assert Image.open(tmp_path / "contact_sheet.png").size == size
 
@@ -358,8 +360,185 @@ def test_summary_run_logs_the_table_offline(tmp_path, wandb_env):
     ("100000.0", "1e5"), ("3000000.0", "3e6"), ("30000.0", "3e4"), ("0.0001", "1e-4"), ("0.02", "0.02"),
     ("1.0", "1"), ("0.1234567891", "0.1234567891"), ("123456.7", "1.234567e5"), ("7", "7"), ("adam", "adam"),
     ("sample:chelsea", "sample:chelsea"), ("inf", "inf"), ("1e5", "1e5"),
+    ("sample\\:chelsea", "sample:chelsea"), ("[sample\\:a,sample\\:b]", "[sample:a,sample:b]"),
 ])
 def test_swept_numbers_are_shown_as_people_write_them(text, shown):
     assert display_value(text) == shown
-    if shown != text:
+    if shown != text and "\\" not in text:
         assert float(shown) == float(text)  # exact, never rounded
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def read_markdown(path):
+    """comparison.md as one dict per row, header -> cell."""
+    lines = [line.strip("|\n").split(" | ") for line in Path(path).read_text().splitlines()]
+    header = [c.strip() for c in lines[0]]
+    return [dict(zip(header, (c.strip() for c in line))) for line in lines[2:]]
+
+
+def update_summary(root, num, **values):
+    path = root / str(num) / "summary.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **values}))
+
+
+def test_markdown_shows_4_significant_digits_and_csv_full_precision(tmp_path):
+    # Hydra records a swept 1e5 as 100000.0: both tables show it as 1e5, as before.
+    make_sweep(tmp_path, [(["style.weight=100000.0"], RED, "completed", True),
+                          (["style.weight=0.0001"], GREEN, "completed", True)])
+    exact = {"final/loss/total": 2316912345678901.2, "final/loss/style": 0.314159265358979,
+             "final/loss/content": 12345.678, "wall_time_s": 4.6}
+    update_summary(tmp_path, 0, **exact)
+    paths = compare.write_report(str(tmp_path), cell=CELL)
+
+    md, rows = read_markdown(paths["markdown"]), read_csv(paths["csv"])
+    assert [r["style.weight"] for r in md] == [r["style.weight"] for r in rows] == ["1e5", "1e-4"]
+    assert {k: md[0][k] for k in exact} == {"final/loss/total": "2.317e+15", "final/loss/style": "0.3142",
+                                           "final/loss/content": "1.235e+04", "wall_time_s": "4.60 s"}
+    assert (md[0]["steps"], md[0]["evals"]) == ("3", "6")  # integers as they are
+    assert {k: rows[0][k] for k in exact} == {k: repr(v) for k, v in exact.items()}
+    assert all(float(rows[0][k]) == v for k, v in exact.items())
+
+
+LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+
+
+def eval_metrics(ssim, style_sw):
+    """The eval/ keys a run logs for one image, built around its SSIM and sliced style distance."""
+    values = {"eval/ssim": ssim, "eval/content": 2 * (1 - ssim), "eval/style_gram": style_sw / 2,
+              "eval/style_sw": style_sw, "eval/colour_style": 0.1, "eval/colour_content": 0.2, "eval/tv": 1.5}
+    for kind in ("style_gram", "style_sw"):
+        values.update({f"eval/{kind}/{layer}": values[f"eval/{kind}"] * i for i, layer in enumerate(LAYERS, 1)})
+    return values
+
+
+def add_evals(root, num, ssim, style_sw, **summary):
+    """Job `num` with the eval metrics: evaluated at steps 0 and 3 (other rows lack them), final values in its summary.
+
+    At step 0 the image is the content image: SSIM 1 and style distance 1.
+    """
+    path = root / str(num) / "metrics.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows[0].update(eval_metrics(1.0, 1.0))
+    rows[3].update(eval_metrics(ssim, style_sw))
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if (root / str(num) / "summary.json").exists():
+        update_summary(root, num, **eval_metrics(ssim, style_sw), **summary)
+
+
+# style.normalization=gatys,mean x style.weight=1e4,1e6, and job 4 still running: final style losses
+# five orders of magnitude apart between the normalizations, so only the eval metrics compare them.
+NORMS = [([f"style.normalization={n}", f"style.weight={w}"], RED, "completed", True)
+         for n in ("gatys", "mean") for w in ("1e4", "1e6")] + [
+    (["style.normalization=mean", "style.weight=1e8"], None, None, True)]
+# job: (final/loss/style, eval/ssim, eval/style_sw)
+NORM_RESULTS = {0: (3e15, 0.9, 0.6), 1: (1e14, 0.5, 0.2), 2: (0.5, 0.8, 0.4), 3: (0.02, 0.3, 0.1)}
+
+
+def eval_sweep(root):
+    make_sweep(root, NORMS)
+    for num, (style_loss, ssim, style_sw) in NORM_RESULTS.items():
+        add_evals(root, num, ssim, style_sw, **{"final/loss/style": style_loss})
+    add_evals(root, 4, 0.7, 0.5)  # running: evaluated along the way, no summary yet
+
+
+def test_eval_columns_compare_jobs_across_normalizations(tmp_path):
+    eval_sweep(tmp_path)
+    paths = compare.write_report(str(tmp_path), cell=CELL, sort="eval/style_sw")
+    md, rows = read_markdown(paths["markdown"]), read_csv(paths["csv"])
+    # Best style distance first; the running job has none and comes last, with empty cells.
+    assert [r["job"] for r in rows] == [r["job"] for r in md] == ["3", "1", "2", "0", "4"]
+    assert [r["eval/style_sw"] for r in md] == ["0.1", "0.2", "0.4", "0.6", ""]
+    assert [r["final/loss/style"] for r in md] == ["0.02", "1e+14", "0.5", "3e+15", ""]
+    assert all(rows[-1][k] == md[-1][k] == "" for k in compare.EVALS)
+    # The headline metrics in both tables, per layer (and colour_content) only in the CSV.
+    per_layer = [f"eval/{kind}/{layer}" for kind in ("style_gram", "style_sw") for layer in LAYERS]
+    assert list(md[0])[-len(compare.EVALS) - 1:] == [*compare.EVALS, "final_png"]
+    assert list(rows[0])[-len(per_layer) - 2:] == ["eval/colour_content", *per_layer, "final_png"]
+    assert float(rows[0]["eval/style_sw/relu5_1"]) == 0.1 * 5
+
+    rows = read_csv(compare.write_report(str(tmp_path), cell=CELL, sort="eval/ssim")["csv"])
+    assert [r["job"] for r in rows] == ["0", "2", "1", "3", "4"]  # SSIM: higher is better, so highest first
+    rows = read_csv(compare.write_report(str(tmp_path), cell=CELL)["csv"])
+    assert [r["job"] for r in rows] == ["0", "1", "2", "3", "4"]  # unsorted: job order
+
+
+def test_cli_sorts_the_tables_and_refuses_a_key_no_job_has(tmp_path):
+    eval_sweep(tmp_path)
+    result = _cli(str(tmp_path), "--cell", "32", "--sort", "eval/style_sw")
+    assert result.returncode == 0, result.stderr
+    assert [r["job"] for r in read_csv(tmp_path / "comparison.csv")] == ["3", "1", "2", "0", "4"]
+    (tmp_path / "comparison.csv").unlink()
+    result = _cli(str(tmp_path), "--sort", "eval/style_swd")
+    assert result.returncode == 2 and result.stderr.startswith("error: ") and "eval/style_swd" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "comparison.csv").exists()  # refused before writing anything
+
+
+def assert_plot(path, min_width=600):
+    with Image.open(path) as img:
+        assert img.width >= min_width and img.height >= 400
+        assert len(img.convert("RGB").getcolors(maxcolors=img.width * img.height)) > 20  # not blank
+
+
+def test_tradeoff_plot_has_a_point_per_job_with_the_eval_metrics(tmp_path):
+    eval_sweep(tmp_path)
+    jobs = compare.collect(str(tmp_path))
+    assert [(job.num, x, y) for job, x, y in plots.tradeoff_points(jobs)] == [
+        (num, ssim, style_sw) for num, (_, ssim, style_sw) in NORM_RESULTS.items()]  # not job 4, no summary
+    assert plots.swept_label(jobs[1]) == "style.normalization=gatys, style.weight=1e6"
+    assert plots.swept_label(jobs[4]) == "style.normalization=mean, style.weight=1e8 (running)"
+    paths = compare.write_report(str(tmp_path), cell=CELL, jobs=jobs)
+    assert paths["tradeoff"] == str(tmp_path / "tradeoff.png")
+    assert_plot(paths["tradeoff"])
+
+
+def test_eval_curves_use_only_the_evaluated_steps(tmp_path):
+    eval_sweep(tmp_path)
+    jobs = compare.collect(str(tmp_path))
+    # Evaluated at steps 0 and 3 only: the curve has those two points, against evals and wall time.
+    rows = jobs[1].metrics
+    assert plots.points(jobs[1], "evals", "eval/style_sw") == [(0, 1.0), (6, 0.2)]
+    assert plots.points(jobs[1], "time_s", "eval/ssim") == [(rows[0]["time_s"], 1.0), (rows[3]["time_s"], 0.5)]
+    paths = compare.write_report(str(tmp_path), cell=CELL, jobs=jobs)
+    assert paths["eval_curves"] == str(tmp_path / "eval_curves.png")
+    assert_plot(paths["eval_curves"])
+
+
+def test_no_eval_plots_without_eval_metrics(tmp_path):
+    make_sweep(tmp_path, GRID)
+    paths = compare.write_report(str(tmp_path), cell=CELL)
+    assert "tradeoff" not in paths and "eval_curves" not in paths
+    assert not (tmp_path / "tradeoff.png").exists() and not (tmp_path / "eval_curves.png").exists()
+    assert "eval/ssim" not in read_csv(paths["csv"])[0]
+
+
+def test_summary_run_logs_the_eval_columns_and_the_tradeoff_scatter(tmp_path, wandb_env):
+    import wandb
+    from omegaconf import OmegaConf
+
+    from wandb_offline import find_runs
+
+    sweep = tmp_path / "sweep"
+    eval_sweep(sweep)
+    jobs = compare.collect(str(sweep))
+    paths = compare.write_report(str(sweep), cell=CELL, jobs=jobs)
+    wandb_cfg = OmegaConf.create({"project": "nstexp", "entity": None, "tags": []})
+    callbacks.log_summary_run(str(sweep), jobs, paths, wandb_cfg, "offline", "g")
+    wandb.teardown()
+    (run,) = find_runs(str(sweep))
+    logged = run.history[0]
+    table = json.loads(Path(run.media(logged["comparison"]["path"])).read_text())
+    assert table["columns"][-len(compare.EVALS) - 2:] == [*compare.EVALS, "final", "run"]  # headline ones only
+    style_sw = table["columns"].index("eval/style_sw")
+    assert [row[style_sw] for row in table["data"]] == [0.6, 0.2, 0.4, 0.1, None]
+    scatter = json.loads(Path(run.media(logged["tradeoff_chart_table"]["path"])).read_text())
+    x, y = plots.CONTENT_FIDELITY[1], plots.STYLE_FIDELITY[1]
+    assert scatter["columns"] == ["job", x, y] and "lower is better" in y
+    assert scatter["data"][0] == ["style.normalization=gatys, style.weight=1e4", 0.9, 0.6]
+    chart = run.config["_wandb"]["visualize"]["tradeoff_chart"]
+    assert chart["panel_config"]["fieldSettings"] == {"x": x, "y": y}
+    assert {"contact_sheet", "loss_curves", "eval_curves", "tradeoff"} <= set(logged)

@@ -13,6 +13,7 @@ import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from PIL import Image
 
 from conftest import run_cli
@@ -30,7 +31,14 @@ def _hydra_params(name):
     with initialize_config_dir(config_dir=cli.CONFIG_DIR, version_base="1.3"):
         cfg = compose(config_name="config", overrides=[f"sweep={name}"], return_hydra_config=True)
     assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
-    return {k: [v.strip() for v in str(vals).split(",")] for k, vals in cfg.hydra.sweeper.params.items()}
+    parser = OverridesParser.create()
+    out = {}
+    for k, vals in cfg.hydra.sweeper.params.items():
+        override = parser.parse_overrides([f"{k}={vals}"])[0]
+        values = (list(override.sweep_string_iterator()) if override.is_sweep_override()
+                  else [override.get_value_element_as_str()])
+        out[k] = [v.replace("\\:", ":") for v in values]  # the parser escapes the colon of sample:<name>
+    return out
 
 
 def test_the_expected_sweeps_ship():

@@ -1,0 +1,88 @@
+"""From Python: `nstexp.stylize` and `nstexp.evaluate`, thin layers over the command line's runner.
+
+    import nstexp
+    image, summary = nstexp.stylize("photo.jpg", "painting.jpg", size=256, steps=200,
+                                    **{"optimizer": "adam", "style.weight": 1e6})
+    nstexp.evaluate(image, "photo.jpg", "painting.jpg")["eval/style_sw"]
+
+Overrides are the command line's keys (dotted keys through `**{...}`), composed and
+validated by the same Hydra configs; a bad one raises NstexpError with the command line's
+one-line message.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+
+from PIL import Image
+
+from nstexp.errors import NstexpError
+
+
+def _spec(image, folder: str, name: str) -> str:
+    """A path for an image given as a path, `sample:<name>` or a PIL image (saved to `folder`)."""
+    if isinstance(image, Image.Image):
+        path = os.path.join(folder, f"{name}.png")
+        image.save(path)
+        return path
+    return os.fspath(image)
+
+
+def _value(value) -> str:
+    """A Python value written as a command-line override value."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_value(v) for v in value) + "]"
+    text = str(value)
+    if re.fullmatch(r"[\w./:@+-]*", text):
+        return text
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"  # Hydra's quoted string
+
+
+def stylize(content, style, out_dir: str | None = None, **overrides) -> tuple[Image.Image, dict]:
+    """Run one style transfer; returns (the result image, its summary).
+
+    content, style: paths, `sample:<name>` or PIL images. out_dir: where the run's files go
+    (default: a temporary folder, removed afterwards). W&B is off unless `wandb.mode` is given.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from nstexp import cli
+    from nstexp.runner import run
+
+    with tempfile.TemporaryDirectory() as tmp:
+        args = {"content.image": _spec(content, tmp, "content"), "style.image": _spec(style, tmp, "style"),
+                "wandb.mode": "disabled", "progress": False, **overrides}
+        lines = [f"{k}={_value(v)}" for k, v in args.items()]
+        swept, _ = cli.preflight(lines)  # composes and validates: one-line NstexpError
+        if swept:
+            raise NstexpError(f"stylize runs one job; these keys have several values: {', '.join(swept)}")
+        GlobalHydra.instance().clear()
+        try:
+            with initialize_config_dir(config_dir=cli.CONFIG_DIR, version_base="1.3"):
+                cfg = compose(config_name="config", overrides=lines)
+        finally:
+            GlobalHydra.instance().clear()
+        out = out_dir or os.path.join(tmp, "run")
+        summary = run(cfg, out)
+        final = os.path.join(out, "final.png")
+        image = Image.open(final).convert("RGB") if os.path.exists(final) else None
+    return image, summary
+
+
+def evaluate(result, content, style, size: int | None = None) -> dict[str, float]:
+    """The `eval/...` metrics (nstexp.metrics) of `result` against `content` and `style` (paths,
+    `sample:<name>` or PIL images)."""
+    from nstexp import evaluation, metrics
+
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = [_spec(img, tmp, name) for img, name in ((result, "result"), (content, "content"), (style, "style"))]
+        (row,) = evaluation.evaluate([paths[0]], paths[1], paths[2], size or metrics.REFERENCE_SIZE)
+    del row["image"]
+    return row

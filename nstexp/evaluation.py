@@ -1,0 +1,104 @@
+"""`nstexp evaluate`: the yardstick metrics (nstexp.metrics) of any images, made by nstexp or not.
+
+    nstexp evaluate RESULT [RESULT ...] --content C --style S [--size 256] [--out DIR]
+
+A RESULT may be an image file, a folder (its images, sorted) or a glob pattern. Prints a
+table and writes evaluation.csv (full precision), evaluation.md and evaluation.json into
+--out (default: the current folder). Bad or mismatched images fail in one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import json
+import os
+import sys
+
+from nstexp import metrics
+from nstexp.compare import csv_cell, markdown_table
+from nstexp.errors import NstexpError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+# A result whose aspect ratio differs from the content image's by more than this is not of it.
+ASPECT_TOLERANCE = 0.03
+
+
+def expand(specs: list[str]) -> list[str]:
+    """Files, folders (their images) and glob patterns -> image paths, in order, each once."""
+    out: list[str] = []
+    for spec in specs:
+        if os.path.isdir(spec):
+            out += sorted(os.path.join(spec, f) for f in os.listdir(spec) if f.lower().endswith(IMAGE_SUFFIXES))
+        elif not os.path.exists(spec) and glob.has_magic(spec):
+            found = sorted(glob.glob(spec))
+            if not found:
+                raise NstexpError(f"{spec}: no file matches")
+            out += found
+        else:
+            out.append(spec)
+    if not out:
+        raise NstexpError(f"{' '.join(specs)}: no images found ({', '.join(IMAGE_SUFFIXES)})")
+    return list(dict.fromkeys(out))
+
+
+def evaluate(results: list[str], content: str, style: str, size: int = metrics.REFERENCE_SIZE,
+             device: str = "cpu") -> list[dict]:
+    """One row of metrics per result image: {"image": path, "eval/...": value}."""
+    c = metrics.load(content, "--content", device)
+    evaluator = metrics.Evaluator(c, metrics.load(style, "--style", device), size)
+    rows = []
+    for path in results:
+        image = metrics.load(path, "result", device)
+        aspect, want = image.shape[-1] / image.shape[-2], c.shape[-1] / c.shape[-2]
+        if abs(aspect / want - 1) > ASPECT_TOLERANCE:
+            raise NstexpError(f"{path}: {image.shape[-1]}x{image.shape[-2]} px does not have the content image's "
+                              f"aspect ratio ({c.shape[-1]}x{c.shape[-2]} px); is it a result of this content?")
+        rows.append({"image": path, **evaluator(image)})
+    return rows
+
+
+def write(rows: list[dict], out_dir: str) -> dict[str, str]:
+    os.makedirs(out_dir, exist_ok=True)
+    header = list(rows[0])
+    paths = {ext: os.path.join(out_dir, f"evaluation.{ext}") for ext in ("csv", "md", "json")}
+    with open(paths["csv"], "w", newline="") as f:
+        csv.writer(f).writerows([header, *([csv_cell(r[k]) for k in header] for r in rows)])
+    with open(paths["md"], "w") as f:
+        f.write(_table(rows, header))
+    with open(paths["json"], "w") as f:
+        json.dump(rows, f, indent=2)
+    return paths
+
+
+def _table(rows: list[dict], header: list[str]) -> str:
+    return markdown_table(header, [[r[k] for k in header] for r in rows])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="nstexp evaluate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("results", nargs="+", help="result images: files, folders or glob patterns")
+    parser.add_argument("--content", required=True, help="the content image (a file or sample:<name>)")
+    parser.add_argument("--style", required=True, help="the style image (a file or sample:<name>)")
+    parser.add_argument("--size", type=int, default=metrics.REFERENCE_SIZE,
+                        help="longest side of the reference resolution (default: %(default)s)")
+    parser.add_argument("--out", default=".", help="folder for evaluation.csv, .md and .json (default: .)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
+    args = parser.parse_args(argv)
+    try:
+        if args.size < 32:
+            raise NstexpError(f"--size={args.size} must be >= 32")
+        rows = evaluate(expand(args.results), args.content, args.style, args.size, args.device)
+        paths = write(rows, args.out)
+    except (NstexpError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    headline = ["image", *metrics.HEADLINE]
+    print(_table(rows, headline), end="")
+    for path in paths.values():
+        print(path, file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

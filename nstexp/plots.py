@@ -1,0 +1,131 @@
+"""The plots of `nstexp compare`: how the jobs of a sweep got where they did, and where they ended.
+
+- loss_curves: total, content and style loss of every job against evals and wall time;
+- eval_curves: the image-quality metrics (eval/style_sw, eval/ssim) of every job against evals
+  and wall time, from the steps at which the image was evaluated: which job reaches a given
+  style fidelity first;
+- tradeoff: each job's final content fidelity (SSIM) against its final style distance.
+
+Figures render with Agg directly: no GUI backend, no global pyplot state.
+"""
+
+from __future__ import annotations
+
+import math
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from nstexp.sweep_jobs import Job
+
+LOSSES = ("loss/total", "loss/content", "loss/style")
+X_AXES = (("evals", "evals"), ("time_s", "wall time (s)"))
+# (metric key, axis label): the axis says which way is better.
+CONTENT_FIDELITY = ("eval/ssim", "content fidelity: eval/ssim (higher is better)")
+STYLE_FIDELITY = ("eval/style_sw", "style distance: eval/style_sw (lower is better)")
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _positive(value) -> bool:
+    return _finite(value) and value > 0
+
+
+def swept_label(job: Job) -> str:
+    """The job's swept values as the contact sheet labels it (`job N` if none), and its status unless completed."""
+    values = ", ".join(f"{k}={v}" for k, v in job.swept.items()) or f"job {job.num}"
+    return values + ("" if job.status == "completed" else f" ({job.status})")
+
+
+def _legend_label(job: Job) -> str:
+    return f"job {job.num}: {swept_label(job)}" if job.swept else swept_label(job)
+
+
+def points(job: Job, x_key: str, key: str, keep=_finite) -> list[tuple[float, float]]:
+    """(x, value) of `key` in every metrics.jsonl row of `job` that has both and whose value `keep` accepts."""
+    return [(m[x_key], m[key]) for m in job.metrics if x_key in m and keep(m.get(key))]
+
+
+def _figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _curves(jobs: list[Job], path: str, title: str, panels: tuple[tuple[str, str], ...], yscale: str) -> None:
+    """Each job's `panels` (key, y label) against evals (top row) and wall time (bottom row), saved to `path`.
+
+    Values the scale cannot show (0 or inf on a log scale) are left out. A job keeps its colour in every figure.
+    """
+    keep = _positive if yscale == "log" else _finite
+    fig = _figure(5 * len(panels), 9)
+    axes = fig.subplots(len(X_AXES), len(panels), squeeze=False)
+    for i, job in enumerate(j for j in jobs if j.metrics):
+        style = {"color": f"C{i % 10}", "linestyle": ("-", "--", ":", "-.")[i // 10 % 4], "label": _legend_label(job)}
+        for row, (x_key, _) in enumerate(X_AXES):
+            for col, (key, _) in enumerate(panels):
+                xy = points(job, x_key, key, keep)
+                if xy:  # dots too, or a curve of one point (a job cut off early) would not show at all
+                    axes[row, col].plot(*zip(*xy), marker="." if len(xy) < 20 else None, **style)
+    legend = {}
+    for row, (_, x_label) in enumerate(X_AXES):
+        for col, (key, y_label) in enumerate(panels):
+            axes[row, col].set(title=key, xlabel=x_label, ylabel=y_label, yscale=yscale)
+            for handle, label in zip(*axes[row, col].get_legend_handles_labels()):
+                legend.setdefault(label, handle)
+    if legend:
+        fig.legend(legend.values(), legend.keys(), loc="outside lower center", ncols=min(len(panels), len(legend)))
+    fig.suptitle(title)
+    fig.savefig(path, dpi=100, bbox_inches="tight")  # all of the labels, however long
+
+
+def loss_curves(jobs: list[Job], path: str, title: str = "") -> None:
+    """Plot each job's total, content and style loss against evals and wall time, on a log scale.
+
+    Losses span orders of magnitude within a sweep; values a log scale cannot show (a content
+    loss of 0 at step 0, inf after divergence) are left out.
+    """
+    _curves(jobs, path, title, tuple((loss, "loss") for loss in LOSSES), "log")
+
+
+def eval_curves(jobs: list[Job], path: str, title: str = "") -> bool:
+    """Plot each job's style distance and SSIM against evals and wall time, from the rows that have them.
+
+    False, writing nothing, when no metrics.jsonl row has them (runs from before the eval metrics).
+    """
+    panels = (STYLE_FIDELITY, CONTENT_FIDELITY)
+    if not any(key in m for job in jobs for m in job.metrics for key, _ in panels):
+        return False
+    _curves(jobs, path, title, panels, "linear")
+    return True
+
+
+def tradeoff_points(jobs: list[Job]) -> list[tuple[Job, float, float]]:
+    """(job, final SSIM, final style distance) of every job whose summary.json has both."""
+    found = [(job, (job.summary or {}).get(CONTENT_FIDELITY[0]), (job.summary or {}).get(STYLE_FIDELITY[0]))
+             for job in jobs]
+    return [(job, x, y) for job, x, y in found if _finite(x) and _finite(y)]
+
+
+def tradeoff(jobs: list[Job], path: str, title: str = "") -> bool:
+    """Plot each job's final SSIM (x) against its final style distance (y), labelled with its swept values.
+
+    The content image itself sits at (1, 1): SSIM 1, and no closer to the style than itself;
+    the best trade-offs lie towards the bottom right. False, writing nothing, when no job has both.
+    """
+    found = tradeoff_points(jobs)
+    if not found:
+        return False
+    fig = _figure(9, 7)
+    ax = fig.subplots()
+    ax.scatter([x for _, x, _ in found], [y for _, _, y in found])
+    for job, x, y in found:
+        ax.annotate(swept_label(job), (x, y), xytext=(4, 4), textcoords="offset points", fontsize=8)
+    ax.scatter([1], [1], marker="x", color="grey")
+    ax.annotate("content image", (1, 1), xytext=(4, 4), textcoords="offset points", fontsize=8, color="grey")
+    ax.set(xlabel=CONTENT_FIDELITY[1], ylabel=STYLE_FIDELITY[1], title="final images: best towards the bottom right")
+    fig.suptitle(title)
+    fig.savefig(path, dpi=100, bbox_inches="tight")  # all of the labels, however long
+    return True

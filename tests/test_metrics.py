@@ -1,0 +1,136 @@
+"""The yardstick metrics, `nstexp evaluate` and the Python API, on cases whose answer is known."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import nstexp
+from conftest import run_cli
+from nstexp import images, metrics
+from nstexp.backbone import FeatureExtractor
+from nstexp.errors import NstexpError
+
+
+@pytest.fixture(scope="module")
+def net():
+    return FeatureExtractor("vgg19", "caffe", [*metrics.STYLE_LAYERS, metrics.CONTENT_LAYER])
+
+
+@pytest.fixture(scope="module")
+def chelsea_swirls(net):
+    content, style = metrics.load("sample:chelsea", "c"), metrics.load("sample:swirls", "s")
+    return content, style, metrics.Evaluator(content, style, 128, extractor=net)
+
+
+def test_the_content_image_scores_as_the_photo(chelsea_swirls):
+    content, _, evaluator = chelsea_swirls
+    m = evaluator(content)
+    assert m["eval/ssim"] == pytest.approx(1.0, abs=1e-6)
+    assert m["eval/content"] == 0.0
+    for family in ("style_gram", "style_sw"):  # relative to the photo itself: 1 by definition
+        assert m[f"eval/{family}"] == pytest.approx(1.0, rel=1e-6)
+        for layer in metrics.STYLE_LAYERS:
+            assert m[f"eval/{family}/{layer}"] == pytest.approx(1.0, rel=1e-6)
+    assert m["eval/tv"] == pytest.approx(1.0, rel=1e-6)
+    assert m["eval/colour_content"] == pytest.approx(0.0, abs=1e-6)
+    assert m["eval/colour_style"] > 0.1
+
+
+def test_the_style_image_has_style_distance_0(net):
+    """Content and style of one shape, so the style image is compared with itself unresized."""
+    gen = torch.Generator().manual_seed(0)
+    content, style = torch.rand(1, 3, 64, 96, generator=gen), torch.rand(1, 3, 64, 96, generator=gen) ** 2
+    m = metrics.Evaluator(content, style, 96, extractor=net)(style)
+    assert m["eval/style_gram"] == pytest.approx(0.0, abs=1e-6)
+    assert m["eval/style_sw"] == pytest.approx(0.0, abs=1e-6)
+    assert m["eval/colour_style"] == pytest.approx(0.0, abs=1e-6)
+    assert m["eval/ssim"] < 0.5
+
+
+def test_the_colour_distance_of_two_flat_colours(net):
+    """Two single colours: SW² = mean over unit directions d of (d·Δ)², whose expectation is |Δ|²/3."""
+    content = torch.zeros(1, 3, 64, 64) + torch.tensor([0.2, 0.4, 0.6]).reshape(1, 3, 1, 1)
+    style = torch.zeros(1, 3, 64, 64) + torch.tensor([0.7, 0.3, 0.1]).reshape(1, 3, 1, 1)
+    delta = math.dist([0.2, 0.4, 0.6], [0.7, 0.3, 0.1])
+    m = metrics.Evaluator(content, style, 64, extractor=net)(content)
+    assert m["eval/colour_style"] == pytest.approx(delta / math.sqrt(3), rel=0.15)
+
+
+def test_a_noisier_image_has_more_total_variation_and_less_ssim(chelsea_swirls):
+    content, _, evaluator = chelsea_swirls
+    small = torch.nn.functional.interpolate(content, size=evaluator.hw, mode="bilinear", antialias=True)
+    # Noise at the reference resolution: finer noise is averaged away there, as the eye would at that size.
+    noisy = (small + 0.1 * torch.randn(small.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    m = evaluator(noisy)
+    assert m["eval/tv"] > 2 and m["eval/ssim"] < 0.9 and m["eval/content"] > 0
+
+
+def test_metrics_do_not_depend_on_the_size_or_the_seed_much(chelsea_swirls, net):
+    content, style, evaluator = chelsea_swirls
+    half = torch.nn.functional.interpolate(content, scale_factor=0.5, mode="bilinear", antialias=True)
+    styled = 0.5 * content + 0.5 * torch.nn.functional.interpolate(style, size=content.shape[-2:], mode="bilinear")
+    # The same image at another size scores almost alike: all are taken at the reference size.
+    assert evaluator(half)["eval/ssim"] > 0.9
+    values = [metrics.Evaluator(content, style, 128, seed=s, extractor=net)(styled)["eval/style_sw"] for s in range(3)]
+    assert np.std(values) / np.mean(values) < 0.02
+
+
+def test_a_saved_and_reloaded_image_scores_identically(tmp_path, chelsea_swirls):
+    content, _, evaluator = chelsea_swirls
+    images.save_image(content.flip(-1), tmp_path / "a.png")
+    first = metrics.load(str(tmp_path / "a.png"), "a")
+    images.save_image(first, tmp_path / "b.png")
+    assert evaluator(first) == evaluator(metrics.load(str(tmp_path / "b.png"), "b"))
+
+
+def test_evaluate_command_scores_a_folder_of_images(tmp_path):
+    folder = tmp_path / "results"
+    folder.mkdir()
+    chelsea = images.load_image("sample:chelsea")
+    chelsea.save(folder / "photo.png")
+    chelsea.transpose(Image.Transpose.FLIP_LEFT_RIGHT).resize((300, 200)).save(folder / "flipped.jpg")
+    r = run_cli(["evaluate", str(folder), "--content", "sample:chelsea", "--style", "sample:swirls",
+                 "--size", "96", "--out", str(tmp_path / "out")], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads((tmp_path / "out" / "evaluation.json").read_text())
+    assert [row["image"] for row in rows] == [str(folder / "flipped.jpg"), str(folder / "photo.png")]
+    assert rows[1]["eval/ssim"] == pytest.approx(1.0, abs=1e-6) and rows[0]["eval/ssim"] < 0.9
+    assert "eval/style_sw" in r.stdout.splitlines()[0]
+    # The Python API gives the same numbers.
+    assert nstexp.evaluate(str(folder / "flipped.jpg"), "sample:chelsea", "sample:swirls", size=96) == pytest.approx(
+        {k: v for k, v in rows[0].items() if k != "image"})
+
+
+@pytest.mark.parametrize("args,message", [
+    (["nope.png"], "result=nope.png: file not found"),
+    (["wide.png"], "wide.png: 90x20 px does not have the content image's aspect ratio"),
+    (["*.tif"], "*.tif: no file matches"),
+])
+def test_evaluate_command_fails_in_one_line(tmp_path, args, message):
+    Image.new("RGB", (90, 20)).save(tmp_path / "wide.png")
+    r = run_cli(["evaluate", *args, "--content", "sample:chelsea", "--style", "sample:swirls"], cwd=tmp_path)
+    assert r.returncode == 2
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith(f"error: {message}")
+
+
+def test_runs_log_the_metrics_at_snapshots_and_at_the_end(tmp_path):
+    image, summary = nstexp.stylize("sample:chelsea", "sample:swirls", out_dir=str(tmp_path / "a"), size=48,
+                                    steps=4, snapshot_every=2, **{"eval.size": 64})
+    assert isinstance(image, Image.Image) and image.size[0] == 48
+    assert summary["status"] == "completed" and 0 < summary["eval/ssim"] <= 1 and summary["eval_time_s"] > 0
+    rows = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "eval/style_sw" in r] == [0, 2, 4]
+    assert rows[-1]["eval/style_sw"] == pytest.approx(summary["eval/style_sw"], rel=1e-6)
+    _, quiet = nstexp.stylize(images.load_image("sample:chelsea"), "sample:swirls", out_dir=str(tmp_path / "b"),
+                              size=48, steps=4, **{"eval.enabled": False})
+    assert not any(k.startswith("eval/") for k in quiet)
+
+
+def test_stylize_refuses_a_bad_override_in_one_line():
+    with pytest.raises(NstexpError, match=r"optimizer=sgd: unknown option for optimizer \(allowed: adam, lbfgs\)"):
+        nstexp.stylize("sample:chelsea", "sample:swirls", optimizer="sgd")
