@@ -18,6 +18,7 @@ from PIL import Image
 
 from conftest import run_cli
 from nstexp import cli
+from nstexp.sweep_jobs import display_value
 from wandb_offline import find_runs
 
 SWEEPS = cli.sweep_names()
@@ -37,7 +38,7 @@ def _hydra_params(name):
         override = parser.parse_overrides([f"{k}={vals}"])[0]
         values = (list(override.sweep_string_iterator()) if override.is_sweep_override()
                   else [override.get_value_element_as_str()])
-        out[k] = [v.replace("\\:", ":") for v in values]  # the parser escapes the colon of sample:<name>
+        out[k] = [display_value(v) for v in values]  # as written: 1e5, not the parser's 100000.0; sample:<name>
     return out
 
 
@@ -57,7 +58,7 @@ def test_wandb_sweep_file_mirrors_the_grid(name):
     spec = yaml.safe_load(open(os.path.join(cli.SWEEPS_DIR, "wandb", f"{name}.yaml")))
     assert spec["method"] == "grid"
     assert "${args_no_hyphens}" in spec["command"] and "nstexp" in spec["command"]
-    params = {k: [str(v) for v in p["values"]] for k, p in spec["parameters"].items()}
+    params = {k: [display_value(str(v)) for v in p["values"]] for k, p in spec["parameters"].items()}
     assert params == _hydra_params(name)
     # The grid, as `wandb agent` passes it (every key together), is valid in every combination.
     cli.preflight([f"{key}={','.join(values)}" for key, values in params.items()])
