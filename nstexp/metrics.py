@@ -23,6 +23,8 @@ so any two runs, and images made by other tools, are comparable. Images are (1, 
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -89,6 +91,12 @@ def _sorted_rows(x: torch.Tensor) -> torch.Tensor:
     return x.sort(dim=1).values
 
 
+@functools.lru_cache(maxsize=2)
+def _network(device: str) -> FeatureExtractor:
+    """The metrics' network, loaded once per process and device (a sweep's jobs share it)."""
+    return FeatureExtractor("vgg19", "caffe", [*STYLE_LAYERS, CONTENT_LAYER]).to(device)
+
+
 def _relative(value: float, baseline: float) -> float:
     """value / baseline; NaN when the baseline is 0 (a content image with the style's statistics, a flat one)."""
     return value / baseline if baseline > 0 else float("nan")
@@ -100,7 +108,7 @@ class Evaluator:
     def __init__(self, content: torch.Tensor, style: torch.Tensor, size: int = REFERENCE_SIZE,
                  directions: dict[str, int] | None = None, seed: int = 0, extractor: FeatureExtractor | None = None):
         device = content.device
-        self.net = extractor or FeatureExtractor("vgg19", "caffe", [*STYLE_LAYERS, CONTENT_LAYER]).to(device)
+        self.net = extractor or _network(str(device))
         self.hw = reference_size(content.shape[-2:], size)
         self.content = _resized(content, self.hw)
         style = _resized(style, reference_size(style.shape[-2:], size))

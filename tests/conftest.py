@@ -5,8 +5,8 @@ import sys
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Small enough for a 2-core CPU: every CLI run in the suite uses these.
-TINY = ["size=48", "steps=2", "progress=false", "snapshot_every=1"]
+# Small enough for a 2-core CPU (the metrics too, at 64 px): every CLI run in the suite uses these.
+TINY = ["size=48", "steps=2", "progress=false", "snapshot_every=1", "eval.size=64"]
 
 
 @pytest.fixture

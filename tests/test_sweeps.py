@@ -23,7 +23,7 @@ from wandb_offline import find_runs
 
 SWEEPS = cli.sweep_names()
 # A 2x2 grid that runs in seconds.
-TINY = ["size=32", "steps=1", "progress=false", "snapshot_every=0"]
+TINY = ["size=32", "steps=1", "progress=false", "snapshot_every=0", "eval.size=64"]
 GRID = ["optimizer=adam,lbfgs", "style.weight=1e5,1e6"]
 
 
