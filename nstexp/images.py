@@ -14,6 +14,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from nstexp.errors import NstexpError
 
 SAMPLE_PREFIX = "sample:"
+# A pipe (`content.image=<(curl -s URL)`) can be read only once: what each gave, by path, for
+# the later reads of the same run (coarse-to-fine levels, the metrics) and of later jobs.
+_PIPES: dict[str, Image.Image] = {}
 # Pillow's default limit (about 89 megapixels); larger images are treated as decompression bombs.
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS
 
@@ -56,6 +59,8 @@ def load_image(spec: str, key: str = "image") -> Image.Image:
     oversized (decompression bomb) files.
     """
     path = resolve(spec, key)
+    if path in _PIPES:
+        return _PIPES[path].copy()
     if not os.path.exists(path):
         raise NstexpError(f"{key}={spec}: file not found")
     if os.path.isdir(path):
@@ -71,7 +76,10 @@ def load_image(spec: str, key: str = "image") -> Image.Image:
                     raise Image.DecompressionBombError("too many pixels")
                 img = ImageOps.exif_transpose(img)
                 img.load()
-                return _to_rgb(img)
+                rgb = _to_rgb(img)
+                if not stat.S_ISREG(os.stat(path).st_mode):
+                    _PIPES[path] = rgb.copy()
+                return rgb
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise NstexpError(
             f"{key}={spec}: refused, more than {MAX_PIXELS} pixels (possible decompression bomb)"

@@ -2,6 +2,7 @@
 
 import json
 import os
+import threading
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
 
-from nstexp import cli
+from nstexp import cli, images
 from nstexp.backbone import FeatureExtractor
 from nstexp.objective import Objective
 from nstexp.runner import run
@@ -229,3 +230,17 @@ def test_new_switches_run_end_to_end(tmp_path):
     unbalanced = 3e5 * sum(0.2 * rows[0][f"loss/style/relu{i}_1"] for i in range(1, 6))
     assert rows[0]["loss/style"] == pytest.approx(unbalanced, rel=1e-4)
     assert rows[0]["loss/tv"] > 0
+
+
+def test_a_pipe_is_read_once_for_every_level_and_the_metrics(tmp_path):
+    """A pipe gives its image once; the levels and the metrics read it again from memory."""
+    pipe = tmp_path / "content.png"
+    os.mkfifo(pipe)
+    with open(images.resolve("sample:chelsea", "content.image"), "rb") as f:
+        data = f.read()
+    writer = threading.Thread(target=lambda: pipe.write_bytes(data))
+    writer.start()
+    summary = run(_cfg(f"content.image={pipe}", "scales.min=32"), str(tmp_path / "out"))
+    writer.join(timeout=30)
+    assert summary["status"] == "completed" and len(summary["levels"]) == 2
+    assert 0 < summary["eval/ssim"] < 1
