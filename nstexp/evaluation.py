@@ -21,8 +21,9 @@ from nstexp.compare import csv_cell, markdown_table
 from nstexp.errors import NstexpError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-# A result whose aspect ratio differs from the content image's by more than this is not of it.
-ASPECT_TOLERANCE = 0.03
+# A result whose aspect ratio differs from the content image's by more than this is not of it (runs round
+# their sides to 16 px, which moves a small image's aspect ratio by a few percent).
+ASPECT_TOLERANCE = 0.10
 
 
 def expand(specs: list[str]) -> list[str]:
