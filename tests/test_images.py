@@ -98,7 +98,8 @@ def test_decompression_bomb_is_refused(tmp_path):
 def test_samples_and_unknown_sample():
     assert {"chelsea", "swirls", "coffee", "mosaic"} <= set(images.samples())
     assert images.load_image("sample:chelsea").size == (451, 300)
-    with pytest.raises(NstexpError, match="allowed: sample:chelsea, sample:coffee, sample:mosaic, sample:swirls"):
+    with pytest.raises(NstexpError, match="allowed: sample:chelsea, sample:coffee, sample:coffee_saucer, "
+                       "sample:coffee_table, sample:mosaic, sample:swirls, or a file path"):
         images.load_image("sample:nope", "style.image")
 
 
