@@ -34,3 +34,20 @@ def run_cli(args, cwd, env=None, timeout=300, module=True):
         os.path.join(os.path.dirname(sys.executable), "nstexp"), *args]
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+# In-process runs (`runner.run`), pinned to the CPU: reproducibility and the numbers tests compare are the CPU's.
+RUN_TINY = ["size=48", "steps=2", "progress=false", "snapshot_every=0", "wandb.mode=disabled", "device=cpu",
+            "eval.size=64"]
+
+
+def tiny_cfg(*overrides):
+    """The composed config of a tiny in-process run with `overrides`."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from nstexp import cli
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=cli.CONFIG_DIR, version_base="1.3"):
+        return compose(config_name="config", overrides=[*RUN_TINY, *overrides])

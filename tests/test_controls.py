@@ -5,26 +5,15 @@ import json
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
 
 from conftest import TINY as CLI_TINY
 from conftest import run_cli
-from nstexp import cli, colour, images, scale_control
+from conftest import tiny_cfg as _cfg
+from nstexp import colour, images, scale_control
 from nstexp.backbone import FeatureExtractor
 from nstexp.objective import Objective
 from nstexp.runner import run
-
-TINY = ["size=48", "steps=2", "progress=false", "snapshot_every=0", "wandb.mode=disabled", "device=cpu",
-        "eval.size=64"]
-
-
-def _cfg(*overrides):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=cli.CONFIG_DIR, version_base="1.3"):
-        return compose(config_name="config", overrides=[*TINY, *overrides])
-
 
 def _content_at(summary, spec="sample:chelsea"):
     """The content image as the run resized it."""

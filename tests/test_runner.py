@@ -6,25 +6,13 @@ import threading
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
 
-from nstexp import cli, images
+from conftest import tiny_cfg as _cfg
+from nstexp import images
 from nstexp.backbone import FeatureExtractor
 from nstexp.objective import Objective
 from nstexp.runner import run
-
-# Pinned to the CPU: reproducibility and the numbers below are the CPU's.
-TINY = ["size=48", "steps=2", "progress=false", "snapshot_every=0", "wandb.mode=disabled", "device=cpu",
-        "eval.size=64"]
-
-
-def _cfg(*overrides):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=cli.CONFIG_DIR, version_base="1.3"):
-        return compose(config_name="config", overrides=[*TINY, *overrides])
-
 
 def test_same_seed_same_result_on_cpu(tmp_path):
     a = run(_cfg("init=noise", "seed=3"), str(tmp_path / "a"))
