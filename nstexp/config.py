@@ -196,8 +196,19 @@ class Config:
     seed: int = 0
     # auto: cuda, then mps, then cpu
     device: str = "auto"
+    # The network's arithmetic: auto (bf16 where the device computes it natively, else fp32),
+    # fp32, bf16, fp16 (CUDA only). The image, optimizer, Gram matrices and losses stay fp32.
+    precision: str = "auto"
+    # Memory format of the network's activations; None (auto): on CUDA only.
+    channels_last: Optional[bool] = None
+    # Recompute each VGG block's activations in the backward pass: larger images fit, ~1.3x time.
+    checkpoint: bool = False
+    # torch.compile the network (the first evaluation then takes a while to compile).
+    compile: bool = False
     clamp: str = "every_step"
-    log_every: int = 1
+    # Log metrics every N steps; None: 1 on a CPU, 10 on a GPU (the losses are read from the
+    # device only then, so a GPU does not wait for the host in between).
+    log_every: Optional[int] = None
     snapshot_every: int = 50
     progress: bool = True
     # Multirun only: rerun just the jobs of the latest matching sweep that did not complete.

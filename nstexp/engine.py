@@ -15,6 +15,7 @@ import time
 
 import torch
 
+from nstexp.lbfgs import BatchedLBFGS
 from nstexp.objective import LossTerms
 
 
@@ -37,6 +38,12 @@ class Result:
     optimizer_state: dict | None = None  # Adam's, to warm-start the next coarse-to-fine level
 
 
+def uses_batched_lbfgs(cfg) -> bool:
+    """L-BFGS with one iteration per step and no line search runs on nstexp.lbfgs: per sample,
+    without host synchronisation. Line searches and several iterations per step use torch's."""
+    return cfg.name == "lbfgs" and cfg.max_iter == 1 and cfg.line_search == "none"
+
+
 def build_optimizer(params: list[torch.Tensor], cfg) -> torch.optim.Optimizer:
     if cfg.name == "lbfgs":
         return torch.optim.LBFGS(
@@ -55,11 +62,12 @@ def build_optimizer(params: list[torch.Tensor], cfg) -> torch.optim.Optimizer:
 
 
 def _tell_lbfgs_the_clamped_step(optimizer: torch.optim.Optimizer, x: torch.Tensor, before: torch.Tensor) -> None:
-    """Make L-BFGS's record of its last step (direction d times length t) the step actually taken.
+    """Make torch's L-BFGS record of its last step (direction d times length t) the step actually taken.
 
     L-BFGS builds its curvature pairs from s = d * t. Clamping moves the image elsewhere;
     left uncorrected, the pairs are wrong and the iterates oscillate and degrade. With one
     iteration per step the correction is exact: s becomes the clamped displacement.
+    (nstexp.lbfgs takes s from the positions themselves, so it needs no correction.)
     """
     if not isinstance(optimizer, torch.optim.LBFGS) or optimizer.defaults["max_iter"] != 1:
         return
@@ -95,10 +103,6 @@ def _detach(terms: LossTerms) -> LossTerms:
     )
 
 
-def _finite(terms: LossTerms) -> bool:
-    return bool(torch.isfinite(terms.total).all())
-
-
 def optimize(
     image: torch.Tensor,
     objective: Callable[[torch.Tensor], LossTerms],
@@ -108,6 +112,7 @@ def optimize(
     on_step: Callable[[StepEvent], None] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
     optimizer_state: dict | None = None,
+    check_every: int = 1,
 ) -> Result:
     """Optimize the pixels of `image` (B, 3, H, W) for `steps` optimizer steps.
 
@@ -115,41 +120,47 @@ def optimize(
     of the iterates, while the losses in the events stay those of the iterates the optimizer
     evaluates (measuring the average too would cost a second evaluation per step); the result's
     losses are measured on the average itself.
+
+    The losses stay on the device: they are read, and events emitted, every `check_every` steps
+    (a GPU then never waits for the host in between). A non-finite loss is caught there, and the
+    result is the last image before it.
     """
     t0 = time.perf_counter()
-    x = image.detach().clone().requires_grad_(True)
-    optimizer = build_optimizer([x], optimizer_cfg)
-    if optimizer_state is not None:
-        optimizer.load_state_dict(optimizer_state)
+    x = image.detach().clone().contiguous().requires_grad_(True)
+    batched = uses_batched_lbfgs(optimizer_cfg)
+    if batched:
+        optimizer = BatchedLBFGS(x, optimizer_cfg.lr, optimizer_cfg.history_size)
+    else:
+        optimizer = build_optimizer([x], optimizer_cfg)
+        if optimizer_state is not None:
+            optimizer.load_state_dict(optimizer_state)
     decay = float(getattr(optimizer_cfg, "ema", 0.0) or 0.0)
     average = IterateAverage(x, decay) if decay else None
     evals = 0
     first: dict = {}  # losses of the first evaluation in the current step
-    scale: dict = {}  # the first loss, when the optimizer works on a normalized loss
+    # Per sample: the first loss, when the optimizer works on normalized losses.
+    scale: dict = {}
     normalize = bool(getattr(optimizer_cfg, "normalize_loss", False))
 
-    def closure():
+    def evaluate() -> torch.Tensor:
+        """Loss and gradient at x; a sample whose loss is not finite gets a zero gradient (its
+        optimizer then stands still) and is caught at the next check."""
         nonlocal evals
-        optimizer.zero_grad(set_to_none=True)
+        x.grad = None
         terms = objective(x)
         evals += 1
         if "terms" not in first:
             first["terms"] = _detach(terms)
-        loss = terms.total.sum()  # samples are independent: their gradients do not mix
-        if normalize and torch.isfinite(loss):
-            # The optimizer sees one function: the loss divided by its first value.
-            loss = loss / scale.setdefault("value", loss.detach().abs().clamp(min=1e-12))
-        if torch.isfinite(loss):
-            loss.backward()
-        else:
-            # Zero gradient makes the optimizer stand still; the loop sees the bad loss.
-            x.grad = torch.zeros_like(x)
-        return loss
-
-    def emit(pending: tuple, img: torch.Tensor, terms: LossTerms) -> None:
-        if on_step is not None:
-            step, _, evals_at, t, _ = pending
-            on_step(StepEvent(step, evals_at, t, img, terms))
+        total = terms.total  # (B,): samples are independent, their gradients do not mix
+        finite = torch.isfinite(total)
+        if normalize:
+            # Each sample's optimizer sees one function: its loss divided by its first value.
+            first_value = torch.where(finite, total.detach().abs(), 1.0).clamp(min=1e-12)
+            total = total / scale.setdefault("value", first_value)
+        loss = torch.where(finite, total, 0.0).sum()
+        loss.backward()
+        x.grad = torch.where(finite.view(-1, *[1] * (x.dim() - 1)), x.grad, 0.0)
+        return loss.detach()
 
     def shown() -> torch.Tensor:
         """The image to report for the current iterate: itself, or the running average."""
@@ -158,29 +169,55 @@ def optimize(
         average.update(x)
         return average.get()
 
+    # Steps whose losses are known to the device but not yet read: (step, evals, time, image, terms).
+    unread: list[tuple] = []
     last_good, last_terms, good_step, measured_itself = x.detach().clone(), None, 0, False
-    # (step, iterate, evals, time, image to report) of the newest iterate, waiting for its losses.
-    pending = (0, x.detach().clone(), 0, 0.0, x.detach().clone())
+
+    def read() -> bool:
+        """Read the unread losses (one synchronisation) and emit their events; False at the first
+        non-finite one."""
+        nonlocal last_good, last_terms, good_step, measured_itself
+        if not unread:
+            return True
+        ok = torch.stack([torch.isfinite(u[4].total).all() for u in unread]).tolist()
+        for (step, evals_at, t, img, terms), fine in zip(unread, ok):
+            if not fine:
+                unread.clear()
+                return False
+            last_good, last_terms, good_step = img, terms, step
+            measured_itself = average is None  # else these are the iterate's losses, not the average's
+            if on_step is not None:
+                on_step(StepEvent(step, evals_at, t, img, terms))
+        unread.clear()
+        return True
+
+    # (step, evals, time, image to report) of the newest iterate, waiting for its losses.
+    pending = (0, 0, 0.0, x.detach().clone())
     status = "completed"
     for step in range(1, steps + 1):
         if should_stop():
             status = "interrupted"
             break
         first.clear()
-        optimizer.step(closure)
+        before = x.detach().clone() if clamp == "every_step" and not batched else None
+        if batched:
+            evaluate()
+            optimizer.step(x.grad)
+        else:
+            optimizer.step(evaluate)
         # The step's first evaluation was of the image the previous step left.
-        terms = first["terms"]
-        if not _finite(terms):
-            status = "diverged"
-            break
-        last_good, last_terms, good_step = pending[4], terms, pending[0]
-        measured_itself = average is None  # else these are the iterate's losses, not the average's
-        emit(pending, pending[4], terms)
+        unread.append((*pending, first["terms"]))
         if clamp == "every_step":
             with torch.no_grad():
                 x.clamp_(0.0, 1.0)
-            _tell_lbfgs_the_clamped_step(optimizer, x, before=pending[1])
-        pending = (step, x.detach().clone(), evals, time.perf_counter() - t0, shown())
+            if before is not None:
+                _tell_lbfgs_the_clamped_step(optimizer, x, before)
+        pending = (step, evals, time.perf_counter() - t0, shown())
+        if step % check_every == 0 and not read():
+            status = "diverged"
+            break
+    if status != "diverged" and not read():
+        status = "diverged"
 
     def measure(img: torch.Tensor) -> LossTerms:
         nonlocal evals
@@ -190,13 +227,12 @@ def optimize(
         return terms
 
     if status != "diverged":
-        # The image the last step left has not been evaluated yet.
-        img = pending[4].clamp(0.0, 1.0)
+        # The image the last step left has not been evaluated yet: one forward pass, no gradient.
+        img = pending[3].clamp(0.0, 1.0)
         terms = measure(img)
-        if _finite(terms):
-            last_good, last_terms, good_step = img, terms, pending[0]
+        unread.append((*pending[:3], img, terms))
+        if read():
             measured_itself = True
-            emit(pending, img, terms)
         else:
             status = "diverged"
     final = last_good.clamp(0.0, 1.0)

@@ -92,16 +92,21 @@ def memory_check(extractor: FeatureExtractor, cfg, device: torch.device, summary
 
     def check(content_wh: tuple[int, int], style_whs: list[tuple[int, int]]) -> None:
         w, h = content_wh
-        need = memory.estimate_bytes(extractor.features, h, w, cfg.optimizer)
+        need = memory.estimate_bytes(extractor, h, w, cfg.optimizer)
         for sw, sh in style_whs:  # style images pass once, without a graph: about their largest activations
-            need = max(need, 3 * memory.activation_bytes(extractor.features, sh, sw)[1])
+            need = max(need, 3 * memory.activation_bytes(extractor, sh, sw)[1])
         # The largest of the sizes checked (a coarse-to-fine run checks each level).
         summary["memory_estimate_mb"] = max(summary.get("memory_estimate_mb", 0.0), need / 2**20)
         have = memory.available_bytes(device)
         if have is not None and need > have:
+            fits = memory.largest_fitting(extractor, h, w, cfg.optimizer, have)
+            hint = f"size={fits} would fit" if fits else "no size fits"
+            if not extractor.checkpoint:
+                hint += ", more with checkpoint=true"
             raise NstexpError(
-                f"size={max(w, h)} (style.scale={cfg.style.scale}): needs about {need / 2**30:.1f} GiB, "
-                f"{have / 2**30:.1f} GiB available on {device} (lower size or style.scale)"
+                f"size={max(w, h)} (style.scale={cfg.style.scale}, precision={extractor.precision}): needs about "
+                f"{need / 2**30:.1f} GiB, {have / 2**30:.1f} GiB available on {device} ({hint}; "
+                "lower size or style.scale)"
             )
 
     return check

@@ -15,36 +15,71 @@ import os
 import torch
 from torch import nn
 
-BYTES = 4  # float32
+BYTES = 4  # float32: the image, the optimizer's state, the features handed to the losses
 # Measured on the Caffe VGG-19 to relu5_1 (CPU, fp32): peak resident memory minus the
 # process's baseline was about this many times the bytes of all activations.
 AUTOGRAD_FACTOR = 1.5
 
 
-def activation_bytes(features: nn.Sequential, height: int, width: int, batch: int = 1) -> tuple[int, int]:
-    """(all activations, the largest one) in bytes for an input of height x width."""
-    total, largest, channels = 0, 0, 3
-    for module in features:
+def _outputs(extractor, height: int, width: int, batch: int) -> list[tuple[str, int]]:
+    """(layer name, bytes of its output, plus max pooling's int64 indices) for every module."""
+    unit = 4 if extractor.precision == "fp32" else 2
+    out, channels = [], 3
+    for name, module in zip(extractor.names, extractor.features):
+        extra = 0
         if isinstance(module, nn.Conv2d):
             channels = module.out_channels
-        elif isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
-            if isinstance(module, nn.MaxPool2d):
-                total += 2 * batch * channels * height * width // 4 * BYTES  # int64 indices
+        elif name.startswith("pool"):
             height, width = height // 2, width // 2
-        size = batch * channels * height * width * BYTES
-        total, largest = total + size, max(largest, size)
-    return total, largest
+            if isinstance(module, nn.MaxPool2d):
+                extra = batch * channels * height * width * 8
+        out.append((name, batch * channels * height * width * unit + extra))
+    return out
 
 
-def estimate_bytes(features: nn.Sequential, height: int, width: int, optimizer_cfg, batch: int = 1) -> int:
-    acts, largest = activation_bytes(features, height, width, batch)
-    weights = sum(p.numel() * p.element_size() for p in features.parameters())
+def activation_bytes(extractor, height: int, width: int, batch: int = 1) -> tuple[int, int]:
+    """(activations kept for the backward pass, the largest one) in bytes for an input of
+    height x width. With checkpointing only each block's input and the requested features are
+    kept, plus one block's activations while it is recomputed. In bf16/fp16 the requested
+    features are also copied to fp32 for the losses."""
+    outs = _outputs(extractor, height, width, batch)
+    largest = max(b for _, b in outs)
+    fp32_copies = 0 if extractor.precision == "fp32" else sum(
+        b * 2 for n, b in outs if n in extractor.layers and not n.startswith("pool"))
+    if not extractor.checkpoint:
+        return sum(b for _, b in outs) + fp32_copies, largest
+    kept = sum(outs[stop - 1][1] for _, stop in extractor.blocks)  # block outputs
+    kept += sum(b for n, b in outs if n in extractor.layers)
+    recompute = max(sum(b for _, b in outs[start:stop]) for start, stop in extractor.blocks)
+    return kept + recompute + fp32_copies, largest
+
+
+def estimate_bytes(extractor, height: int, width: int, optimizer_cfg, batch: int = 1) -> int:
+    """Peak bytes of one evaluation of an image height x width with `extractor` (its layers,
+    precision and checkpointing), plus the optimizer's state."""
+    acts, largest = activation_bytes(extractor, height, width, batch)
+    weights = sum(p.numel() * p.element_size() for p in extractor.features.parameters())
     image = batch * 3 * height * width * BYTES
     if optimizer_cfg.name == "lbfgs":
         state = (2 * optimizer_cfg.history_size + 4) * image  # curvature pairs, d, grads
     else:
         state = 3 * image  # Adam's two moments and the gradient
     return int(AUTOGRAD_FACTOR * acts + 2 * largest + weights + state)
+
+
+def largest_fitting(extractor, height: int, width: int, optimizer_cfg, have: int) -> int:
+    """The largest longest side, with height:width kept, whose estimate fits in `have` bytes
+    (0 when not even 16 px fits)."""
+    longest = max(height, width)
+    lo, hi = 0, longest
+    while lo < hi:  # the estimate grows with the size
+        mid = (lo + hi + 1) // 2
+        h, w = max(1, round(height * mid / longest)), max(1, round(width * mid / longest))
+        if mid >= 16 and estimate_bytes(extractor, h, w, optimizer_cfg) <= have:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 def available_bytes(device: torch.device) -> int | None:

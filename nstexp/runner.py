@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from nstexp import colour, inputs, memory, metrics, pyramid, scale_control
+from nstexp import colour, hardware, inputs, memory, metrics, pyramid, scale_control
 from nstexp.backbone import FeatureExtractor, pools_before
 from nstexp.validation import validate
 from nstexp.engine import StepEvent, optimize
@@ -29,20 +29,7 @@ from nstexp.tracking import Tracker
 # Defaults that depend on the device: a GPU affords larger images and more steps.
 DEFAULT_SIZE = {"cpu": 384, "gpu": 512}
 DEFAULT_STEPS = {"cpu": 400, "gpu": 500}
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise NstexpError(f"device={name}: CUDA is not available here (allowed: auto, cpu)")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise NstexpError("device=mps: MPS is not available here (allowed: auto, cpu)")
-    return torch.device(name)
+DEFAULT_LOG_EVERY = {"cpu": 1, "gpu": 10}
 
 
 def _versions() -> dict[str, str]:
@@ -68,7 +55,27 @@ def _weighted_layers(cfg: DictConfig) -> tuple[dict[str, float], dict[str, float
             {k: v for k, v in cfg.layers.style.items() if v > 0})
 
 
-def _objective(cfg: DictConfig, extractor: FeatureExtractor, inp: inputs.Inputs, summary: dict) -> Objective:
+def network(cfg: DictConfig, device: torch.device, precision: str, channels_last: bool) -> FeatureExtractor:
+    """The run's frozen VGG: its weighted layers (and scale control's fine layers) as configured."""
+    layers = {k: v for part in _weighted_layers(cfg) for k, v in part.items()}
+    control = cfg.style.scale_control
+    fine_layers = list(control.fine_layers) if control.fine_image else []
+    return FeatureExtractor(
+        cfg.backbone.arch,
+        cfg.backbone.weights,
+        list(dict.fromkeys([*layers, *fine_layers])),
+        pooling=cfg.backbone.pooling,
+        padding=cfg.backbone.padding,
+        preprocessing=cfg.backbone.preprocessing,
+        seed=cfg.seed,
+        precision=precision,
+        channels_last=channels_last,
+        checkpoint=cfg.checkpoint,
+        compile=cfg.compile,
+    ).to(device)
+
+
+def build_objective(cfg: DictConfig, extractor: FeatureExtractor, inp: inputs.Inputs, summary: dict) -> Objective:
     """The loss for the inputs at one size (a coarse-to-fine level's)."""
     content_layers, style_layers = _weighted_layers(cfg)
     objective = Objective(
@@ -123,30 +130,27 @@ def _run(cfg: DictConfig, out_dir: str, name: str, group: str | None, stop: Stop
     peak = bar = evaluate = None
     try:
         validate(cfg)
-        device = resolve_device(cfg.device)
+        device = hardware.resolve_device(cfg.device)
+        line_search = cfg.optimizer.name == "lbfgs" and cfg.optimizer.line_search != "none"
+        precision = hardware.resolve_precision(cfg.precision, device, line_search)
+        channels_last = hardware.resolve_channels_last(cfg.channels_last, device)
+        hardware.configure(device)
         peak = memory.PeakMemory(device)
         kind = "cpu" if device.type == "cpu" else "gpu"
         size = cfg.size or DEFAULT_SIZE[kind]
         steps = DEFAULT_STEPS[kind] if cfg.steps is None else cfg.steps
-        summary.update(device=str(device), size=size)
+        log_every = cfg.log_every or DEFAULT_LOG_EVERY[kind]
+        summary.update(device=str(device), size=size, precision=precision, channels_last=channels_last)
         # Log the values actually used, not the "device default" placeholders.
-        config.update(size=size, steps=steps, device=str(device))
+        config.update(size=size, steps=steps, device=str(device), precision=precision, channels_last=channels_last,
+                      log_every=log_every)
         torch.manual_seed(cfg.seed)
         tracker.start()
 
         layers = {k: v for part in _weighted_layers(cfg) for k, v in part.items()}
         deepest = {layer: pools_before(cfg.backbone.arch, layer) for layer in layers}
         control = cfg.style.scale_control
-        fine_layers = list(control.fine_layers) if control.fine_image else []
-        extractor = FeatureExtractor(
-            cfg.backbone.arch,
-            cfg.backbone.weights,
-            list(dict.fromkeys([*layers, *fine_layers])),
-            pooling=cfg.backbone.pooling,
-            padding=cfg.backbone.padding,
-            preprocessing=cfg.backbone.preprocessing,
-            seed=cfg.seed,
-        ).to(device)
+        extractor = network(cfg, device, precision, channels_last)
         check = inputs.memory_check(extractor, cfg, device, summary)
         style_image = None  # scale control's, made at the full size and resized for each level
         if control.fine_image:
@@ -180,7 +184,7 @@ def _run(cfg: DictConfig, out_dir: str, name: str, group: str | None, stop: Stop
             for level, (level_size, n_steps) in enumerate(zip(sizes, level_steps)):
                 inp = full if level_size == size else inputs.prepare(
                     cfg, level_size, deepest, device, [], check, style_image)
-                objective = _objective(cfg, extractor, inp, summary)
+                objective = build_objective(cfg, extractor, inp, summary)
                 # What the user sees of an image: in the content's colours, if asked.
                 latest["show"] = show = lambda x, c=inp.colours: colour.present(mode, x, c)  # noqa: E731
                 if image is None:
@@ -205,14 +209,15 @@ def _run(cfg: DictConfig, out_dir: str, name: str, group: str | None, stop: Stop
                     snapshot = bool(cfg.snapshot_every) and ev.step % cfg.snapshot_every == 0
                     last = ev.step == sum(level_steps)
                     scored = evaluate is not None and ((bool(every) and ev.step % every == 0) or last)
-                    if snapshot or scored or ev.step % cfg.log_every == 0 or last:
+                    if snapshot or scored or ev.step % log_every == 0 or last:
                         extra = {**extra, **evaluate(show(ev.image))} if scored else extra
                         _log_step(tracker, ev, snapshot, extra, show)
                         latest["logged"] = ev.step
                         bar.set_postfix(loss=f"{ev.terms.total[0].item():.4g}", refresh=False)
                     bar.update(ev.step - bar.n)
 
-                result = optimize(image, objective, cfg.optimizer, n_steps, cfg.clamp, on_step, stop, state)
+                result = optimize(image, objective, cfg.optimizer, n_steps, cfg.clamp, on_step, stop, state,
+                                  check_every=log_every)
                 image, state = result.image, result.optimizer_state
                 done["steps"] += result.steps
                 done["evals"] += result.evals

@@ -17,6 +17,7 @@ from nstexp.config import (
     PREPROCESSING, STYLE_BALANCES, STYLE_LOSSES, STYLE_NORMALIZATIONS, WANDB_MODES, WEIGHTS,
 )
 from nstexp.errors import ConfigError
+from nstexp.hardware import PRECISIONS
 
 
 def _choice(key: str, value: Any, allowed: tuple) -> None:
@@ -46,6 +47,7 @@ def validate(cfg: DictConfig) -> None:
     from nstexp.backbone import layer_names  # the layer names come from the network itself
 
     _check_finite(OmegaConf.to_container(cfg, resolve=True))
+    _choice("precision", cfg.precision, PRECISIONS)
     b = cfg.backbone
     _choice("backbone.arch", b.arch, ARCHS)
     if b.weights not in WEIGHTS and not os.path.isfile(b.weights):
@@ -147,7 +149,8 @@ def validate(cfg: DictConfig) -> None:
     if cfg.eval.every is not None:
         _at_least("eval.every (0: only at the end)", cfg.eval.every, 0)
     _at_least("eval.size", cfg.eval.size, 32)
-    _at_least("log_every", cfg.log_every, 1)
+    if cfg.log_every is not None:
+        _at_least("log_every", cfg.log_every, 1)
     _at_least("snapshot_every (0 disables snapshots)", cfg.snapshot_every, 0)
     dev = cfg.device
     if dev not in ("auto", "cpu", "mps") and not (dev == "cuda" or dev.startswith("cuda:")):

@@ -37,8 +37,9 @@ def run_cli(args, cwd, env=None, timeout=300, module=True):
 
 
 # In-process runs (`runner.run`), pinned to the CPU: reproducibility and the numbers tests compare are the CPU's.
+# fp32: the CPU that runs the tests may or may not compute bf16 natively (precision=auto).
 RUN_TINY = ["size=48", "steps=2", "progress=false", "snapshot_every=0", "wandb.mode=disabled", "device=cpu",
-            "eval.size=64"]
+            "precision=fp32", "eval.size=64"]
 
 
 def tiny_cfg(*overrides):

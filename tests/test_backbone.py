@@ -6,7 +6,7 @@ import pytest
 import torch
 from torchvision import models
 
-from nstexp import backbone
+from nstexp import backbone, weights
 from nstexp.backbone import FeatureExtractor, layer_names
 from nstexp.errors import NstexpError
 
@@ -194,7 +194,7 @@ def test_bad_weights_file_fails_in_one_line(tmp_path, vgg16_features, write, pro
     write(path)
     with pytest.raises(NstexpError) as info:
         # What FeatureExtractor("vgg16", str(path), ...) calls, without building a VGG per case.
-        backbone.read_weights_file(str(path), "vgg16", vgg16_features)
+        weights.read_weights_file(str(path), "vgg16", vgg16_features)
     message = str(info.value)
     assert "\n" not in message
     assert message.startswith(f"backbone.weights={path}: ")

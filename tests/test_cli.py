@@ -8,10 +8,13 @@ import sys
 import time
 
 import pytest
+import torch
 from PIL import Image
 
 from conftest import REPO, TINY, run_cli
 from wandb_offline import find_runs
+
+from nstexp.hardware import resolve_precision
 
 
 def _jsonl(path):
@@ -56,6 +59,8 @@ def test_two_step_run_writes_outputs_and_offline_wandb_run(tmp_path, wandb_env):
     assert run.finished and run.exit_code == 0
     assert run.config["style"]["weight"] == 1e6 and run.config["optimizer"]["name"] == "lbfgs"
     assert run.config["size"] == 48
+    # The precision actually used, not "auto", in the W&B config and the summary.
+    assert run.config["precision"] == run.summary["precision"] == resolve_precision("auto", torch.device("cpu"))
     assert "style.weight=1e6" in run.name
     logged = [h for h in run.history if "loss/total" in h]
     assert [h["step"] for h in logged] == [0, 1, 2]

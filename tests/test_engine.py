@@ -61,3 +61,43 @@ def test_ema_reports_the_bias_corrected_average_of_the_iterates():
     # The final losses are the average's own: (x - 0.8)^2 summed over 12 values.
     assert result.terms.total.item() == pytest.approx(((result.image - 0.8) ** 2).sum().item(), rel=1e-6)
     assert result.evals == 6  # 5 steps and one measurement of the average
+
+
+def test_losses_read_every_few_steps_still_catch_divergence_and_keep_the_last_good_image():
+    # Adam walks the pixels from 0 towards 2; past 0.95 the loss is inf (step 5 or so).
+    image = torch.zeros(1, 3, 2, 2)
+    every, late = [], []
+    a = optimize(image, _quadratic(2.0, 0.95), AdamConfig(lr=0.1), steps=20, clamp="at_end", on_step=every.append)
+    b = optimize(image, _quadratic(2.0, 0.95), AdamConfig(lr=0.1), steps=20, clamp="at_end", on_step=late.append,
+                 check_every=4)
+    assert a.status == b.status == "diverged"
+    assert a.steps == b.steps and torch.equal(a.image, b.image)
+    assert [e.step for e in every] == [e.step for e in late] == list(range(a.steps + 1))
+    assert a.image.max().item() <= 0.95
+
+
+def _tiny_style_objective():
+    from nstexp.backbone import FeatureExtractor
+    from nstexp.objective import Objective
+
+    torch.manual_seed(0)
+    extractor = FeatureExtractor("vgg19", "caffe", ["relu1_1", "relu2_1"])
+    content, style = torch.rand(1, 3, 24, 24), torch.rand(1, 3, 24, 24) ** 3
+    return Objective(extractor, content, [style], {"relu2_1": 1.0}, {"relu1_1": 1.0, "relu2_1": 1.0},
+                     1.0, 1e3, 0.0), content
+
+
+def test_the_default_lbfgs_follows_torchs_lbfgs_with_the_clamp_correction(monkeypatch):
+    from nstexp import engine
+    from nstexp.config import LBFGSConfig
+
+    objective, content = _tiny_style_objective()
+    ours, theirs = [], []
+    optimize(content, objective, LBFGSConfig(history_size=4), steps=12, on_step=ours.append)
+    monkeypatch.setattr(engine, "uses_batched_lbfgs", lambda cfg: False)  # torch.optim.LBFGS instead
+    optimize(content, objective, LBFGSConfig(history_size=4), steps=12, on_step=theirs.append)
+    assert ours[-1].terms.total.item() < 0.5 * ours[0].terms.total.item()  # it optimizes, and clamps bite:
+    assert (ours[-1].image == 0).any() or (ours[-1].image == 1).any()
+    for a, b in zip(ours, theirs):
+        assert torch.allclose(a.image, b.image, atol=1e-4), a.step
+        assert a.terms.total.item() == pytest.approx(b.terms.total.item(), rel=1e-3)

@@ -1,0 +1,304 @@
+"""`nstexp bench`: how fast nstexp is on this machine, against the floor and the peer, in one run.
+
+    nstexp bench [--sizes 256 512] [--steps N] [--optimizers lbfgs adam] [--precision fp32 bf16]
+                 [--no-peer] [--out DIR] [--device auto]
+
+For every image size, optimizer and precision it runs the default recipe (chelsea in the style
+of swirls) through the real engine and reports:
+- time per evaluation (median over the steps after warm-up; on a GPU the mean over them, since
+  the host does not wait for each step), evaluations per second and peak memory;
+- the floor: the bare truncated network, forward plus input gradient, in the same precision
+  and memory format;
+- the peer: the `pastiche` command on the same images, size and number of L-BFGS steps, its
+  time per step taken from two step counts so that its start-up cancels;
+- quality: the paper's loss computed in fp32 on the image after N steps, relative to the fp32
+  run's, and time to quality, the seconds until that fp32 loss falls below what fp32 reaches
+  after N steps (other precisions may run up to twice as many steps to get there).
+Writes bench.json and bench.md into --out and prints the table and the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+from nstexp import hardware, inputs, memory
+from nstexp.errors import NstexpError
+
+WARMUP = 3  # steps left out of the timings: allocation, first-call dispatch, cuDNN's search
+CONTENT, STYLE = "sample:chelsea", "sample:swirls"
+
+
+def _config(size: int, optimizer: str, precision: str, device: str, extra: list[str]):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from nstexp import cli
+    from nstexp.validation import validate
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=cli.CONFIG_DIR, version_base="1.3"):
+            cfg = compose(config_name="config", overrides=[
+                f"size={size}", f"optimizer={optimizer}", f"precision={precision}", f"device={device}",
+                f"content.image={CONTENT}", f"style.image={STYLE}", *extra])
+    finally:
+        GlobalHydra.instance().clear()
+    validate(cfg)
+    return cfg
+
+
+class Case:
+    """The default recipe at one size, optimizer and precision, built as the runner builds it."""
+
+    def __init__(self, cfg, device: torch.device):
+        from nstexp import runner
+        from nstexp.backbone import pools_before
+
+        self.cfg, self.device = cfg, device
+        line_search = cfg.optimizer.name == "lbfgs" and cfg.optimizer.line_search != "none"
+        self.precision = hardware.resolve_precision(cfg.precision, device, line_search)
+        self.channels_last = hardware.resolve_channels_last(cfg.channels_last, device)
+        self.extractor = runner.network(cfg, device, self.precision, self.channels_last)
+        layers = {k for part in runner._weighted_layers(cfg) for k in part}
+        deepest = {layer: pools_before(cfg.backbone.arch, layer) for layer in layers}
+        summary: dict = {}
+        check = inputs.memory_check(self.extractor, cfg, device, summary)
+        self.inputs = inputs.prepare(cfg, cfg.size, deepest, device, [], check)
+        self.objective = runner.build_objective(cfg, self.extractor, self.inputs, summary)
+        self.log_every = cfg.log_every or runner.DEFAULT_LOG_EVERY["cpu" if device.type == "cpu" else "gpu"]
+
+    def run(self, steps: int, keep=lambda step, loss: False) -> dict:
+        """`steps` optimizer steps from the initial image: the time each image existed and its
+        loss, per step, and the images `keep(step, loss)` asks for (few: they count in the peak)."""
+        from nstexp.engine import optimize
+
+        times, losses, kept = [], [], {}
+
+        def on_step(ev) -> None:
+            times.append(ev.time_s)
+            losses.append(ev.terms.total[0].item())
+            if keep(ev.step, losses[-1]):
+                kept[ev.step] = ev.image
+
+        peak = memory.PeakMemory(self.device)
+        image = inputs.initial_image(self.cfg, self.inputs.content, self.inputs.styles)
+        _sync(self.device)
+        result = optimize(image, self.objective, self.cfg.optimizer, steps, self.cfg.clamp,
+                          on_step=on_step, check_every=self.log_every)
+        _sync(self.device)
+        if result.status != "completed":
+            raise NstexpError(f"bench: the {self.precision} run {result.status} after {result.steps} steps")
+        return {"times": times, "losses": losses, "images": kept, "peak_mb": peak.mb()}
+
+    def floor(self, repeats: int) -> float:
+        """Median seconds of the bare truncated network: forward to the deepest layer, input gradient."""
+        deepest = self.extractor.names[-1]
+        x = self.inputs.content.clone().requires_grad_(True)
+        times = []
+        for i in range(WARMUP + repeats):
+            _sync(self.device)
+            t = time.perf_counter()
+            out = self.extractor(x, layers=[deepest])[deepest]
+            (grad,) = torch.autograd.grad(out, x, torch.ones_like(out))
+            _sync(self.device)
+            if i >= WARMUP:
+                times.append(time.perf_counter() - t)
+        return statistics.median(times)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def per_eval(times: list[float], device: torch.device) -> float:
+    """Seconds per step after warm-up, from the times each image existed."""
+    steady = times[WARMUP:]
+    if device.type == "cuda":  # the host runs ahead between reads: only long spans are exact
+        return (steady[-1] - steady[0]) / (len(steady) - 1)
+    return statistics.median(b - a for a, b in zip(steady, steady[1:]))
+
+
+def fp32_losses(cfg, device: torch.device, images: dict[int, torch.Tensor]) -> dict[int, float]:
+    """The paper's loss of each image, computed with the network in fp32."""
+    from omegaconf import OmegaConf
+
+    reference = Case(OmegaConf.merge(cfg, {"precision": "fp32", "channels_last": False}), device)
+    with torch.no_grad():
+        return {k: reference.objective(img).total[0].item() for k, img in images.items()}
+
+
+def peer(content: str, style: str, size: int, steps: tuple[int, int]) -> float | None:
+    """pastiche's seconds per L-BFGS step: two runs of different lengths, so start-up cancels."""
+    exe = shutil.which("pastiche") or os.path.join(os.path.dirname(sys.executable), "pastiche")
+    if not os.path.exists(exe):
+        return None
+    walls = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in steps:
+            cmd = [exe, "--content", content, "--styles", style, "--output", os.path.join(tmp, "out.png"),
+                   "--size", str(size), "--num-steps", str(n), "--optimizer", "lbfgs", "--no-verbose",
+                   "--seed", "0"]
+            t = time.perf_counter()
+            subprocess.run(cmd, check=True, capture_output=True)
+            walls.append(time.perf_counter() - t)
+    per_step = (walls[1] - walls[0]) / (steps[1] - steps[0])
+    return per_step if per_step > 0 else None  # start-up noise larger than the steps: no figure
+
+
+def bench(sizes: list[int], steps: int, optimizers: list[str], precisions: list[str], device_name: str,
+          with_peer: bool, out_dir: str, extra: list[str] | None = None, log=print) -> dict:
+    device = hardware.resolve_device(device_name)
+    hardware.configure(device)
+    machine = hardware.describe(device)
+    log(f"bench on {machine.get('gpu', machine['cpu'])} ({device}), torch {machine['torch']}, "
+        f"{machine['threads']} threads, native bf16: {machine['native_bf16']}")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        from nstexp import images
+
+        files = {}
+        for name in (CONTENT, STYLE):
+            files[name] = os.path.join(tmp, name.split(":")[1] + ".png")
+            images.load_image(name).save(files[name])
+        for size in sizes:
+            pastiche_s = peer(files[CONTENT], files[STYLE], size, (WARMUP, WARMUP + steps)) if with_peer else None
+            for opt in optimizers:
+                reference = None  # the fp32 run's loss after `steps`, and its time to get there
+                # fp32 first: the others' quality is measured against it.
+                for prec in sorted(precisions, key=lambda p: p != "fp32"):
+                    cfg = _config(size, opt, prec, device_name, extra or [])
+                    case = Case(cfg, device)
+                    at = WARMUP + steps  # the image after N measured steps (warm-up included in both)
+                    if case.precision == "fp32" or reference is None:
+                        run = case.run(at)
+                    else:  # up to twice the steps to reach fp32's loss; keep the candidate images
+                        run = case.run(WARMUP + 2 * steps, keep=_candidates(at, reference[0]))
+                    t_eval = per_eval(run["times"], device)
+                    row = {"size": size, "image": list(case.inputs.content.shape[-2:]), "optimizer": opt,
+                           "precision": case.precision, "channels_last": case.channels_last,
+                           "time_per_eval_s": t_eval, "evals_per_s": 1 / t_eval, "peak_memory_mb": run["peak_mb"],
+                           "floor_s": case.floor(max(5, steps // 4))}
+                    row["vs_floor"] = t_eval / row["floor_s"]
+                    if pastiche_s is not None and opt == "lbfgs":
+                        row.update(pastiche_s=pastiche_s, vs_pastiche=t_eval / pastiche_s)
+                    if case.precision == "fp32":
+                        reference = (run["losses"][at], run["times"][at])
+                        row.update(fp32_loss_vs_fp32=1.0, time_to_quality_s=reference[1])
+                    elif reference is not None:
+                        row.update(_quality(cfg, device, run, at, reference))
+                    if reference is not None:
+                        reached = row.get("time_to_quality_s")
+                        row["time_to_quality_vs_fp32"] = reached / reference[1] if reached is not None else None
+                    rows.append(row)
+                    log(_line(row))
+                    del case, run
+    report = {"machine": machine, "steps": steps, "warmup": WARMUP, "content": CONTENT, "style": STYLE,
+              "rows": rows}
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "bench.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    with open(os.path.join(out_dir, "bench.md"), "w") as f:
+        f.write(markdown(report))
+    return report
+
+
+def _candidates(at: int, target: float, most: int = 8):
+    """keep(step, loss): the image at `at`, and the first `most` whose own loss is within 5% of
+    `target` (low precision's own loss is close to, not equal to, the fp32 loss)."""
+    taken = []
+
+    def keep(step: int, loss: float) -> bool:
+        if loss <= 1.05 * target and len(taken) < most:
+            taken.append(step)
+            return True
+        return step == at
+
+    return keep
+
+
+def _quality(cfg, device, run: dict, at: int, reference: tuple[float, float]) -> dict:
+    """The fp32 loss at equal steps, and the first kept step whose fp32 loss is below fp32's
+    after N steps (the kept steps are those whose own loss came near it)."""
+    checked = fp32_losses(cfg, device, run["images"])
+    reached = next((k for k in sorted(checked) if checked[k] <= reference[0]), None)
+    return {"fp32_loss_vs_fp32": checked[at] / reference[0],
+            "time_to_quality_s": run["times"][reached] if reached is not None else None}
+
+
+def _fmt(value, digits=3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+COLUMNS = [("size", "size"), ("optimizer", "optimizer"), ("precision", "precision"),
+           ("time_per_eval_s", "s / eval"), ("evals_per_s", "evals / s"), ("peak_memory_mb", "peak MB"),
+           ("floor_s", "floor s"), ("vs_floor", "× floor"), ("pastiche_s", "pastiche s"),
+           ("vs_pastiche", "× pastiche"), ("fp32_loss_vs_fp32", "loss vs fp32"),
+           ("time_to_quality_s", "time to quality s"), ("time_to_quality_vs_fp32", "× fp32 time")]
+
+
+def _line(row: dict) -> str:
+    return "  ".join(f"{title}={_fmt(row.get(key))}" for key, title in COLUMNS)
+
+
+def markdown(report: dict) -> str:
+    m = report["machine"]
+    where = m.get("gpu") or f"{m['cpu']}, {m['threads']} threads"
+    lines = [f"Machine: {where}; torch {m['torch']}; native bf16: {m['native_bf16']}; "
+             f"{report['steps']} steps after {report['warmup']} warm-up steps.", "",
+             "| " + " | ".join(t for _, t in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for row in report["rows"]:
+        lines.append("| " + " | ".join(_fmt(row.get(k)) for k, _ in COLUMNS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="nstexp bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", help="longest sides (default: 256 512 on a CPU, "
+                        "512 1024 2048 4096 on a GPU)")
+    parser.add_argument("--steps", type=int, default=None, help="measured steps (default: 30 on a CPU, 100 on a GPU)")
+    parser.add_argument("--optimizers", nargs="+", default=["lbfgs", "adam"], choices=["lbfgs", "adam"])
+    parser.add_argument("--precision", nargs="+", default=None, choices=list(hardware.PRECISIONS),
+                        help="default: fp32 and what auto picks here")
+    parser.add_argument("--no-peer", action="store_true", help="skip pastiche")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", default=".", help="folder for bench.json and bench.md")
+    parser.add_argument("overrides", nargs="*", help="config overrides for every case, e.g. layers=tensorflow_blog")
+    args = parser.parse_args(argv)
+    try:
+        device = hardware.resolve_device(args.device)
+        gpu = device.type == "cuda"
+        sizes = args.sizes or ([512, 1024, 2048, 4096] if gpu else [256, 512])
+        steps = args.steps or (100 if gpu else 30)
+        if steps < 2 or min(sizes) < 16:
+            raise NstexpError(f"bench: --steps must be >= 2 and --sizes >= 16 (got {steps}, {min(sizes)})")
+        precisions = args.precision or sorted({"fp32", hardware.resolve_precision("auto", device)},
+                                              key=lambda p: p != "fp32")
+        for p in precisions:
+            hardware.resolve_precision(p, device)  # refuses fp16 off CUDA in one line
+        report = bench(sizes, steps, args.optimizers, precisions, args.device, not args.no_peer, args.out,
+                       args.overrides)
+    except NstexpError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    print()
+    print(markdown(report))
+    print(f"wrote {os.path.join(args.out, 'bench.json')} and bench.md")
+
+
+if __name__ == "__main__":
+    main()

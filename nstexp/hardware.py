@@ -1,0 +1,111 @@
+"""The machine a run is on, and the fastest settings it runs correctly with.
+
+`resolve_device` picks the device, `resolve_precision` the network's arithmetic (bf16 where
+the hardware computes it natively, fp32 elsewhere), `resolve_channels_last` the memory format,
+`configure` the CUDA switches, and `describe` says what the machine is, for summaries and
+benchmarks.
+"""
+
+from __future__ import annotations
+
+import platform
+from functools import lru_cache
+
+import torch
+
+from nstexp.errors import NstexpError
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise NstexpError(f"device={name}: CUDA is not available here (allowed: auto, cpu)")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise NstexpError("device=mps: MPS is not available here (allowed: auto, cpu)")
+    return torch.device(name)
+
+
+@lru_cache(maxsize=None)
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as Linux lists them (empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+@lru_cache(maxsize=None)
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether the device computes bf16 convolutions in hardware: CUDA devices with bf16 tensor
+    cores (Ampere and later), CPUs with AMX or AVX-512 bf16 instructions."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device)[0] >= 8
+    if device.type == "cpu":
+        return bool({"amx_bf16", "avx512_bf16"} & cpu_flags())
+    return False
+
+
+def resolve_precision(name: str, device: torch.device, line_search: bool = False) -> str:
+    """fp32, bf16 or fp16: the network's arithmetic for `precision=name` on `device`.
+
+    `auto` keeps fp32 for a line search: it compares losses along a line, and bf16's rounding
+    (about 0.4% per activation) drowns the small decreases it looks for.
+    """
+    if name == "auto":
+        return "bf16" if native_bf16(device) and not line_search else "fp32"
+    if name == "fp16" and device.type != "cuda":
+        raise NstexpError(
+            f"precision=fp16 needs a CUDA device, not {device.type} (allowed here: auto, fp32, bf16)"
+        )
+    if name == "bf16" and device.type == "mps":
+        raise NstexpError("precision=bf16 is not supported on mps (allowed there: auto, fp32)")
+    return name
+
+
+def resolve_channels_last(setting: bool | None, device: torch.device) -> bool:
+    """channels_last=None (auto): on CUDA, where cuDNN's convolutions prefer it. On the CPUs
+    measured (see the README's benchmark) it changed nothing, so the plain format stays there."""
+    return device.type == "cuda" if setting is None else bool(setting)
+
+
+def configure(device: torch.device) -> None:
+    """CUDA: let cuDNN pick the fastest convolution algorithms for the (fixed) image size, and
+    run fp32 matrix products and convolutions on TF32 tensor cores."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def describe(device: torch.device) -> dict:
+    """What the machine is: device, its model, the flags that decide precision, torch's version."""
+    out = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+           "cpu": cpu_model(), "cpu_bf16": sorted({"amx_bf16", "avx512_bf16"} & cpu_flags()),
+           "native_bf16": native_bf16(device)}
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        out.update(gpu=props.name, gpu_memory_gb=round(props.total_memory / 2**30, 1))
+    return out

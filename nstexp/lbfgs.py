@@ -1,0 +1,125 @@
+"""Batched L-BFGS: B independent problems stepped together, without host synchronisation.
+
+Each sample ``x[b]`` follows, one ``step`` per call, exactly the path of::
+
+    torch.optim.LBFGS([x_b], lr=lr[b], max_iter=1, history_size=m, line_search_fn=None,
+                      tolerance_grad=0, tolerance_change=0)
+
+run alone on it, except for one documented departure (see ``BatchedLBFGS``). Every per-sample
+decision (first step, curvature test, ascent direction, zero gradient, frozen sample) is a mask
+applied with ``torch.where``: nothing reads a tensor value on the host, so on a GPU a whole step
+is enqueued without waiting for the device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+class BatchedLBFGS:
+    """Fixed-step L-BFGS (``max_iter=1``, no line search) over the leading dim of ``x``.
+
+    ``x`` (B, ...) is updated in place by ``step(grad)``, where ``grad`` is the gradient of the
+    summed per-sample losses at the current ``x``. The caller may change ``x`` between steps
+    (e.g. clamp it in place): the curvature pair uses the actual displacement
+    ``s = x_now - x_at_previous_step``, so such a projection is taken into account exactly.
+
+    Departure from torch: the history is a ring of ``history_size`` slots shared by the batch,
+    one slot per step. A pair that a sample rejects (``y.s <= 1e-10``, zero gradient, inactive,
+    or its first step) still takes that sample's slot, stored with ``ro = 0`` so it is a no-op
+    in the two-loop recursion. ``history_size`` therefore counts steps, not accepted pairs: after
+    a rejection, a sample's oldest accepted pair can leave the history earlier than in torch.
+    Without rejections (or while fewer than ``history_size`` steps were taken) the two agree.
+    """
+
+    def __init__(self, x: torch.Tensor, lr: float | Sequence[float] | torch.Tensor,
+                 history_size: int = 100):
+        if not x.is_contiguous():
+            raise ValueError("BatchedLBFGS needs a contiguous x: it updates x through a (B, N) view")
+        if history_size < 1:
+            raise ValueError(f"history_size must be >= 1, got {history_size}")
+        self.x = x
+        B, N = x.shape[0], x[0].numel()
+        opts = {"dtype": x.dtype, "device": x.device}
+        self.lr = torch.as_tensor(lr, **opts).broadcast_to((B,)).clone()  # (B,)
+        self.m = history_size
+        # Ring of curvature pairs; a rejected pair is all-zero with ro = 0 (so it stays finite).
+        self.y_hist = torch.zeros(history_size, B, N, **opts)  # (m, B, N) gradient changes
+        self.s_hist = torch.zeros(history_size, B, N, **opts)  # (m, B, N) displacements
+        self.ro_hist = torch.zeros(history_size, B, **opts)  # (m, B) 1 / (y.s), 0 if rejected
+        # Python ints: they depend only on how many steps were taken, never on values.
+        self.pos = 0  # next slot to write
+        self.count = 0  # filled slots
+        self.steps = 0  # calls to step()
+        self.h_diag = torch.ones(B, **opts)  # (B,) initial inverse-Hessian scale
+        self.started = torch.zeros(B, dtype=torch.bool, device=x.device)  # (B,) torch's n_iter >= 1
+        self.x_prev = torch.zeros(B, N, **opts)  # (B, N) where the previous gradient was taken
+        self.g_prev = torch.zeros(B, N, **opts)  # (B, N) that gradient
+
+    @torch.no_grad()
+    def step(self, grad: torch.Tensor, active: torch.Tensor | None = None) -> None:
+        """One L-BFGS step from the gradient ``grad`` (shape of x) taken at the current ``x``.
+
+        ``active`` (B,) bool: samples marked False neither move nor change their state
+        (their ring slot of this step is filled with a no-op pair, like a rejection).
+        """
+        B = self.x.shape[0]
+        x = self.x.view(B, -1)  # (B, N), shares storage with self.x
+        g = grad.detach().reshape(B, -1).to(x.dtype)  # (B, N)
+        # torch's opt_cond with tolerance_grad=0: an all-zero gradient returns before touching
+        # any state. A NaN gradient is not "optimal" there either, hence `!= 0` (NaN != 0).
+        live = (g != 0).any(-1)  # (B,)
+        if active is not None:
+            live = live & active.to(device=x.device, dtype=torch.bool)
+
+        if self.steps > 0:  # on the very first call no sample has a previous point
+            y = g - self.g_prev  # (B, N)
+            s = x - self.x_prev  # (B, N) actual displacement, clamps included
+            ys = (y * s).sum(-1)  # (B,)
+            # The first step of a sample forms no pair (torch's n_iter == 1 branch).
+            # NaN ys compares False, so a diverged sample rejects its pair.
+            accept = live & self.started & (ys > 1e-10)  # (B,)
+            keep = accept[:, None]
+            self.y_hist[self.pos] = torch.where(keep, y, 0.0)
+            self.s_hist[self.pos] = torch.where(keep, s, 0.0)
+            self.ro_hist[self.pos] = torch.where(accept, 1.0 / ys, 0.0)
+            self.h_diag = torch.where(accept, ys / (y * y).sum(-1), self.h_diag)
+            self.pos = (self.pos + 1) % self.m
+            self.count = min(self.count + 1, self.m)
+
+        # Two-loop recursion over the filled slots, newest first; slots with ro = 0 give
+        # alpha = beta = 0 and leave q / d exactly unchanged, which is how rejection is handled.
+        order = [(self.pos - self.count + i) % self.m for i in range(self.count)]  # oldest first
+        q = g.neg()  # (B, N)
+        alpha = {}
+        # (vecdot and addcmul_ make no temporaries the size of the image.)
+        for i in reversed(order):
+            alpha[i] = torch.linalg.vecdot(self.s_hist[i], q) * self.ro_hist[i]  # (B,)
+            q.addcmul_(alpha[i][:, None], self.y_hist[i], value=-1.0)
+        d = q.mul_(self.h_diag[:, None])  # (B, N)
+        for i in order:
+            beta = torch.linalg.vecdot(self.y_hist[i], d) * self.ro_hist[i]  # (B,)
+            d.addcmul_((alpha[i] - beta)[:, None], self.s_hist[i])
+        # A sample's first step is plain steepest descent (its slots all have ro = 0 and
+        # h_diag = 1, so d is already -g; the where makes it explicit and NaN-proof).
+        first = ~self.started  # (B,)
+        d = torch.where(first[:, None], g.neg(), d)
+
+        # Step length: torch's min(1, 1/||g||_1) * lr on the first step, lr afterwards.
+        t = torch.where(first, torch.clamp(1.0 / g.abs().sum(-1), max=1.0) * self.lr, self.lr)  # (B,)
+        # torch breaks before moving when g.d > -tolerance_change (= 0), but still records the
+        # state below; comparing `> 0` keeps its handling of g.d == 0 and NaN.
+        move = live & ~((g * d).sum(-1) > 0)  # (B,)
+
+        # State of live samples moves to the current point (the start of this step, where grad
+        # was taken); frozen and zero-gradient samples keep theirs.
+        lv = live[:, None]
+        self.x_prev = torch.where(lv, x, self.x_prev)
+        self.g_prev = torch.where(lv, g, self.g_prev)
+        self.started = self.started | live
+        self.steps += 1
+
+        # where (not a product with the mask) so a NaN direction cannot leak into a frozen sample.
+        x.add_(torch.where(move[:, None], t[:, None] * d, 0.0))

@@ -1,0 +1,197 @@
+"""Speed settings keep the results: precision, memory format, checkpointing, compile; the
+memory estimate; no host synchronisation in the loop; `nstexp bench`."""
+
+import json
+import re
+
+import pytest
+import torch
+
+from conftest import tiny_cfg
+from nstexp import hardware, images, memory
+from nstexp.backbone import FeatureExtractor
+from nstexp.config import LBFGSConfig
+from nstexp.engine import optimize
+from nstexp.errors import NstexpError
+from nstexp.objective import Objective
+from nstexp.runner import run
+
+LAYERS = ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu4_2", "relu5_1"]
+
+
+def _photo(size=64):
+    return images.to_tensor(images.resize(images.load_image("sample:chelsea"), (size, size * 3 // 4)))
+
+
+def _objective(**network):
+    extractor = FeatureExtractor("vgg19", "caffe", LAYERS, **network)
+    style = images.to_tensor(images.resize(images.load_image("sample:swirls"), (64, 64)))
+    return Objective(extractor, _photo(), [style], {"relu4_2": 1.0}, {k: 0.2 for k in LAYERS if k != "relu4_2"},
+                     1.0, 1e3, 0.0)
+
+
+def _loss_and_gradient(objective, image):
+    x = image.clone().requires_grad_(True)
+    terms = objective(x)
+    terms.total.sum().backward()
+    return terms, x.grad
+
+
+@pytest.fixture(scope="module")
+def plain():
+    """The fp32, plain-format path on a noisy start (every term non-zero)."""
+    torch.manual_seed(0)
+    start = (_photo() + 0.1 * torch.randn(1, 3, *_photo().shape[-2:])).clamp(0, 1)
+    return start, _loss_and_gradient(_objective(), start)
+
+
+@pytest.mark.parametrize("network", [{"channels_last": True}, {"checkpoint": True},
+                                     {"checkpoint": True, "channels_last": True}])
+def test_memory_format_and_checkpointing_give_the_plain_losses_and_gradients(plain, network):
+    start, (terms, grad) = plain
+    other, other_grad = _loss_and_gradient(_objective(**network), start)
+    for name in terms.style_layers:
+        assert other.style_layers[name].item() == pytest.approx(terms.style_layers[name].item(), rel=1e-4)
+    assert other.total.item() == pytest.approx(terms.total.item(), rel=1e-5)
+    assert torch.allclose(other_grad, grad, rtol=1e-4, atol=1e-6 * grad.abs().max().item())
+
+
+def test_bf16_network_stays_close_to_fp32(plain):
+    start, (terms, grad) = plain
+    low, low_grad = _loss_and_gradient(_objective(precision="bf16"), start)
+    assert low.total.dtype == torch.float32  # the losses are fp32 whatever the network computed in
+    assert low.total.item() == pytest.approx(terms.total.item(), rel=0.03)
+    for name in terms.style_layers:
+        assert low.style_layers[name].item() == pytest.approx(terms.style_layers[name].item(), rel=0.05), name
+    cosine = torch.nn.functional.cosine_similarity(low_grad.flatten(), grad.flatten(), dim=0)
+    assert cosine > 0.98
+
+
+@pytest.mark.slow
+def test_compiled_network_gives_the_plain_losses_and_gradients(plain):
+    start, (terms, grad) = plain
+    compiled, compiled_grad = _loss_and_gradient(_objective(compile=True), start)
+    assert compiled.total.item() == pytest.approx(terms.total.item(), rel=1e-4)
+    assert torch.allclose(compiled_grad, grad, rtol=1e-3, atol=1e-5 * grad.abs().max().item())
+
+
+def test_auto_precision_follows_the_hardware():
+    cpu = torch.device("cpu")
+    native = bool({"amx_bf16", "avx512_bf16"} & set(open("/proc/cpuinfo").read().split()))
+    assert hardware.native_bf16(cpu) == native
+    assert hardware.resolve_precision("auto", cpu) == ("bf16" if native else "fp32")
+    assert hardware.resolve_precision("auto", cpu, line_search=True) == "fp32"
+    assert hardware.resolve_precision("bf16", cpu) == "bf16"
+    with pytest.raises(NstexpError, match=r"^precision=fp16 needs a CUDA device, not cpu \(allowed here: auto, fp32, "
+                                          r"bf16\)$"):
+        hardware.resolve_precision("fp16", cpu)
+
+
+def test_runs_record_their_precision_and_repeat_exactly_in_bf16(tmp_path):
+    a = run(tiny_cfg("precision=bf16", "init=noise", "eval.enabled=false"), str(tmp_path / "a"))
+    b = run(tiny_cfg("precision=bf16", "init=noise", "eval.enabled=false"), str(tmp_path / "b"))
+    assert a["precision"] == b["precision"] == "bf16"
+    assert (tmp_path / "a" / "final.png").read_bytes() == (tmp_path / "b" / "final.png").read_bytes()
+    assert a["final/loss/total"] == b["final/loss/total"]
+    fp32 = run(tiny_cfg("init=noise", "eval.enabled=false"), str(tmp_path / "c"))
+    assert fp32["precision"] == "fp32" and fp32["final/loss/total"] != a["final/loss/total"]
+
+
+def test_fp16_off_cuda_and_unknown_precisions_are_refused_in_one_line(tmp_path):
+    from nstexp.errors import ConfigError
+    from nstexp.validation import validate
+
+    with pytest.raises(NstexpError, match="precision=fp16 needs a CUDA device"):
+        run(tiny_cfg("precision=fp16"), str(tmp_path))
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "failed"
+    with pytest.raises(ConfigError, match=r"precision='fp8' is not allowed \(allowed: auto, fp32, bf16, fp16\)"):
+        validate(tiny_cfg("precision=fp8"))
+
+
+def test_the_estimate_counts_precision_and_checkpointing():
+    cfg = LBFGSConfig()
+    estimates = {}
+    for precision in ("fp32", "bf16"):
+        for ckpt in (False, True):
+            ex = FeatureExtractor("vgg19", "random", LAYERS, precision=precision, checkpoint=ckpt)
+            estimates[precision, ckpt] = memory.estimate_bytes(ex, 1024, 1024, cfg)
+    # The optimizer's state (fp32, the image's size) is the same in every case.
+    assert estimates["bf16", False] < 0.9 * estimates["fp32", False]
+    assert estimates["fp32", True] < 0.95 * estimates["fp32", False]
+    assert estimates["bf16", True] < estimates["bf16", False] < estimates["fp32", False]
+    acts = {p: memory.activation_bytes(FeatureExtractor("vgg19", "random", LAYERS, precision=p), 64, 64)[0]
+            for p in ("fp32", "bf16")}
+    assert acts["bf16"] < 0.75 * acts["fp32"]  # half the bytes, plus fp32 copies of the features the losses read
+
+
+def test_the_largest_size_that_fits_is_the_one_the_refusal_names():
+    ex = FeatureExtractor("vgg19", "random", LAYERS)
+    cfg = LBFGSConfig()
+    have = memory.estimate_bytes(ex, 600, 900, cfg)
+    fits = memory.largest_fitting(ex, 2000, 3000, cfg, have)
+    h = lambda s: (round(2000 * s / 3000), s)  # noqa: E731  (height, width) at longest side s
+    assert memory.estimate_bytes(ex, *h(fits), cfg) <= have < memory.estimate_bytes(ex, *h(fits + 1), cfg)
+    assert 880 <= fits <= 920
+
+
+def test_a_size_too_large_names_the_largest_that_would_fit(tmp_path):
+    with pytest.raises(NstexpError) as info:
+        run(tiny_cfg("size=30000", "steps=0"), str(tmp_path))
+    message = str(info.value)
+    found = re.search(r"size=(\d+) would fit, more with checkpoint=true", message)
+    assert found and "\n" not in message and "precision=fp32" in message
+    with pytest.raises(NstexpError) as info:
+        run(tiny_cfg("size=30000", "steps=0", "checkpoint=true"), str(tmp_path / "ckpt"))
+    more = re.search(r"size=(\d+) would fit", str(info.value))
+    assert int(more[1]) > int(found[1])
+
+
+def test_the_loop_reads_the_losses_only_every_check_every_steps(monkeypatch):
+    """No host synchronisation between reads: nothing converts a tensor to a Python value."""
+    objective = _objective()
+    reads = []
+    original = torch.Tensor.tolist
+
+    def counted(self):
+        reads.append(1)
+        return original(self)
+
+    def refuse(self, *args):
+        raise AssertionError("host synchronisation inside the loop")
+
+    monkeypatch.setattr(torch.Tensor, "tolist", counted)
+    for name in ("item", "__bool__", "__float__", "__int__"):
+        monkeypatch.setattr(torch.Tensor, name, refuse)
+    result = optimize(_photo(), objective, LBFGSConfig(), steps=8, check_every=4)
+    monkeypatch.undo()
+    assert result.status == "completed" and result.steps == 8
+    assert len(reads) == 3  # after steps 4 and 8, and the final measurement
+
+
+def test_bench_reports_every_case_with_its_floor_and_ratios(tmp_path, capsys):
+    from nstexp import bench
+
+    bench.main(["--sizes", "32", "--steps", "2", "--optimizers", "adam", "--precision", "fp32", "bf16",
+                "--no-peer", "--out", str(tmp_path)])
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert report["machine"]["device"] == "cpu" and report["machine"]["cpu"]
+    rows = report["rows"]
+    assert [(r["size"], r["optimizer"], r["precision"]) for r in rows] == [(32, "adam", "fp32"), (32, "adam", "bf16")]
+    for row in rows:
+        assert row["time_per_eval_s"] > 0 and row["floor_s"] > 0
+        assert row["vs_floor"] == pytest.approx(row["time_per_eval_s"] / row["floor_s"])
+        assert row["peak_memory_mb"] > 0 and row["fp32_loss_vs_fp32"] > 0
+    assert rows[0]["fp32_loss_vs_fp32"] == 1.0
+    table = (tmp_path / "bench.md").read_text()
+    assert "| 32 | adam | bf16 |" in table and "× floor" in table
+    assert "| 32 | adam | fp32 |" in capsys.readouterr().out
+
+
+def test_bench_refuses_bad_arguments_in_one_line(capsys):
+    from nstexp import bench
+
+    with pytest.raises(SystemExit) as info:
+        bench.main(["--sizes", "32", "--steps", "2", "--precision", "fp16", "--no-peer"])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: precision=fp16 needs a CUDA device, not cpu (allowed here: auto, fp32, bf16)")
