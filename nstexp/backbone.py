@@ -131,9 +131,13 @@ class FeatureExtractor(nn.Module):
         pools = [i + 1 for i, n in enumerate(self.names) if n.startswith("pool")]
         self.blocks = list(zip([0, *pools], [*pools, depth]))
         self.blocks = [(a, b) for a, b in self.blocks if b > a]
-        # bf16/fp16: the network computes under autocast and hands its features back in fp32, so
-        # the Gram matrices, the losses and everything downstream stay fp32.
+        # bf16/fp16: the convolutions hold their weights in that type once (autocast would cast
+        # them at every call) and the network hands its features back in fp32, so the Gram
+        # matrices, the losses and everything downstream stay fp32.
         self.precision = precision
+        for module in self.features:
+            if isinstance(module, nn.Conv2d):
+                module.to(DTYPES[precision])
         self.channels_last = channels_last
         self.checkpoint = checkpoint
         if channels_last:
@@ -183,24 +187,22 @@ class FeatureExtractor(nn.Module):
         return self._features(self.preprocess(image), wanted)
 
     def _features_eager(self, x: torch.Tensor, wanted: frozenset) -> dict[str, torch.Tensor]:
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = x.to(DTYPES[self.precision], memory_format=torch.channels_last if self.channels_last
+                 else torch.contiguous_format)
         out: dict[str, torch.Tensor] = {}
-        low = self.precision != "fp32"
-        with torch.autocast(x.device.type, dtype=DTYPES[self.precision], enabled=low):
-            for start, stop in self.blocks:
-                names = [n for n in self.names[start:stop] if n in wanted]
-                block = partial(self._block, start, stop, frozenset(names))
-                if self.checkpoint and x.requires_grad:
-                    # Keep only the block's input and the requested features; recompute the rest
-                    # during the backward pass.
-                    x, *feats = checkpoint(block, x, use_reentrant=False)
-                else:
-                    x, *feats = block(x)
-                out.update(zip(names, feats))
-                if len(out) == len(wanted):
-                    break
-        return {k: v.float() for k, v in out.items()} if low else out
+        for start, stop in self.blocks:
+            names = [n for n in self.names[start:stop] if n in wanted]
+            block = partial(self._block, start, stop, frozenset(names))
+            if self.checkpoint and x.requires_grad:
+                # Keep only the block's input and the requested features; recompute the rest
+                # during the backward pass.
+                x, *feats = checkpoint(block, x, use_reentrant=False)
+            else:
+                x, *feats = block(x)
+            out.update(zip(names, feats))
+            if len(out) == len(wanted):
+                break
+        return {k: v.float() for k, v in out.items()}
 
     def _block(self, start: int, stop: int, wanted: frozenset, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Modules start..stop-1 on x: (the block's output, the wanted features in order)."""

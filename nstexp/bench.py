@@ -213,13 +213,14 @@ def bench(sizes: list[int], steps: int, optimizers: list[str], precisions: list[
     return report
 
 
-def _candidates(at: int, target: float, most: int = 8):
-    """keep(step, loss): the image at `at`, and the first `most` whose own loss is within 5% of
-    `target` (low precision's own loss is close to, not equal to, the fp32 loss)."""
+def _candidates(at: int, target: float, most: int = 12):
+    """keep(step, loss): the image at `at`, and the first `most` whose own loss is within 1% of
+    `target` (low precision's own loss is close to, not equal to, the fp32 loss; few images are
+    kept, since they count in the peak memory)."""
     taken = []
 
     def keep(step: int, loss: float) -> bool:
-        if loss <= 1.05 * target and len(taken) < most:
+        if loss <= 1.01 * target and len(taken) < most:
             taken.append(step)
             return True
         return step == at

@@ -101,3 +101,14 @@ def test_style_target_does_not_grow_with_the_style_images_size(norm):
     other = losses.gram_matrix(2 * tiled, norm)
     if norm != "cosine":  # cosine Grams ignore a global scale by design
         assert losses.style_loss(g, other, n=4, normalization=norm).item() > 1e-3
+
+
+def test_the_gram_products_gradient_is_autograds():
+    from nstexp.losses.gram import outer_product
+
+    f = torch.randn(2, 3, 7, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(outer_product, (f,))
+    weights = torch.randn(2, 3, 3, dtype=torch.float64)
+    (ours,) = torch.autograd.grad((outer_product(f) * weights).sum(), f)
+    (plain,) = torch.autograd.grad(((f @ f.transpose(1, 2)) * weights).sum(), f)
+    assert torch.allclose(ours, plain)

@@ -8,6 +8,26 @@ from __future__ import annotations
 import torch
 
 
+class _OuterProduct(torch.autograd.Function):
+    """f fᵀ with one matrix product in the backward pass, (dG + dGᵀ) f, where autograd would
+    make two (one per operand) and add two tensors the size of f."""
+
+    @staticmethod
+    def forward(ctx, f: torch.Tensor) -> torch.Tensor:  # (B, N, M) -> (B, N, N)
+        ctx.save_for_backward(f)
+        return f @ f.transpose(1, 2)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (f,) = ctx.saved_tensors
+        return (grad + grad.transpose(1, 2)) @ f
+
+
+def outer_product(f: torch.Tensor) -> torch.Tensor:
+    """f fᵀ per sample: (B, N, M) -> (B, N, N)."""
+    return _OuterProduct.apply(f)
+
+
 def gram_matrix(features: torch.Tensor, normalization: str = "gatys",
                 guide: torch.Tensor | None = None) -> torch.Tensor:
     """Gram matrices per position; features (B, N, H, W) -> (B, N, N).
@@ -30,7 +50,7 @@ def gram_matrix(features: torch.Tensor, normalization: str = "gatys",
         m = t.pow(2).sum(2, keepdim=True)  # (B or 1, 1, 1)
     if normalization == "cosine":
         f = f / (f.norm(dim=2, keepdim=True) + 1e-8)
-    gram = f @ f.transpose(1, 2)  # (B, N, N)
+    gram = outer_product(f)  # (B, N, N)
     if normalization == "gatys":
         gram = gram / m
     elif normalization == "mean":
