@@ -25,7 +25,8 @@ from omegaconf import DictConfig, OmegaConf
 from nstexp import callbacks, resumable
 from nstexp import config as config_schema
 from nstexp.errors import NstexpError
-from nstexp.runner import run
+from nstexp.job import JobSpec
+from nstexp.runner import run_batch
 from nstexp.sweep_jobs import display_value
 from nstexp.tracking import sweep_group
 from nstexp.validation import validate
@@ -87,6 +88,14 @@ def _group(cfg: DictConfig, hc) -> str | None:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def _hydra_main(cfg: DictConfig) -> None:
+    planned = plan_job(cfg)
+    if planned is not None:
+        _statuses.append(run_jobs([planned[0]], planned[1])[0])
+
+
+def plan_job(cfg: DictConfig) -> tuple[JobSpec, Path | None] | None:
+    """The job Hydra is composing now (inside its job context), with the sweep's stop file; None
+    for a sweep's job that must not run (the sweep was stopped, or resume found it completed)."""
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
     stop_file = None
@@ -94,38 +103,43 @@ def _hydra_main(cfg: DictConfig) -> None:
         stop_file = callbacks.stop_file(hc.sweep.dir)
         if stop_file.exists():
             print(f"job {hc.job.num}: not started, the sweep was stopped", file=sys.stderr)
-            return
+            return None
         if cfg.resume:
             if resumable.completed(out_dir, hc.overrides.task):
                 print(f"job {hc.job.num}: already completed, skipped", file=sys.stderr)
-                return
+                return None
             resumable.clear_attempt(out_dir)
-    _statuses.append(_run_job(cfg, hc, out_dir, stop_file))
+    spec = JobSpec(cfg, str(out_dir), name=_run_name(cfg, hc), group=_group(cfg, hc),
+                   record={"overrides": resumable.job_key(hc.overrides.task)})
+    return spec, stop_file
 
 
-def _run_job(cfg: DictConfig, hc, out_dir: Path, stop_file: Path | None) -> str:
-    """One job; never raises, so one job's failure cannot take a sweep's other jobs or its report along."""
+def run_jobs(specs: list[JobSpec], stop_file: Path | None) -> list[str]:
+    """Jobs that share one batch (one job, except under the batched launcher); never raises, so
+    a failure cannot take a sweep's other jobs or its report along. Returns their statuses."""
     try:
-        summary = run(cfg, str(out_dir), name=_run_name(cfg, hc), group=_group(cfg, hc), stop_file=stop_file,
-                      record={"overrides": resumable.job_key(hc.overrides.task)})
+        summaries = run_batch(specs, stop_file=stop_file)
     except NstexpError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return "failed"
-    except Exception as exc:  # a bug: one line here, the traceback next to the run's summary
-        log = out_dir / "error.log"
-        log.write_text(traceback.format_exc())
-        print(f"error: {type(exc).__name__}: {exc} (unexpected; traceback in {log})", file=sys.stderr)
-        return "failed"
+        return ["failed"] * len(specs)
+    except Exception as exc:  # a bug: one line here, the traceback next to each job's summary
+        for spec in specs:
+            log = Path(spec.out_dir) / "error.log"
+            log.write_text(traceback.format_exc())
+        where = log if len(specs) == 1 else "each job's error.log"
+        print(f"error: {type(exc).__name__}: {exc} (unexpected; traceback in {where})", file=sys.stderr)
+        return ["failed"] * len(specs)
     finally:
         if os.environ.get(PARENT_ENV, str(os.getpid())) != str(os.getpid()):
             # A launcher's worker process between jobs: a Ctrl-C at the terminal reaches it too,
             # and would kill it while idle; the sweep's stop file stops its next job instead.
             signal.signal(signal.SIGINT, signal.SIG_IGN)
-    status = summary["status"]
-    if status == "interrupted" and stop_file is not None:
+    statuses = [summary["status"] for summary in summaries]
+    if "interrupted" in statuses and stop_file is not None:
         stop_file.touch()  # the sweep's other jobs, in any process, stop too
-    print(f"{status}: {out_dir}/final.png", file=sys.stderr)
-    return status
+    for spec, status in zip(specs, statuses):
+        print(f"{status}: {spec.out_dir}/final.png", file=sys.stderr)
+    return statuses
 
 
 def _describe(exc: BaseException, override: str, base: DictConfig) -> str:

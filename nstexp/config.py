@@ -218,6 +218,13 @@ class Config:
 
 
 def register() -> None:
+    # hydra/launcher=batched. Hydra looks for launchers in the `hydra_plugins` package, but
+    # cannot list it in an editable install: register the plugin and its config by hand.
+    from hydra.core.plugins import Plugins
+    from hydra_plugins.nstexp_batched_launcher.batched_launcher import BatchedLauncher
+
+    Plugins.instance().register(BatchedLauncher)
+
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
     cs.store(group="optimizer", name="lbfgs_schema", node=LBFGSConfig)

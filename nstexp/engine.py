@@ -26,16 +26,30 @@ class StepEvent:
     time_s: float  # seconds from the start of `optimize` until `image` existed
     image: torch.Tensor  # (B, 3, H, W), detached
     terms: LossTerms  # of `image`, detached
+    # Per sample: still optimizing. A sample that diverged keeps its place in the batch, but
+    # its image and losses from then on mean nothing. Empty: every sample.
+    active: tuple[bool, ...] = ()
 
 
 @dataclass
 class Result:
-    status: str  # completed | interrupted | diverged
-    image: torch.Tensor  # the last image whose losses were finite, clamped to [0, 1]
+    statuses: list[str]  # per sample: completed | interrupted | diverged
+    image: torch.Tensor  # (B, 3, H, W): each sample's last image whose losses were finite, in [0, 1]
     terms: LossTerms | None  # of `image` itself
-    steps: int
-    evals: int  # every evaluation, the final measurement included
+    sample_steps: list[int]  # per sample: the step that made its image
+    evals: int  # every evaluation (of the whole batch), the final measurement included
     optimizer_state: dict | None = None  # Adam's, to warm-start the next coarse-to-fine level
+    # Per sample: the losses of its image, (1,) each; None for a sample without a finite one.
+    sample_terms: list[LossTerms | None] | None = None
+
+    @property
+    def status(self) -> str:
+        """The run's status: the first sample's (a single run has one)."""
+        return self.statuses[0]
+
+    @property
+    def steps(self) -> int:
+        return self.sample_steps[0]
 
 
 def uses_batched_lbfgs(cfg) -> bool:
@@ -59,6 +73,13 @@ def build_optimizer(params: list[torch.Tensor], cfg) -> torch.optim.Optimizer:
     if cfg.name == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
     raise ValueError(f"unknown optimizer {cfg.name!r}")
+
+
+def _adam(parts: list[torch.Tensor], cfgs: list) -> torch.optim.Adam:
+    """One Adam over every sample, each a parameter group with its own lr, betas and eps: per
+    sample exactly the Adam it would have alone."""
+    groups = [{"params": [p], "lr": c.lr, "betas": tuple(c.betas), "eps": c.eps} for p, c in zip(parts, cfgs)]
+    return torch.optim.Adam(groups)
 
 
 def _tell_lbfgs_the_clamped_step(optimizer: torch.optim.Optimizer, x: torch.Tensor, before: torch.Tensor) -> None:
@@ -116,38 +137,60 @@ def optimize(
 ) -> Result:
     """Optimize the pixels of `image` (B, 3, H, W) for `steps` optimizer steps.
 
-    With `optimizer_cfg.ema` > 0 the images reported (events, result) are the running average
-    of the iterates, while the losses in the events stay those of the iterates the optimizer
-    evaluates (measuring the average too would cost a second evaluation per step); the result's
-    losses are measured on the average itself.
+    The B samples are independent problems (the objective's losses are per sample): each may
+    have its own optimizer settings (`optimizer_cfg` a list of B configs; the name, history size,
+    line search, EMA and loss normalization are shared) and stops alone when its loss stops
+    being finite, while the others go on. A line search or several L-BFGS iterations per step
+    (torch's L-BFGS) need B = 1.
+
+    With `ema` > 0 the images reported (events, result) are the running average of the
+    iterates, while the losses in the events stay those of the iterates the optimizer evaluates
+    (measuring the average too would cost a second evaluation per step); the result's losses
+    are measured on the average itself.
 
     The losses stay on the device: they are read, and events emitted, every `check_every` steps
     (a GPU then never waits for the host in between). A non-finite loss is caught there, and the
-    result is the last image before it.
+    sample's result is its last image before it.
     """
     t0 = time.perf_counter()
-    x = image.detach().clone().contiguous().requires_grad_(True)
-    batched = uses_batched_lbfgs(optimizer_cfg)
+    batch = image.shape[0]
+    cfgs = list(optimizer_cfg) if isinstance(optimizer_cfg, (list, tuple)) else [optimizer_cfg] * batch
+    cfg = cfgs[0]
+    batched = uses_batched_lbfgs(cfg)
     if batched:
-        optimizer = BatchedLBFGS(x, optimizer_cfg.lr, optimizer_cfg.history_size)
+        x = image.detach().clone().contiguous().requires_grad_(True)
+        parts = [x]
+        optimizer = BatchedLBFGS(x, [c.lr for c in cfgs], cfg.history_size)
     else:
-        optimizer = build_optimizer([x], optimizer_cfg)
+        # Adam: a leaf per sample, so that each is a parameter group with its own settings.
+        parts = [image[b:b + 1].detach().clone().requires_grad_(True) for b in range(batch)]
+        if cfg.name == "adam":
+            optimizer = _adam(parts, cfgs)
+        elif batch == 1:
+            optimizer = build_optimizer(parts, cfg)
+        else:
+            raise ValueError("torch's L-BFGS (a line search, or max_iter > 1) optimizes one sample at a time")
         if optimizer_state is not None:
             optimizer.load_state_dict(optimizer_state)
-    decay = float(getattr(optimizer_cfg, "ema", 0.0) or 0.0)
-    average = IterateAverage(x, decay) if decay else None
+
+    def current() -> torch.Tensor:
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    decay = float(getattr(cfg, "ema", 0.0) or 0.0)
+    average = IterateAverage(current(), decay) if decay else None
     evals = 0
     first: dict = {}  # losses of the first evaluation in the current step
     # Per sample: the first loss, when the optimizer works on normalized losses.
     scale: dict = {}
-    normalize = bool(getattr(optimizer_cfg, "normalize_loss", False))
+    normalize = bool(getattr(cfg, "normalize_loss", False))
 
     def evaluate() -> torch.Tensor:
-        """Loss and gradient at x; a sample whose loss is not finite gets a zero gradient (its
-        optimizer then stands still) and is caught at the next check."""
+        """Loss and gradient at the current image; a sample whose loss is not finite gets a zero
+        gradient (its optimizer then stands still) and is caught at the next check."""
         nonlocal evals
-        x.grad = None
-        terms = objective(x)
+        for p in parts:
+            p.grad = None
+        terms = objective(current())
         evals += 1
         if "terms" not in first:
             first["terms"] = _detach(terms)
@@ -159,65 +202,88 @@ def optimize(
             total = total / scale.setdefault("value", first_value)
         loss = torch.where(finite, total, 0.0).sum()
         loss.backward()
-        x.grad = torch.where(finite.view(-1, *[1] * (x.dim() - 1)), x.grad, 0.0)
+        keep = finite.view(-1, 1, 1, 1)
+        if len(parts) == 1:
+            parts[0].grad = torch.where(keep, parts[0].grad, 0.0)
+        else:
+            for b, p in enumerate(parts):
+                p.grad = torch.where(keep[b:b + 1], p.grad, 0.0)
         return loss.detach()
 
     def shown() -> torch.Tensor:
-        """The image to report for the current iterate: itself, or the running average."""
+        """The images to report for the current iterate: itself, or the running average."""
         if average is None:
-            return x.detach().clone()
-        average.update(x)
+            return current().detach().clone()
+        average.update(current())
         return average.get()
 
-    # Steps whose losses are known to the device but not yet read: (step, evals, time, image, terms).
-    unread: list[tuple] = []
-    last_good, last_terms, good_step, measured_itself = x.detach().clone(), None, 0, False
+    active = [True] * batch
+    statuses = ["completed"] * batch
+    frozen = {"mask": None}  # the device copy of `active`, for the batched L-BFGS
+    # Per sample: the last image whose losses were finite, those losses, and its step.
+    good_images = current().detach().clone()
+    good_terms: list[LossTerms | None] = [None] * batch
+    good_steps = [0] * batch
+    measured_itself = [False] * batch  # good_terms[b] are good_images[b]'s own (not an iterate's)
 
-    def read() -> bool:
-        """Read the unread losses (one synchronisation) and emit their events; False at the first
-        non-finite one."""
-        nonlocal last_good, last_terms, good_step, measured_itself
+    def freeze(b: int) -> None:
+        active[b], statuses[b] = False, "diverged"
+        if batched:
+            frozen["mask"] = torch.tensor(active, device=image.device)
+        else:
+            optimizer.param_groups[b]["lr"] = 0.0  # Adam's group of sample b (torch's L-BFGS: the only one)
+
+    # Steps whose losses the device holds but the host has not read: (step, evals, time, image, terms).
+    unread: list[tuple] = []
+
+    def read() -> None:
+        """Read the unread losses (one synchronisation), emit their events, and stop each sample
+        at its first non-finite loss."""
         if not unread:
-            return True
-        ok = torch.stack([torch.isfinite(u[4].total).all() for u in unread]).tolist()
-        for (step, evals_at, t, img, terms), fine in zip(unread, ok):
-            if not fine:
-                unread.clear()
-                return False
-            last_good, last_terms, good_step = img, terms, step
-            measured_itself = average is None  # else these are the iterate's losses, not the average's
-            if on_step is not None:
-                on_step(StepEvent(step, evals_at, t, img, terms))
+            return
+        finite = torch.stack([torch.isfinite(u[4].total) for u in unread]).tolist()  # (K, B)
+        for (step, evals_at, t, img, terms), ok in zip(unread, finite):
+            for b in range(batch):
+                if not active[b]:
+                    continue
+                if not ok[b]:
+                    freeze(b)
+                    continue
+                good_images[b] = img[b]
+                good_terms[b], good_steps[b] = terms.select([b]), step
+                measured_itself[b] = average is None  # else the iterate's losses, not the average's
+            if on_step is not None and any(active):
+                on_step(StepEvent(step, evals_at, t, img, terms, tuple(active)))
         unread.clear()
-        return True
 
     # (step, evals, time, image to report) of the newest iterate, waiting for its losses.
-    pending = (0, 0, 0.0, x.detach().clone())
-    status = "completed"
+    pending = (0, 0, 0.0, current().detach().clone())
+    interrupted = False
     for step in range(1, steps + 1):
         if should_stop():
-            status = "interrupted"
+            interrupted = True
             break
         first.clear()
-        before = x.detach().clone() if clamp == "every_step" and not batched else None
+        before = current().detach().clone() if clamp == "every_step" and not batched else None
         if batched:
             evaluate()
-            optimizer.step(x.grad)
+            optimizer.step(x.grad, frozen["mask"])
         else:
             optimizer.step(evaluate)
         # The step's first evaluation was of the image the previous step left.
         unread.append((*pending, first["terms"]))
         if clamp == "every_step":
             with torch.no_grad():
-                x.clamp_(0.0, 1.0)
-            if before is not None:
-                _tell_lbfgs_the_clamped_step(optimizer, x, before)
+                for p in parts:
+                    p.clamp_(0.0, 1.0)
+            if before is not None and len(parts) == 1:
+                _tell_lbfgs_the_clamped_step(optimizer, parts[0], before)
         pending = (step, evals, time.perf_counter() - t0, shown())
-        if step % check_every == 0 and not read():
-            status = "diverged"
-            break
-    if status != "diverged" and not read():
-        status = "diverged"
+        if step % check_every == 0:
+            read()
+            if not any(active):
+                break
+    read()
 
     def measure(img: torch.Tensor) -> LossTerms:
         nonlocal evals
@@ -226,19 +292,27 @@ def optimize(
         evals += 1
         return terms
 
-    if status != "diverged":
-        # The image the last step left has not been evaluated yet: one forward pass, no gradient.
-        img = pending[3].clamp(0.0, 1.0)
-        terms = measure(img)
-        unread.append((*pending[:3], img, terms))
-        if read():
-            measured_itself = True
-        else:
-            status = "diverged"
-    final = last_good.clamp(0.0, 1.0)
-    if last_terms is not None and not (measured_itself and torch.equal(final, last_good)):
-        # With clamp=at_end the last good image may lie outside [0, 1], and with an average the
-        # losses so far were the iterates': report the losses of the image that is returned.
-        last_terms = measure(final)
+    # The images the samples still running ended with have not been evaluated yet: one forward
+    # pass of the batch, no gradient. Those that diverged end with their last good image.
+    running = list(active)
+    if any(running):
+        img = torch.stack([pending[3][b] if running[b] else good_images[b] for b in range(batch)]).clamp(0.0, 1.0)
+        unread.append((*pending[:3], img, measure(img)))
+        read()
+        for b in range(batch):
+            if running[b] and active[b]:
+                measured_itself[b] = True
+    final = good_images.clamp(0.0, 1.0)
+    stale = [b for b in range(batch) if good_terms[b] is not None
+             and not (measured_itself[b] and torch.equal(final[b], good_images[b]))]
+    if stale:
+        # With clamp=at_end a last good image may lie outside [0, 1], and with an average the
+        # losses so far were the iterates': report the losses of the images that are returned.
+        again = measure(final)
+        for b in stale:
+            good_terms[b] = again.select([b])
+    if interrupted:
+        statuses = ["interrupted" if s == "completed" else s for s in statuses]
+    terms = LossTerms.cat(good_terms) if all(t is not None for t in good_terms) else None
     state = optimizer.state_dict() if isinstance(optimizer, torch.optim.Adam) else None
-    return Result(status, final, last_terms, good_step, evals, state)
+    return Result(statuses, final, terms, good_steps, evals, state, good_terms)

@@ -87,24 +87,26 @@ def load(cfg: DictConfig, size: int, deepest: dict[str, int], device: torch.devi
     return content, styles
 
 
-def memory_check(extractor: FeatureExtractor, cfg, device: torch.device, summary: dict):
-    """A `check_memory` for `load` that refuses what cannot fit and records the estimate."""
+def memory_check(extractor: FeatureExtractor, cfg, device: torch.device, summary: dict, batch: int = 1):
+    """A `check_memory` for `load` that refuses what cannot fit and records the estimate (of a
+    batch of `batch` jobs)."""
 
     def check(content_wh: tuple[int, int], style_whs: list[tuple[int, int]]) -> None:
         w, h = content_wh
-        need = memory.estimate_bytes(extractor, h, w, cfg.optimizer)
+        need = memory.estimate_bytes(extractor, h, w, cfg.optimizer, batch)
         for sw, sh in style_whs:  # style images pass once, without a graph: about their largest activations
             need = max(need, 3 * memory.activation_bytes(extractor, sh, sw)[1])
         # The largest of the sizes checked (a coarse-to-fine run checks each level).
         summary["memory_estimate_mb"] = max(summary.get("memory_estimate_mb", 0.0), need / 2**20)
         have = memory.available_bytes(device)
         if have is not None and need > have:
-            fits = memory.largest_fitting(extractor, h, w, cfg.optimizer, have)
+            fits = memory.largest_fitting(extractor, h, w, cfg.optimizer, have, batch)
             hint = f"size={fits} would fit" if fits else "no size fits"
             if not extractor.checkpoint:
                 hint += ", more with checkpoint=true"
             raise NstexpError(
-                f"size={max(w, h)} (style.scale={cfg.style.scale}, precision={extractor.precision}): needs about "
+                f"size={max(w, h)} (style.scale={cfg.style.scale}, precision={extractor.precision}"
+                f"{f', a batch of {batch} jobs' if batch > 1 else ''}): needs about "
                 f"{need / 2**30:.1f} GiB, {have / 2**30:.1f} GiB available on {device} ({hint}; "
                 "lower size or style.scale)"
             )

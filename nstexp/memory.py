@@ -67,7 +67,7 @@ def estimate_bytes(extractor, height: int, width: int, optimizer_cfg, batch: int
     return int(AUTOGRAD_FACTOR * acts + 2 * largest + weights + state)
 
 
-def largest_fitting(extractor, height: int, width: int, optimizer_cfg, have: int) -> int:
+def largest_fitting(extractor, height: int, width: int, optimizer_cfg, have: int, batch: int = 1) -> int:
     """The largest longest side, with height:width kept, whose estimate fits in `have` bytes
     (0 when not even 16 px fits)."""
     longest = max(height, width)
@@ -75,7 +75,7 @@ def largest_fitting(extractor, height: int, width: int, optimizer_cfg, have: int
     while lo < hi:  # the estimate grows with the size
         mid = (lo + hi + 1) // 2
         h, w = max(1, round(height * mid / longest)), max(1, round(width * mid / longest))
-        if mid >= 16 and estimate_bytes(extractor, h, w, optimizer_cfg) <= have:
+        if mid >= 16 and estimate_bytes(extractor, h, w, optimizer_cfg, batch) <= have:
             lo = mid
         else:
             hi = mid - 1

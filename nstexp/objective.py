@@ -24,6 +24,22 @@ class LossTerms:
     content_layers: dict[str, torch.Tensor]  # unweighted, per layer
     style_layers: dict[str, torch.Tensor]  # unweighted, per layer
 
+    def select(self, samples) -> "LossTerms":
+        """The terms of some samples (an index list, a slice or a bool mask), batch dim kept."""
+        pick = lambda t: t[samples]  # noqa: E731
+        return LossTerms(pick(self.total), pick(self.content), pick(self.style), pick(self.tv),
+                         {k: pick(v) for k, v in self.content_layers.items()},
+                         {k: pick(v) for k, v in self.style_layers.items()})
+
+    @staticmethod
+    def cat(parts: list["LossTerms"]) -> "LossTerms":
+        """Samples of several LossTerms (with the same layers) side by side."""
+        cat = lambda get: torch.cat([get(p) for p in parts])  # noqa: E731
+        return LossTerms(cat(lambda p: p.total), cat(lambda p: p.content), cat(lambda p: p.style),
+                         cat(lambda p: p.tv),
+                         {k: cat(lambda p: p.content_layers[k]) for k in parts[0].content_layers},
+                         {k: cat(lambda p: p.style_layers[k]) for k in parts[0].style_layers})
+
     def as_floats(self, sample: int = 0) -> dict[str, float]:
         """Flat metric names -> Python floats for one sample."""
         out = {
@@ -151,7 +167,10 @@ class Objective:
         return losses.sliced_loss(f, *target, losses.random_directions(n, n, self.generator, f))
 
     def __call__(self, image: torch.Tensor) -> LossTerms:
-        feats = self.extractor(image)
+        return self.terms(self.extractor(image), image)
+
+    def terms(self, feats: dict[str, torch.Tensor], image: torch.Tensor) -> LossTerms:
+        """The loss terms of `image` (B, 3, H, W) whose features the extractor gave as `feats`."""
         zero = image.new_zeros(image.shape[0])
         content_layers = {
             k: losses.content_loss(feats[k], self.content_targets[k], self.content_normalization,
@@ -166,3 +185,22 @@ class Objective:
         style = self.style_weight * sum((w * balanced[k] for k, w in self.style_layers.items()), zero)
         tv = self.tv_weight * losses.tv_loss(image, self.tv_exponent) if self.tv_weight else zero
         return LossTerms(content + style + tv, content, style, tv, content_layers, style_layers)
+
+
+class BatchObjective:
+    """Several jobs' objectives over one batch, sample b for objective b: the network runs once
+    for all of them, each computes its own terms on its own sample's features."""
+
+    def __init__(self, objectives: list[Objective]):
+        self.objectives = objectives
+        self.extractor = objectives[0].extractor
+
+    def __call__(self, image: torch.Tensor) -> LossTerms:
+        feats = self.extractor(image)
+        return LossTerms.cat([obj.terms({k: v[b:b + 1] for k, v in feats.items()}, image[b:b + 1])
+                              for b, obj in enumerate(self.objectives)])
+
+
+def batch_objective(objectives: list[Objective]):
+    """The objective of a batch of jobs: a single job's own, or one forward pass for all."""
+    return objectives[0] if len(objectives) == 1 else BatchObjective(objectives)

@@ -8,13 +8,11 @@ metrics.jsonl, the last good image as final.png and a finished W&B run.
 from __future__ import annotations
 
 import os
-import platform
 import sys
 import time
-from importlib.metadata import PackageNotFoundError, version
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm import tqdm
 
 from nstexp import colour, hardware, inputs, memory, metrics, pyramid, scale_control
@@ -22,30 +20,14 @@ from nstexp.backbone import FeatureExtractor, pools_before
 from nstexp.validation import validate
 from nstexp.engine import StepEvent, optimize
 from nstexp.errors import NstexpError
-from nstexp.objective import Objective
+from nstexp.job import Job, JobSpec
+from nstexp.objective import Objective, batch_objective
 from nstexp.stopping import StopRequest
-from nstexp.tracking import Tracker
 
 # Defaults that depend on the device: a GPU affords larger images and more steps.
 DEFAULT_SIZE = {"cpu": 384, "gpu": 512}
 DEFAULT_STEPS = {"cpu": 400, "gpu": 500}
 DEFAULT_LOG_EVERY = {"cpu": 1, "gpu": 10}
-
-
-def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for pkg in ("nstexp", "torch", "torchvision", "hydra-core", "wandb", "pillow"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "unknown"
-    return out
-
-
-def _log_step(tracker: Tracker, ev: StepEvent, snapshot: bool, extra: dict | None = None, show=None) -> None:
-    """Log a step's metrics, and its image as `show(image)` (what the user sees) when `snapshot`."""
-    metrics = {"step": ev.step, "evals": ev.evals, "time_s": ev.time_s, **(extra or {}), **ev.terms.as_floats()}
-    tracker.log_step(metrics, show(ev.image) if snapshot else None)
 
 
 def _weighted_layers(cfg: DictConfig) -> tuple[dict[str, float], dict[str, float]]:
@@ -113,23 +95,31 @@ def run(cfg: DictConfig, out_dir: str, name: str | None = None, group: str | Non
     raises NstexpError and any other error is re-raised, both after the summary is written.
     `record` adds entries to the summary (the command line records a job's overrides).
     """
+    return run_batch([JobSpec(cfg, out_dir, name, group, record)], stop_file)[0]
+
+
+def run_batch(specs: list[JobSpec], stop_file: str | os.PathLike | None = None) -> list[dict]:
+    """Run jobs that share the network, the images and their sizes (see nstexp.batching) as one
+    batch: one forward and backward pass for all of them per step, each job with its own loss
+    weights, initial image, seed and optimizer settings, and its own outputs exactly as `run`
+    writes them. A job that diverges stops alone; an interruption stops them all. Returns the
+    summaries, in order; set-up errors fail every job, and are raised after the summaries exist.
+    """
     stop = StopRequest(stop_file)
     # Installed before any output exists, so a signal during set-up is also handled.
     with stop.installed():
-        return _run(cfg, out_dir, name or cfg.wandb.name or "run", group, stop, record or {})
+        jobs = [Job(spec) for spec in specs]
+        _run(jobs, stop)
+        return [job.summary for job in jobs]
 
 
-def _run(cfg: DictConfig, out_dir: str, name: str, group: str | None, stop: StopRequest, record: dict) -> dict:
+def _run(jobs: list[Job], stop: StopRequest) -> None:
     t_start = time.perf_counter()
-    config = OmegaConf.to_container(cfg, resolve=True)
-    tracker = Tracker(out_dir, config, cfg.wandb, name=name, group=group)
-    summary: dict = {"status": "failed", "steps": 0, "evals": 0, "seed": cfg.seed, "name": name, **record}
-    final_image = None
-    latest: dict = {}  # the newest step event: the last good image, whatever stops the run
-    warnings: list[str] = []
-    peak = bar = evaluate = None
+    cfg = jobs[0].cfg  # everything but the per-job settings is the same in every job
+    peak = bar = None
     try:
-        validate(cfg)
+        for job in jobs:
+            validate(job.cfg)
         device = hardware.resolve_device(cfg.device)
         line_search = cfg.optimizer.name == "lbfgs" and cfg.optimizer.line_search != "none"
         precision = hardware.resolve_precision(cfg.precision, device, line_search)
@@ -140,139 +130,144 @@ def _run(cfg: DictConfig, out_dir: str, name: str, group: str | None, stop: Stop
         size = cfg.size or DEFAULT_SIZE[kind]
         steps = DEFAULT_STEPS[kind] if cfg.steps is None else cfg.steps
         log_every = cfg.log_every or DEFAULT_LOG_EVERY[kind]
-        summary.update(device=str(device), size=size, precision=precision, channels_last=channels_last)
-        # Log the values actually used, not the "device default" placeholders.
-        config.update(size=size, steps=steps, device=str(device), precision=precision, channels_last=channels_last,
-                      log_every=log_every)
-        torch.manual_seed(cfg.seed)
-        tracker.start()
+        for job in jobs:
+            job.summary.update(device=str(device), size=size, precision=precision, channels_last=channels_last)
+            if len(jobs) > 1:
+                job.summary["batch"] = len(jobs)
+            # Log the values actually used, not the "device default" placeholders.
+            job.config.update(size=size, steps=steps, device=str(device), precision=precision,
+                              channels_last=channels_last, log_every=log_every)
+            torch.manual_seed(job.cfg.seed)
+            job.tracker.start()
 
         layers = {k: v for part in _weighted_layers(cfg) for k, v in part.items()}
         deepest = {layer: pools_before(cfg.backbone.arch, layer) for layer in layers}
         control = cfg.style.scale_control
         extractor = network(cfg, device, precision, channels_last)
-        check = inputs.memory_check(extractor, cfg, device, summary)
+        check = inputs.memory_check(extractor, cfg, device, jobs[0].summary, batch=len(jobs))
         style_image = None  # scale control's, made at the full size and resized for each level
         if control.fine_image:
             t0 = time.perf_counter()
             coarse = inputs.load(cfg, size, deepest, device, [], check)[1][0]
             style_image = scale_control.style_image(extractor, coarse, control, stop)
-            summary["scale_control_time_s"] = time.perf_counter() - t0
-            tracker.save_input("style_target", style_image)
+            for job in jobs:
+                job.summary["scale_control_time_s"] = time.perf_counter() - t0
+                job.tracker.save_input("style_target", style_image)
         # The full size first: it fails early if the last level cannot fit.
+        warnings: list[str] = []
         full = inputs.prepare(cfg, size, deepest, device, warnings, check, style_image)
         for w in warnings:
             print(f"warning: {w}", file=sys.stderr)
-        summary["image_size"] = list(full.content.shape[-2:])
         sizes = pyramid.levels(size, cfg.scales.min, cfg.scales.factor)
         first = cfg.scales.first_steps if cfg.scales.first_steps is not None and len(sizes) > 1 else steps
         level_steps = [first] + [steps] * (len(sizes) - 1)
-        if len(sizes) > 1:
-            summary["levels"] = sizes
-        tracker.log_inputs(full.content, full.styles)
-        mode = cfg.color.preserve
-        every = cfg.snapshot_every if cfg.eval.every is None else cfg.eval.every
-        if cfg.eval.enabled:
-            evaluate = _evaluator(cfg, device, summary)
+        for job in jobs:
+            job.warnings += warnings
+            job.summary["memory_estimate_mb"] = jobs[0].summary["memory_estimate_mb"]
+            job.summary["image_size"] = list(full.content.shape[-2:])
+            if len(sizes) > 1:
+                job.summary["levels"] = sizes
+            job.tracker.log_inputs(full.content, full.styles)
+            if job.cfg.eval.enabled:
+                job.evaluate = _evaluator(job.cfg, device, job.summary)
 
         bar = tqdm(total=sum(level_steps), disable=not cfg.progress, file=sys.stderr, dynamic_ncols=True,
                    unit="step")
-        t_opt = None
-        image = state = result = None
-        done = {"steps": 0, "evals": 0}  # over the levels finished so far
-        try:
-            for level, (level_size, n_steps) in enumerate(zip(sizes, level_steps)):
-                inp = full if level_size == size else inputs.prepare(
-                    cfg, level_size, deepest, device, [], check, style_image)
-                objective = build_objective(cfg, extractor, inp, summary)
-                # What the user sees of an image: in the content's colours, if asked.
-                latest["show"] = show = lambda x, c=inp.colours: colour.present(mode, x, c)  # noqa: E731
-                if image is None:
-                    image = inputs.initial_image(cfg, inp.content, inp.styles)
-                    final_image = show(image)
-                else:
-                    image = pyramid.upsample(image, inp.content.shape[-2:])
-                    # Adam continues with its moments resized; L-BFGS's curvature pairs do not carry over.
-                    state = pyramid.resize_adam_state(state, inp.content.shape[-2:]) if state else None
-                extra = {"level": level, "level_size": level_size} if len(sizes) > 1 else {}
-                # Time runs from the first level's first step; later levels' set-up counts.
-                t_level = 0.0 if t_opt is None else time.perf_counter() - t_opt
-                t_opt = t_opt or time.perf_counter()
-
-                def on_step(ev: StepEvent, level=level, extra=extra, t_level=t_level, show=show) -> None:
-                    # Steps, evals and time run on across the levels.
-                    ev = StepEvent(done["steps"] + ev.step, done["evals"] + ev.evals, t_level + ev.time_s,
-                                   ev.image, ev.terms)
-                    latest["event"], latest["extra"] = ev, extra
-                    if level > 0 and ev.step == done["steps"]:
-                        return  # the upsampled image: the previous level logged this step
-                    snapshot = bool(cfg.snapshot_every) and ev.step % cfg.snapshot_every == 0
-                    last = ev.step == sum(level_steps)
-                    scored = evaluate is not None and ((bool(every) and ev.step % every == 0) or last)
-                    if snapshot or scored or ev.step % log_every == 0 or last:
-                        extra = {**extra, **evaluate(show(ev.image))} if scored else extra
-                        _log_step(tracker, ev, snapshot, extra, show)
-                        latest["logged"] = ev.step
-                        bar.set_postfix(loss=f"{ev.terms.total[0].item():.4g}", refresh=False)
-                    bar.update(ev.step - bar.n)
-
-                result = optimize(image, objective, cfg.optimizer, n_steps, cfg.clamp, on_step, stop, state,
-                                  check_every=log_every)
-                image, state = result.image, result.optimizer_state
-                done["steps"] += result.steps
-                done["evals"] += result.evals
-                if result.status != "completed":
-                    break
-            status, final_image = result.status, show(result.image)
-            summary.update(steps=done["steps"], evals=done["evals"])
-            if result.terms is not None:
-                summary.update({f"final/{k}": v for k, v in result.terms.as_floats().items()})
-        except KeyboardInterrupt:  # a second Ctrl-C: keep what the last step produced
-            status = "interrupted"
-        summary["status"] = status
-        summary["wall_time_s"] = time.perf_counter() - (t_opt or time.perf_counter())
-        if status == "interrupted":
-            print(f"interrupted after step {summary['steps']}; final.png is the last good image", file=sys.stderr)
-        elif status == "diverged":
-            print(f"diverged: non-finite loss after step {summary['steps']}; kept the last good image",
-                  file=sys.stderr)
+        _optimize(jobs, extractor, full, sizes, level_steps, deepest, check, style_image, stop, bar, log_every)
     except NstexpError as exc:
-        summary["error"] = str(exc)
+        for job in jobs:
+            job.summary["error"] = str(exc)
         raise
     except KeyboardInterrupt:
-        summary["status"] = "interrupted"
+        for job in jobs:
+            job.summary["status"] = "interrupted"
     except Exception as exc:
-        summary["error"] = f"{type(exc).__name__}: {exc}"
+        for job in jobs:
+            job.summary["error"] = f"{type(exc).__name__}: {exc}"
         raise
     finally:
         if bar is not None:
             bar.close()
-        if "event" in latest and latest.get("logged") != latest["event"].step:
-            # The last step always has its metrics line.
-            _log_step(tracker, latest["event"], snapshot=False, extra=latest.get("extra"), show=latest.get("show"))
-        if summary["status"] != "completed" and "event" in latest and "final/loss/total" not in summary:
-            # Stopped by an exception or a second Ctrl-C inside a step: the newest image the
-            # optimizer produced, with the losses measured on it, is the last good one.
-            ev = latest["event"]
-            final_image = latest["show"](ev.image.clamp(0.0, 1.0))
-            summary.update(steps=ev.step, evals=ev.evals)
-            if torch.equal(ev.image.clamp(0.0, 1.0), ev.image):  # else its losses are not final.png's
-                summary.update({f"final/{k}": v for k, v in ev.terms.as_floats().items()})
-        if evaluate is not None and final_image is not None:
-            try:  # the yardstick of the image final.png holds, whatever stopped the run
-                summary.update(evaluate(final_image))
-            except Exception as exc:  # never hides what stopped the run
-                warnings.append(f"the metrics could not be computed: {type(exc).__name__}: {exc}")
-        summary.setdefault("wall_time_s", time.perf_counter() - t_start)
-        summary["time_per_eval_s"] = summary["wall_time_s"] / summary["evals"] if summary["evals"] else None
-        summary.update(
-            peak_memory_mb=peak.mb() if peak else None,
-            total_time_s=time.perf_counter() - t_start,
-            warnings=warnings,
-            versions=_versions(),
-        )
-        tracker.finish(summary, final_image)
-    return summary
+        peak_mb = peak.mb() if peak else None
+        for job in jobs:
+            job.close(t_start, peak_mb)
+
+
+def _optimize(jobs: list[Job], extractor: FeatureExtractor, full: inputs.Inputs, sizes: list[int],
+              level_steps: list[int], deepest: dict, check, style_image, stop: StopRequest, bar,
+              log_every: int) -> None:
+    """The coarse-to-fine levels of the jobs still running, one batch per level."""
+    cfg = jobs[0].cfg
+    mode = cfg.color.preserve
+    t_opt = None
+    image = state = None
+    running = list(jobs)
+    try:
+        for level, (level_size, n_steps) in enumerate(zip(sizes, level_steps)):
+            inp = full if level == len(sizes) - 1 else inputs.prepare(
+                cfg, level_size, deepest, device_of(full), [], check, style_image)
+            objective = batch_objective([build_objective(job.cfg, extractor, inp, job.summary) for job in running])
+            # What the user sees of an image: in the content's colours, if asked.
+            show = lambda x, c=inp.colours: colour.present(mode, x, c)  # noqa: E731
+            if image is None:
+                image = torch.cat([inputs.initial_image(job.cfg, inp.content, inp.styles) for job in running])
+                for job, img in zip(running, image):
+                    job.final_image = show(img[None])
+                    job.latest["show"] = show
+            else:
+                image = pyramid.upsample(image, inp.content.shape[-2:])
+                # Adam continues with its moments resized; L-BFGS's curvature pairs do not carry over.
+                state = pyramid.resize_adam_state(state, inp.content.shape[-2:]) if state else None
+            extra = {"level": level, "level_size": level_size} if len(sizes) > 1 else {}
+            # Time runs from the first level's first step; later levels' set-up counts.
+            t_level = 0.0 if t_opt is None else time.perf_counter() - t_opt
+            t_opt = t_opt or time.perf_counter()
+
+            def on_step(ev: StepEvent, level=level, extra=extra, t_level=t_level, show=show) -> None:
+                logged = False
+                for b, job in enumerate(running):
+                    if ev.active and not ev.active[b]:
+                        continue
+                    # Steps, evals and time run on across the levels.
+                    mine = StepEvent(job.done["steps"] + ev.step, job.done["evals"] + ev.evals, t_level + ev.time_s,
+                                     ev.image[b:b + 1], ev.terms.select([b]))
+                    logged |= job.log(mine, level, extra, sum(level_steps), log_every, show)
+                if logged:
+                    bar.set_postfix(loss=f"{ev.terms.total[0].item():.4g}", refresh=False)
+                bar.update(running[0].done["steps"] + ev.step - bar.n)
+
+            result = optimize(image, objective, [job.cfg.optimizer for job in running], n_steps, cfg.clamp,
+                              on_step, stop, state, check_every=log_every)
+            for b, job in enumerate(running):
+                job.done["steps"] += result.sample_steps[b]
+                job.done["evals"] += result.evals
+                job.status = result.statuses[b]
+                job.latest["result"] = (result.image[b:b + 1], result.sample_terms[b])
+            for job in running:
+                if job.status != "completed" or level == len(sizes) - 1:
+                    job.ended(job.status, *job.latest["result"], show)
+            keep = [b for b, job in enumerate(running) if job.status == "completed"]
+            running = [running[b] for b in keep]
+            if not running:
+                break
+            image, state = result.image[keep], result.optimizer_state
+            if state is not None and len(keep) < len(result.statuses):
+                state = _select_adam_state(state, keep)
+    except KeyboardInterrupt:  # a second Ctrl-C: keep what the last step produced
+        for job in running:
+            job.summary["status"] = "interrupted"
+    for job in jobs:
+        job.summary["wall_time_s"] = time.perf_counter() - (t_opt or time.perf_counter())
+
+
+def device_of(inp: inputs.Inputs) -> torch.device:
+    return inp.content.device
+
+
+def _select_adam_state(state: dict, keep: list[int]) -> dict:
+    """Adam's state (a parameter group per job) for the jobs `keep` only."""
+    return {"state": {i: state["state"][b] for i, b in enumerate(keep) if b in state["state"]},
+            "param_groups": [{**state["param_groups"][b], "params": [i]} for i, b in enumerate(keep)]}
 
 
 def _evaluator(cfg: DictConfig, device: torch.device, summary: dict):

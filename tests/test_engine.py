@@ -101,3 +101,51 @@ def test_the_default_lbfgs_follows_torchs_lbfgs_with_the_clamp_correction(monkey
     for a, b in zip(ours, theirs):
         assert torch.allclose(a.image, b.image, atol=1e-4), a.step
         assert a.terms.total.item() == pytest.approx(b.terms.total.item(), rel=1e-3)
+
+
+def _quadratic_per_sample(targets, blow_up_above):
+    """Sample b: sum (x_b - targets[b])^2, infinite once one of its pixels exceeds blow_up_above[b]."""
+    targets = torch.tensor(targets).view(-1, 1, 1, 1)
+    limits = torch.tensor(blow_up_above)
+
+    def objective(x: torch.Tensor) -> LossTerms:
+        loss = (x - targets).pow(2).flatten(1).sum(1)
+        loss = loss + torch.where(x.detach().flatten(1).amax(1) > limits, float("inf"), 0.0)  # no gradient
+        zero = torch.zeros_like(loss)
+        return LossTerms(loss, zero, loss, zero, {}, {"x": loss})
+
+    return objective
+
+
+@pytest.mark.parametrize("name", ["adam", "lbfgs"])
+def test_samples_with_their_own_settings_follow_their_own_runs(name):
+    from nstexp.config import LBFGSConfig
+
+    objective, content = _tiny_style_objective()
+    starts = torch.stack([content[0], content[0].flip(-1)])
+    cfgs = ([AdamConfig(lr=0.02), AdamConfig(lr=0.05, betas=[0.8, 0.99])] if name == "adam"
+            else [LBFGSConfig(lr=1.0), LBFGSConfig(lr=0.5)])
+    together = optimize(starts, objective, cfgs, steps=6)
+    for b in range(2):
+        alone = optimize(starts[b:b + 1], objective, cfgs[b], steps=6)
+        assert together.statuses[b] == "completed"
+        assert torch.allclose(together.image[b], alone.image[0], atol=1e-5), b
+        assert together.sample_terms[b].total.item() == pytest.approx(alone.terms.total.item(), rel=1e-4)
+    assert not torch.allclose(together.image[0], together.image[1].flip(-1), atol=1e-3)  # settings mattered
+
+
+@pytest.mark.parametrize("name", ["adam", "lbfgs"])
+def test_a_sample_that_diverges_stops_alone(name):
+    from nstexp.config import LBFGSConfig
+
+    # Both walk from 0 towards 0.9; the second's loss becomes inf past 0.5.
+    objective = _quadratic_per_sample([0.9, 0.9], [10.0, 0.5])
+    cfg = AdamConfig(lr=0.1) if name == "adam" else LBFGSConfig(lr=0.3, normalize_loss=False)
+    events = []
+    result = optimize(torch.zeros(2, 3, 2, 2), objective, cfg, steps=30, on_step=events.append, check_every=4)
+    assert result.statuses == ["completed", "diverged"]
+    assert result.sample_steps[0] == 30 and 0 < result.sample_steps[1] < 30
+    assert result.image[0].min().item() > 0.85  # the first one went on to its target
+    assert result.image[1].max().item() <= 0.5  # the second kept its last good image
+    assert result.sample_terms[1].total.isfinite().all()
+    assert events[-1].active == (True, False) and events[0].active == (True, True)

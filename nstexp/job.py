@@ -1,0 +1,123 @@
+"""One job's side of a run: its tracker, summary, metrics lines, and whatever ends it.
+
+A run optimizes one job, or a batch of jobs that share the network (`runner.run_batch`);
+each job keeps its own outputs exactly as if it had run alone.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from nstexp.engine import StepEvent
+from nstexp.objective import LossTerms
+from nstexp.tracking import Tracker
+
+
+@dataclass
+class JobSpec:
+    """What a job is: its config and where its outputs go."""
+
+    cfg: DictConfig
+    out_dir: str
+    name: str | None = None
+    group: str | None = None
+    record: dict | None = None  # entries added to the summary (the command line's overrides)
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("nstexp", "torch", "torchvision", "hydra-core", "wandb", "pillow"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "unknown"
+    return out
+
+
+class Job:
+    """A job's tracker, summary and last events. `log` takes its step events; `close` writes
+    what the job ends with, whatever ended it."""
+
+    def __init__(self, spec: JobSpec):
+        self.cfg = spec.cfg
+        self.name = spec.name or spec.cfg.wandb.name or "run"
+        self.config = OmegaConf.to_container(spec.cfg, resolve=True)
+        self.tracker = Tracker(spec.out_dir, self.config, spec.cfg.wandb, name=self.name, group=spec.group)
+        self.summary: dict = {"status": "failed", "steps": 0, "evals": 0, "seed": spec.cfg.seed, "name": self.name,
+                              **(spec.record or {})}
+        self.final_image: torch.Tensor | None = None
+        self.latest: dict = {}  # the newest step event: the last good image, whatever stops the run
+        self.warnings: list[str] = []
+        self.evaluate = None  # the yardstick, once set up
+        self.done = {"steps": 0, "evals": 0}  # over the coarse-to-fine levels finished so far
+        self.status = "completed"  # while it runs
+
+    def log(self, ev: StepEvent, level: int, extra: dict, total_steps: int, log_every: int, show) -> bool:
+        """Take one of this job's step events (steps, evals and time already run on across the
+        levels); returns whether it wrote a metrics line."""
+        cfg = self.cfg
+        self.latest["event"], self.latest["extra"], self.latest["show"] = ev, extra, show
+        if level > 0 and ev.step == self.done["steps"]:
+            return False  # the upsampled image: the previous level logged this step
+        every = cfg.snapshot_every if cfg.eval.every is None else cfg.eval.every
+        snapshot = bool(cfg.snapshot_every) and ev.step % cfg.snapshot_every == 0
+        last = ev.step == total_steps
+        scored = self.evaluate is not None and ((bool(every) and ev.step % every == 0) or last)
+        if not (snapshot or scored or ev.step % log_every == 0 or last):
+            return False
+        extra = {**extra, **self.evaluate(show(ev.image))} if scored else extra
+        self._write(ev, snapshot, extra, show)
+        self.latest["logged"] = ev.step
+        return True
+
+    def _write(self, ev: StepEvent, snapshot: bool, extra: dict | None, show) -> None:
+        """A step's metrics line, and its image as `show(image)` (what the user sees) when `snapshot`."""
+        metrics = {"step": ev.step, "evals": ev.evals, "time_s": ev.time_s, **(extra or {}), **ev.terms.as_floats()}
+        self.tracker.log_step(metrics, show(ev.image) if snapshot else None)
+
+    def ended(self, status: str, image: torch.Tensor, terms: LossTerms | None, show) -> None:
+        """The optimization is over for this job: its status, final image and its losses."""
+        self.summary["status"] = self.status = status
+        self.final_image = show(image)
+        self.summary.update(steps=self.done["steps"], evals=self.done["evals"])
+        if terms is not None:
+            self.summary.update({f"final/{k}": v for k, v in terms.as_floats().items()})
+        prefix = f"{self.name}: " if self.summary.get("batch") else ""
+        if status == "interrupted":
+            print(f"{prefix}interrupted after step {self.summary['steps']}; final.png is the last good image",
+                  file=sys.stderr)
+        elif status == "diverged":
+            print(f"{prefix}diverged: non-finite loss after step {self.summary['steps']}; kept the last good image",
+                  file=sys.stderr)
+
+    def close(self, t_start: float, peak_mb: float | None) -> None:
+        """Write the summary, final.png and the end of the W&B run, whatever stopped the job."""
+        summary, latest = self.summary, self.latest
+        if "event" in latest and latest.get("logged") != latest["event"].step:
+            # The last step always has its metrics line.
+            self._write(latest["event"], snapshot=False, extra=latest.get("extra"), show=latest.get("show"))
+        if summary["status"] != "completed" and "event" in latest and "final/loss/total" not in summary:
+            # Stopped by an exception or a second Ctrl-C inside a step: the newest image the
+            # optimizer produced, with the losses measured on it, is the last good one.
+            ev = latest["event"]
+            self.final_image = latest["show"](ev.image.clamp(0.0, 1.0))
+            summary.update(steps=ev.step, evals=ev.evals)
+            if torch.equal(ev.image.clamp(0.0, 1.0), ev.image):  # else its losses are not final.png's
+                summary.update({f"final/{k}": v for k, v in ev.terms.as_floats().items()})
+        if self.evaluate is not None and self.final_image is not None:
+            try:  # the yardstick of the image final.png holds, whatever stopped the run
+                summary.update(self.evaluate(self.final_image))
+            except Exception as exc:  # never hides what stopped the run
+                self.warnings.append(f"the metrics could not be computed: {type(exc).__name__}: {exc}")
+        summary.setdefault("wall_time_s", time.perf_counter() - t_start)
+        summary["time_per_eval_s"] = summary["wall_time_s"] / summary["evals"] if summary["evals"] else None
+        summary.update(peak_memory_mb=peak_mb, total_time_s=time.perf_counter() - t_start,
+                       warnings=self.warnings, versions=versions())
+        self.tracker.finish(summary, self.final_image)
