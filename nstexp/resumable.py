@@ -44,7 +44,12 @@ def grid(params: dict | None, task: list[str]) -> list[list[str]]:
 
 
 def _command_task(overrides: list[str]) -> list[str]:
-    return [o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/")) and o.split("=", 1)[0] != "resume"]
+    return [o for o in overrides if not _is_hydras(o) and o.split("=", 1)[0] != "resume"]
+
+
+def _is_hydras(override: str) -> bool:
+    """hydra.sweep.dir=..., hydra/launcher=...: Hydra's settings, not the jobs'."""
+    return override.lstrip("+~").startswith(("hydra.", "hydra/"))
 
 
 def _recorded(sweep_dir: Path) -> tuple[list[str], list[list[str]]] | None:
@@ -72,7 +77,7 @@ def plan(overrides: list[str], params: dict | None, root: str = "multirun") -> t
     """
     task = _command_task(overrides)
     jobs = grid(params, task)
-    hydra_args = [o for o in overrides if o.lstrip("+~").startswith(("hydra.", "hydra/")) or o.split("=", 1)[0] == "resume"]
+    hydra_args = [o for o in overrides if _is_hydras(o) or o.split("=", 1)[0] == "resume"]
     named = [o.split("=", 1)[1] for o in overrides if o.startswith("hydra.sweep.dir=")]
     if named:
         recorded = _recorded(Path(named[0]))
