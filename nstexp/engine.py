@@ -16,6 +16,7 @@ import time
 import torch
 
 from nstexp.lbfgs import BatchedLBFGS
+from nstexp.optimizers import IterateAverage, adam, build_optimizer, tell_lbfgs_the_clamped_step, uses_batched_lbfgs
 from nstexp.objective import LossTerms
 
 
@@ -50,69 +51,6 @@ class Result:
     @property
     def steps(self) -> int:
         return self.sample_steps[0]
-
-
-def uses_batched_lbfgs(cfg) -> bool:
-    """L-BFGS with one iteration per step and no line search runs on nstexp.lbfgs: per sample,
-    without host synchronisation. Line searches and several iterations per step use torch's."""
-    return cfg.name == "lbfgs" and cfg.max_iter == 1 and cfg.line_search == "none"
-
-
-def build_optimizer(params: list[torch.Tensor], cfg) -> torch.optim.Optimizer:
-    if cfg.name == "lbfgs":
-        return torch.optim.LBFGS(
-            params,
-            lr=cfg.lr,
-            max_iter=cfg.max_iter,
-            history_size=cfg.history_size,
-            line_search_fn=None if cfg.line_search == "none" else cfg.line_search,
-            # Never stop early on small gradients/changes: the step budget decides.
-            tolerance_grad=0.0,
-            tolerance_change=0.0,
-        )
-    if cfg.name == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
-    raise ValueError(f"unknown optimizer {cfg.name!r}")
-
-
-def _adam(parts: list[torch.Tensor], cfgs: list) -> torch.optim.Adam:
-    """One Adam over every sample, each a parameter group with its own lr, betas and eps: per
-    sample exactly the Adam it would have alone."""
-    groups = [{"params": [p], "lr": c.lr, "betas": tuple(c.betas), "eps": c.eps} for p, c in zip(parts, cfgs)]
-    return torch.optim.Adam(groups)
-
-
-def _tell_lbfgs_the_clamped_step(optimizer: torch.optim.Optimizer, x: torch.Tensor, before: torch.Tensor) -> None:
-    """Make torch's L-BFGS record of its last step (direction d times length t) the step actually taken.
-
-    L-BFGS builds its curvature pairs from s = d * t. Clamping moves the image elsewhere;
-    left uncorrected, the pairs are wrong and the iterates oscillate and degrade. With one
-    iteration per step the correction is exact: s becomes the clamped displacement.
-    (nstexp.lbfgs takes s from the positions themselves, so it needs no correction.)
-    """
-    if not isinstance(optimizer, torch.optim.LBFGS) or optimizer.defaults["max_iter"] != 1:
-        return
-    state = optimizer.state[x]
-    t = state.get("t")
-    if state.get("d") is not None and t:
-        state["d"] = (x.detach() - before).flatten() / t
-
-
-class IterateAverage:
-    """Bias-corrected exponential moving average of the iterates (Polyak-style averaging, as
-    crowsonkb/style-transfer-pytorch does), corrected like Adam's moments: the average of
-    x_0 … x_k with weights (1 - d) d^(k - i), divided by their sum 1 - d^(k + 1)."""
-
-    def __init__(self, x: torch.Tensor, decay: float):
-        self.decay, self.value, self.weight = decay, torch.zeros_like(x), 0.0
-        self.update(x)
-
-    def update(self, x: torch.Tensor) -> None:
-        self.value.mul_(self.decay).add_(x.detach(), alpha=1 - self.decay)
-        self.weight = self.weight * self.decay + (1 - self.decay)
-
-    def get(self) -> torch.Tensor:
-        return self.value / self.weight
 
 
 def _detach(terms: LossTerms) -> LossTerms:
@@ -165,7 +103,7 @@ def optimize(
         # Adam: a leaf per sample, so that each is a parameter group with its own settings.
         parts = [image[b:b + 1].detach().clone().requires_grad_(True) for b in range(batch)]
         if cfg.name == "adam":
-            optimizer = _adam(parts, cfgs)
+            optimizer = adam(parts, cfgs)
         elif batch == 1:
             optimizer = build_optimizer(parts, cfg)
         else:
@@ -277,7 +215,7 @@ def optimize(
                 for p in parts:
                     p.clamp_(0.0, 1.0)
             if before is not None and len(parts) == 1:
-                _tell_lbfgs_the_clamped_step(optimizer, parts[0], before)
+                tell_lbfgs_the_clamped_step(optimizer, parts[0], before)
         pending = (step, evals, time.perf_counter() - t0, shown())
         if step % check_every == 0:
             read()

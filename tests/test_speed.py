@@ -172,7 +172,7 @@ def test_bench_reports_every_case_with_its_floor_and_ratios(tmp_path, capsys):
     from nstexp import bench
 
     bench.main(["--sizes", "32", "--steps", "2", "--optimizers", "adam", "--precision", "fp32", "bf16",
-                "--no-peer", "--out", str(tmp_path)])
+                "--no-peer", "--sweep-jobs", "2", "--sweep-size", "32", "--sweep-steps", "2", "--out", str(tmp_path)])
     report = json.loads((tmp_path / "bench.json").read_text())
     assert report["machine"]["device"] == "cpu" and report["machine"]["cpu"]
     rows = report["rows"]
@@ -185,6 +185,10 @@ def test_bench_reports_every_case_with_its_floor_and_ratios(tmp_path, capsys):
     table = (tmp_path / "bench.md").read_text()
     assert "| 32 | adam | bf16 |" in table and "× floor" in table
     assert "| 32 | adam | fp32 |" in capsys.readouterr().out
+    (sweep,) = report["sweep"]
+    assert (sweep["jobs"], sweep["size"], sweep["steps"], sweep["optimizer"]) == (2, 32, 2, "adam")
+    assert sweep["speedup"] == pytest.approx(sweep["sequential_s"] / sweep["batched_s"])
+    assert "| 2 | 32 | 2 | adam |" in table
 
 
 def test_bench_refuses_bad_arguments_in_one_line(capsys):
