@@ -82,13 +82,16 @@ def group(cfgs: list[DictConfig], batch_size: int | None) -> list[list[int]]:
 
 
 def default_batch_size(cfg: DictConfig, jobs: int) -> int:
-    """As many jobs as the memory estimate fits in 80% of what the device has free (at most
-    MAX_JOBS, and at least 1)."""
+    """On a GPU, as many jobs as the memory estimate fits in 80% of what it has free (at most
+    MAX_JOBS, and at least 1). On a CPU, 1: a CPU is busy with one image already, and batches
+    measured slower there (`nstexp bench --sweep-jobs`; see the README)."""
     from nstexp import hardware, memory
     from nstexp.backbone import FeatureExtractor
     from nstexp.runner import DEFAULT_SIZE, _weighted_layers
 
     device = hardware.resolve_device(cfg.device)
+    if device.type == "cpu":
+        return 1
     have = memory.available_bytes(device)
     if have is None:
         return min(jobs, MAX_JOBS)

@@ -129,9 +129,10 @@ def test_the_largest_size_that_fits_is_the_one_the_refusal_names():
     cfg = LBFGSConfig()
     have = memory.estimate_bytes(ex, 600, 900, cfg)
     fits = memory.largest_fitting(ex, 2000, 3000, cfg, have)
-    h = lambda s: (round(2000 * s / 3000), s)  # noqa: E731  (height, width) at longest side s
-    assert memory.estimate_bytes(ex, *h(fits), cfg) <= have < memory.estimate_bytes(ex, *h(fits + 1), cfg)
-    assert 880 <= fits <= 920
+    h = lambda s: (round(2000 * s / 3000 / 16) * 16, s)  # noqa: E731  (height, width) at longest side s
+    assert fits % 16 == 0
+    assert memory.estimate_bytes(ex, *h(fits), cfg) <= have < memory.estimate_bytes(ex, *h(fits + 16), cfg)
+    assert 880 <= fits <= 928
 
 
 def test_a_size_too_large_names_the_largest_that_would_fit(tmp_path):

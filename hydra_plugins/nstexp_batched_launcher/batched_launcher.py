@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 @dataclass
 class BatchedLauncherConf:
     _target_: str = "hydra_plugins.nstexp_batched_launcher.batched_launcher.BatchedLauncher"
-    # Jobs per batch; None: as many as the memory estimate fits (at most 16).
+    # Jobs per batch; None: on a GPU as many as the memory estimate fits (at most 16), on a CPU 1.
     batch_size: Optional[int] = None
 
 
