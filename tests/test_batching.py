@@ -27,9 +27,11 @@ def test_jobs_that_differ_in_numbers_share_a_batch_and_the_others_do_not():
                                    ["content.weight=0", "optimizer.lr=0.5", "layers.style.relu1_1=0.5"],
                                    ["size=64"], ["optimizer.line_search=strong_wolfe"],
                                    ["layers.style.relu1_1=0"], ["optimizer=adam"], ["optimizer=adam", "seed=2"])]
-    assert batching.group(cfgs, batch_size=None) == [[0, 1, 2], [3], [4], [5], [6, 7]]
+    assert batching.group(cfgs, batch_size=8) == [[0, 1, 2], [3], [4], [5], [6, 7]]
     assert batching.group(cfgs, batch_size=2) == [[0, 1], [2], [3], [4], [5], [6, 7]]
-    text = batching.describe(cfgs, batching.group(cfgs, None))
+    # By default a CPU runs one job at a time: batches measured slower there.
+    assert batching.group(cfgs, batch_size=None) == [[i] for i in range(8)]
+    text = batching.describe(cfgs, batching.group(cfgs, 8))
     assert text.startswith("batched launcher: 8 jobs in 5 batches")
     assert "jobs 0 and 3 differ in size" in text
     assert "job 4 runs alone: its optimizer (a line search or max_iter > 1)" in text
@@ -76,7 +78,7 @@ def test_a_batched_sweep_writes_every_job_as_if_alone(tmp_path, wandb_env):
     sweep = tmp_path / "sweep"
     r = run_cli(["-m", "size=32", "steps=2", "progress=false", "snapshot_every=1", "eval.size=64",
                  "style.weight=1e3,1e5", "seed=0,1", "init=noise", "hydra/launcher=batched",
-                 f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+                 "hydra.launcher.batch_size=4", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "batched launcher: 4 jobs in 1 batch" in r.stderr
     for job in "0123":
@@ -98,7 +100,7 @@ def test_a_batched_sweep_writes_every_job_as_if_alone(tmp_path, wandb_env):
     before = (sweep / "0" / "summary.json").read_text()
     r = run_cli(["-m", "size=32", "steps=2", "progress=false", "snapshot_every=1", "eval.size=64",
                  "style.weight=1e3,1e5", "seed=0,1", "init=noise", "hydra/launcher=batched",
-                 f"hydra.sweep.dir={sweep}", "resume=true"], cwd=tmp_path)
+                 "hydra.launcher.batch_size=4", f"hydra.sweep.dir={sweep}", "resume=true"], cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "batched launcher: 1 job in 1 batch" in r.stderr and "job 0: already completed, skipped" in r.stderr
     assert (sweep / "0" / "summary.json").read_text() == before
@@ -108,7 +110,8 @@ def test_a_batched_sweep_writes_every_job_as_if_alone(tmp_path, wandb_env):
 def test_ctrl_c_stops_every_job_of_the_batch_and_keeps_their_images(tmp_path, wandb_env):
     sweep = tmp_path / "s"
     cmd = [sys.executable, "-m", "nstexp", "-m", "size=32", "steps=100000", "progress=false", "snapshot_every=0",
-           "seed=0,1", "init=noise", "hydra/launcher=batched", f"hydra.sweep.dir={sweep}"]
+           "seed=0,1", "init=noise", "hydra/launcher=batched", "hydra.launcher.batch_size=2",
+           f"hydra.sweep.dir={sweep}"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env={**os.environ}, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     deadline = time.time() + 180

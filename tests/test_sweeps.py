@@ -132,10 +132,27 @@ def test_submitit_local_launcher(tmp_path, wandb_env):
 RESUME = ["-m", "size=32", "steps=2", "progress=false", "snapshot_every=0", "wandb.mode=disabled"]
 
 
-def _cut_off_sweep(tmp_path):
-    """A 3-job sweep as a lost machine leaves it: job 0 completed, job 1 half done, job 2 never started."""
-    r = run_cli([*RESUME, "seed=0,1,2"], cwd=tmp_path)
+@pytest.fixture(scope="module")
+def _finished_sweep(tmp_path_factory):
+    """A finished 3-job sweep (`multirun/` of a folder), run once for the resume tests."""
+    root = tmp_path_factory.mktemp("finished")
+    r = run_cli([*RESUME, "seed=0,1,2"], cwd=root)
     assert r.returncode == 0, r.stderr
+    return root / "multirun"
+
+
+@pytest.fixture
+def _cut_off_sweep(_finished_sweep):
+    """A 3-job sweep as a lost machine leaves it: job 0 completed, job 1 half done, job 2 never started."""
+
+    def make(tmp_path):
+        shutil.copytree(_finished_sweep, tmp_path / "multirun")
+        return _cut_off(tmp_path)
+
+    return make
+
+
+def _cut_off(tmp_path):
     (sweep,) = (tmp_path / "multirun").glob("*/*")
     (sweep / "1" / "summary.json").unlink()
     (sweep / "1" / "final.png").unlink()
@@ -143,7 +160,7 @@ def _cut_off_sweep(tmp_path):
     return sweep
 
 
-def test_resume_reruns_only_unfinished_jobs(tmp_path, wandb_env):
+def test_resume_reruns_only_unfinished_jobs(tmp_path, wandb_env, _cut_off_sweep):
     sweep = _cut_off_sweep(tmp_path)
     before = (sweep / "0" / "summary.json").read_text()
 
@@ -169,7 +186,7 @@ def test_resume_reruns_only_unfinished_jobs(tmp_path, wandb_env):
     assert len(list((tmp_path / "multirun").glob("*/*"))) == 1  # no second sweep directory
 
 
-def test_resume_never_skips_a_job_whose_folder_holds_another_configuration(tmp_path):
+def test_resume_never_skips_a_job_whose_folder_holds_another_configuration(tmp_path, _cut_off_sweep):
     sweep = _cut_off_sweep(tmp_path)
     # Job 0's folder now holds the results of another configuration (seed 7).
     summary = json.loads((sweep / "0" / "summary.json").read_text())
@@ -181,7 +198,7 @@ def test_resume_never_skips_a_job_whose_folder_holds_another_configuration(tmp_p
     assert "seed=0" in json.loads((sweep / "0" / "summary.json").read_text())["overrides"]
 
 
-def test_resume_into_a_sweep_of_another_grid_is_refused(tmp_path):
+def test_resume_into_a_sweep_of_another_grid_is_refused(tmp_path, _cut_off_sweep):
     sweep = _cut_off_sweep(tmp_path)
     before = {p: p.read_bytes() for p in sweep.rglob("*") if p.is_file()}
     r = run_cli([*RESUME, "seed=0,1,3", "resume=true", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
