@@ -225,6 +225,7 @@ def preflight(overrides: list[str]) -> tuple[list[str], dict]:
             grid = _expand([f"{k}={v}" for k, v in params.items() if k not in given])
             _check_group_options(grid)
             expanded += grid
+        _check_batch_size(expanded)
         # Hydra's own settings (launcher, run and sweep dirs) are Hydra's to check.
         expanded = [(t, vals) for t, vals in expanded if not vals[0].lstrip("+~").startswith("hydra")]
         swept = [vals for _, vals in expanded if len(vals) > 1]
@@ -244,6 +245,16 @@ def preflight(overrides: list[str]) -> tuple[list[str], dict]:
                 raise NstexpError(f"{exc} (in the sweep's job {combination})") from None
     GlobalHydra.instance().clear()
     return [vals[0].lstrip("+~").split("=", 1)[0] for _, vals in expanded if len(vals) > 1], params
+
+
+def _check_batch_size(expanded: list[tuple[str, list[str]]]) -> None:
+    """The batched launcher's own setting, in one line rather than Hydra's instantiation error."""
+    for _, vals in expanded:
+        for v in vals:
+            key, _, value = v.lstrip("+~").partition("=")
+            if key == "hydra.launcher.batch_size" and value != "null" and not (value.isdigit() and int(value) >= 1):
+                raise NstexpError(f"hydra.launcher.batch_size={value} must be a whole number >= 1, "
+                                  "or null (chosen from the memory)")
 
 
 _INFO_FLAGS = {"-h", "--help", "--hydra-help", "--info", "-i", "-c", "--cfg", "--shell-completion", "-sc"}

@@ -133,3 +133,13 @@ def test_ctrl_c_stops_every_job_of_the_batch_and_keeps_their_images(tmp_path, wa
         assert (sweep / job / "final.png").is_file()
     runs = find_runs(str(sweep))
     assert len(runs) == 3 and all(r.finished for r in runs)  # 2 jobs and the summary run
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "two"])
+def test_a_bad_batch_size_is_refused_in_one_line(value):
+    from nstexp import cli
+    from nstexp.errors import NstexpError
+
+    with pytest.raises(NstexpError, match=rf"^hydra.launcher.batch_size={value} must be a whole number >= 1, "
+                                          r"or null \(chosen from the memory\)$"):
+        cli.preflight(["seed=0,1", "hydra/launcher=batched", f"hydra.launcher.batch_size={value}"])
