@@ -71,8 +71,8 @@ def native_bf16(device: torch.device) -> bool:
 def resolve_precision(name: str, device: torch.device, line_search: bool = False) -> str:
     """fp32, bf16 or fp16: the network's arithmetic for `precision=name` on `device`.
 
-    `auto` keeps fp32 for a line search: it compares losses along a line, and bf16's rounding
-    (about 0.4% per activation) drowns the small decreases it looks for.
+    `auto` keeps fp32 for a line search, as a precaution: it compares losses along a line, and
+    bf16's rounding (about 0.4% per activation) can drown the small decreases it looks for.
     """
     if name == "auto":
         return "bf16" if native_bf16(device) and not line_search else "fp32"
