@@ -202,7 +202,9 @@ def optimize(
             interrupted = True
             break
         first.clear()
-        before = current().detach().clone() if clamp == "every_step" and not batched else None
+        # torch's L-BFGS needs the start of the step to correct its record of a clamped step.
+        torch_lbfgs = isinstance(optimizer, torch.optim.LBFGS)
+        before = current().detach().clone() if clamp == "every_step" and torch_lbfgs else None
         if batched:
             evaluate()
             optimizer.step(x.grad, frozen["mask"])
