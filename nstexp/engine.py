@@ -36,12 +36,18 @@ class StepEvent:
 class Result:
     statuses: list[str]  # per sample: completed | interrupted | diverged
     image: torch.Tensor  # (B, 3, H, W): each sample's last image whose losses were finite, in [0, 1]
-    terms: LossTerms | None  # of `image` itself
     sample_steps: list[int]  # per sample: the step that made its image
     evals: int  # every evaluation (of the whole batch), the final measurement included
     optimizer_state: dict | None = None  # Adam's, to warm-start the next coarse-to-fine level
     # Per sample: the losses of its image, (1,) each; None for a sample without a finite one.
     sample_terms: list[LossTerms | None] | None = None
+
+    @property
+    def terms(self) -> LossTerms | None:
+        """The losses of `image` itself, every sample's; None if one sample has none."""
+        if self.sample_terms is None or any(t is None for t in self.sample_terms):
+            return None
+        return LossTerms.cat(self.sample_terms)
 
     @property
     def status(self) -> str:
@@ -158,11 +164,11 @@ def optimize(
     active = [True] * batch
     statuses = ["completed"] * batch
     frozen = {"mask": None}  # the device copy of `active`, for the batched L-BFGS
-    # Per sample: the last image whose losses were finite, those losses, and its step.
-    good_images = current().detach().clone()
-    good_terms: list[LossTerms | None] = [None] * batch
-    good_steps = [0] * batch
-    measured_itself = [False] * batch  # good_terms[b] are good_images[b]'s own (not an iterate's)
+    # Per sample: the (whole batch's) images and losses of the step whose losses were last
+    # finite for it, and that step. References, not copies: nothing is copied per step.
+    start = current().detach().clone()
+    good: list[tuple] = [(start, None, 0)] * batch
+    measured_itself = [False] * batch  # the good losses are the good image's own (not an iterate's)
 
     def freeze(b: int) -> None:
         active[b], statuses[b] = False, "diverged"
@@ -187,8 +193,7 @@ def optimize(
                 if not ok[b]:
                     freeze(b)
                     continue
-                good_images[b] = img[b]
-                good_terms[b], good_steps[b] = terms.select([b]), step
+                good[b] = (img, terms, step)
                 measured_itself[b] = average is None  # else the iterate's losses, not the average's
             if on_step is not None and any(active):
                 on_step(StepEvent(step, evals_at, t, img, terms, tuple(active)))
@@ -236,12 +241,14 @@ def optimize(
     # pass of the batch, no gradient. Those that diverged end with their last good image.
     running = list(active)
     if any(running):
-        img = torch.stack([pending[3][b] if running[b] else good_images[b] for b in range(batch)]).clamp(0.0, 1.0)
+        img = torch.stack([pending[3][b] if running[b] else good[b][0][b] for b in range(batch)]).clamp(0.0, 1.0)
         unread.append((*pending[:3], img, measure(img)))
         read()
         for b in range(batch):
             if running[b] and active[b]:
                 measured_itself[b] = True
+    good_images = torch.stack([img[b] for b, (img, _, _) in enumerate(good)])
+    good_terms = [terms.select([b]) if terms is not None else None for b, (_, terms, _) in enumerate(good)]
     final = good_images.clamp(0.0, 1.0)
     stale = [b for b in range(batch) if good_terms[b] is not None
              and not (measured_itself[b] and torch.equal(final[b], good_images[b]))]
@@ -253,6 +260,5 @@ def optimize(
             good_terms[b] = again.select([b])
     if interrupted:
         statuses = ["interrupted" if s == "completed" else s for s in statuses]
-    terms = LossTerms.cat(good_terms) if all(t is not None for t in good_terms) else None
     state = optimizer.state_dict() if isinstance(optimizer, torch.optim.Adam) else None
-    return Result(statuses, final, terms, good_steps, evals, state, good_terms)
+    return Result(statuses, final, [step for _, _, step in good], evals, state, good_terms)

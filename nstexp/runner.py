@@ -205,7 +205,7 @@ def _optimize(jobs: list[Job], extractor: FeatureExtractor, full: inputs.Inputs,
     try:
         for level, (level_size, n_steps) in enumerate(zip(sizes, level_steps)):
             inp = full if level == len(sizes) - 1 else inputs.prepare(
-                cfg, level_size, deepest, device_of(full), [], check, style_image)
+                cfg, level_size, deepest, full.content.device, [], check, style_image)
             objective = batch_objective([build_objective(job.cfg, extractor, inp, job.summary) for job in running])
             # What the user sees of an image: in the content's colours, if asked.
             show = lambda x, c=inp.colours: colour.present(mode, x, c)  # noqa: E731
@@ -258,10 +258,6 @@ def _optimize(jobs: list[Job], extractor: FeatureExtractor, full: inputs.Inputs,
             job.summary["status"] = "interrupted"
     for job in jobs:
         job.summary["wall_time_s"] = time.perf_counter() - (t_opt or time.perf_counter())
-
-
-def device_of(inp: inputs.Inputs) -> torch.device:
-    return inp.content.device
 
 
 def _select_adam_state(state: dict, keep: list[int]) -> dict:
