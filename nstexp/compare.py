@@ -27,7 +27,7 @@ import sys
 
 from PIL import Image, ImageDraw, ImageFont
 
-from nstexp import images, plots
+from nstexp import images, metrics, plots
 from nstexp.sweep_jobs import Job, collect, nested, read_yaml
 from nstexp.errors import NstexpError
 
@@ -44,7 +44,9 @@ TEXT = (0, 0, 0)
 RESULTS = ("status", "steps", "evals", "wall_time_s", *(f"final/{k}" for k in plots.LOSSES))
 # The image-quality metrics of the final image that the tables show, when the jobs logged them.
 EVALS = ("eval/ssim", "eval/content", "eval/style_gram", "eval/style_sw", "eval/colour_style", "eval/tv")
-HIGHER_IS_BETTER = ("eval/ssim",)  # for every other sortable number lower is better
+# Summary numbers that are no image metric but still rank one way: the costs of a run. The
+# final losses (final/loss/...) are what the run minimised; the metrics say for themselves.
+COSTS = ("wall_time_s", "time_per_eval_s", "total_time_s", "peak_memory_mb", "eval_time_s")
 OUTPUTS = {
     "contact_sheet": "contact_sheet.png",
     "loss_curves": "loss_curves.png",
@@ -234,16 +236,28 @@ def table(jobs: list[Job], sweep_dir: str, every_eval: bool = False) -> tuple[li
     return columns(jobs[0].swept, results, ("final_png",)), rows
 
 
-def sort_jobs(jobs: list[Job], key: str) -> list[Job]:
-    """`jobs` best first by their summary's number `key`: lowest first, highest for HIGHER_IS_BETTER; others last.
+def ranking_rule(key: str) -> str | None:
+    """Which way summary number `key` is better (see metrics.BETTER); None where nothing says."""
+    if key.startswith("final/loss/") or key in COSTS:
+        return metrics.LOWER
+    return metrics.better(key)
 
-    NstexpError if no job has a number for `key`.
+
+def sort_jobs(jobs: list[Job], key: str) -> list[Job]:
+    """`jobs` best first by their summary's number `key`, by its ranking rule; jobs without it last.
+
+    NstexpError for a key without a ranking rule, or that no job has a number for.
     """
+    rule = ranking_rule(key)
+    if rule is None:
+        raise NstexpError(f"cannot sort by {key}: no rule says which way it is better (sortable: "
+                          f"{', '.join(metrics.BETTER)}, their per-layer keys, final/loss/..., {', '.join(COSTS)})")
+
     def rank(job: Job) -> tuple[int, float]:
         value = (job.summary or {}).get(key)
         if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value):
             return (1, 0.0)
-        return (0, -value if key in HIGHER_IS_BETTER else value)
+        return (0, metrics.badness(rule, value))
 
     if all(rank(job)[0] for job in jobs):
         raise NstexpError(f"cannot sort by {key}: no job's summary.json has a number for it")
@@ -302,7 +316,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="longest side of each image in the contact sheet, in pixels (default: %(default)s)")
     parser.add_argument("--sort", metavar="KEY",
                         help="order the tables' rows best first by this summary.json number, e.g. eval/style_sw "
-                        "(lowest first; highest first for eval/ssim)")
+                        "(each metric's own rule: lowest first, highest first for eval/ssim, closest to 1 first "
+                        "for eval/tv)")
     args = parser.parse_args(argv)
     try:
         paths = write_report(args.sweep_dir, args.cell, sort=args.sort)

@@ -18,19 +18,27 @@ so any two runs, and images made by other tools, are comparable. Images are (1, 
 - eval/colour_style, eval/colour_content: sliced Wasserstein-2 distance (a root mean square,
   in [0, 1] RGB units) between the result's pixel colours and the style's, or the content's.
 - eval/tv: total variation Σ (Δx)² + (Δy)² of the result over that of the content image:
-  above 1 the result has more high-frequency energy (noise, strokes) than the photo.
+  above 1 the result has more high-frequency energy (noise, strokes) than the photo, below 1
+  it is smoother (blurred). Closer to 1 is better, and a ratio: 0.5 and 2 are equally far off.
+
+Which way each metric is better is part of its definition (`BETTER`); anything that ranks
+results (`nstexp compare --sort`) asks `badness`, never a list of its own.
 """
 
 from __future__ import annotations
 
 import functools
+import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from nstexp import images, losses
-from nstexp.backbone import FeatureExtractor
+
+if TYPE_CHECKING:
+    from nstexp.backbone import FeatureExtractor
 
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 CONTENT_LAYER = "relu4_2"
@@ -43,9 +51,36 @@ DIRECTIONS = {"relu1_1": 256, "relu2_1": 512, "relu3_1": 1024, "relu4_1": 4096, 
 COLOUR_DIRECTIONS = 64
 STRIDE = 16  # relu5_1's total pooling: sides are multiples of it
 
-# What `nstexp compare` shows, and which way is better.
-HEADLINE = {"eval/ssim": "higher", "eval/content": "lower", "eval/style_gram": "lower", "eval/style_sw": "lower",
-            "eval/colour_style": "lower", "eval/colour_content": "lower", "eval/tv": "closer to 1"}
+# Which way each headline metric is better (see the module docstring); a per-layer key
+# (eval/style_sw/relu3_1) is better the way its family is.
+HIGHER, LOWER, NEAR_1 = "higher", "lower", "closer to 1"
+BETTER = {"eval/ssim": HIGHER, "eval/content": LOWER, "eval/style_gram": LOWER, "eval/style_sw": LOWER,
+          "eval/colour_style": LOWER, "eval/colour_content": LOWER, "eval/tv": NEAR_1}
+PER_LAYER = ("eval/style_gram", "eval/style_sw")
+HEADLINE = tuple(BETTER)  # what `nstexp evaluate` prints
+
+
+def better(key: str) -> str | None:
+    """Which way metric `key` is better (HIGHER, LOWER or NEAR_1); None for a key that is no metric."""
+    family, _, layer = key.rpartition("/")
+    if family in PER_LAYER and layer in STYLE_LAYERS:
+        return BETTER[family]
+    return BETTER.get(key)
+
+
+def badness(rule: str, value: float) -> float:
+    """How far `value` is from the best under `rule`: 0 or less is best, the lower the better.
+
+    NEAR_1 measures on a log scale, since the value is a ratio (half and twice as much are
+    equally far off); 0 and below are infinitely far.
+    """
+    if rule == HIGHER:
+        return -value
+    if rule == LOWER:
+        return value
+    if rule == NEAR_1:
+        return abs(math.log(value)) if value > 0 else math.inf
+    raise ValueError(f"unknown ranking rule {rule!r} (allowed: {HIGHER}, {LOWER}, {NEAR_1})")
 
 
 def _resized(image: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
@@ -94,6 +129,9 @@ def _sorted_rows(x: torch.Tensor) -> torch.Tensor:
 @functools.lru_cache(maxsize=2)
 def _network(device: str) -> FeatureExtractor:
     """The metrics' network, loaded once per process and device (a sweep's jobs share it)."""
+    # Imported here: torchvision costs seconds, and `nstexp compare` needs only BETTER.
+    from nstexp.backbone import FeatureExtractor
+
     return FeatureExtractor("vgg19", "caffe", [*STYLE_LAYERS, CONTENT_LAYER]).to(device)
 
 

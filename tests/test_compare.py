@@ -466,6 +466,31 @@ def test_eval_columns_compare_jobs_across_normalizations(tmp_path):
     assert [r["job"] for r in rows] == ["0", "1", "2", "3", "4"]  # unsorted: job order
 
 
+def test_sorting_by_total_variation_puts_the_ratio_closest_to_1_first(tmp_path):
+    """eval/tv is the result's total variation over the photo's: 0.2 is over-smoothed, 1.02 about right."""
+    eval_sweep(tmp_path)
+    tv = {0: 0.2, 1: 1.02, 2: 1.5, 3: 0.9}
+    for num, value in tv.items():
+        update_summary(tmp_path, num, **{"eval/tv": value})
+    rows = read_csv(compare.write_report(str(tmp_path), cell=CELL, sort="eval/tv")["csv"])
+    closest_first = sorted(tv, key=lambda num: abs(tv[num] - 1))
+    assert [r["job"] for r in rows] == [str(num) for num in closest_first] + ["4"]
+
+
+def test_every_sortable_key_has_its_own_ranking_rule(tmp_path):
+    """Each metric ranks by its definition (metrics.BETTER), per-layer keys by their family's."""
+    assert compare.ranking_rule("eval/ssim") == "higher"
+    assert compare.ranking_rule("eval/tv") == "closer to 1"
+    assert compare.ranking_rule("eval/style_sw/relu3_1") == compare.ranking_rule("eval/style_sw") == "lower"
+    assert compare.ranking_rule("final/loss/style") == "lower"
+    for key in compare.EVALS:
+        assert compare.ranking_rule(key) is not None, key
+    # A number without a rule is refused rather than ranked lowest first by default.
+    eval_sweep(tmp_path)
+    with pytest.raises(NstexpError, match=r"cannot sort by steps: no rule says which way it is better"):
+        compare.sort_jobs(compare.collect(str(tmp_path)), "steps")
+
+
 def test_cli_sorts_the_tables_and_refuses_a_key_no_job_has(tmp_path):
     eval_sweep(tmp_path)
     result = _cli(str(tmp_path), "--cell", "32", "--sort", "eval/style_sw")

@@ -69,6 +69,31 @@ def test_a_noisier_image_has_more_total_variation_and_less_ssim(chelsea_swirls):
     assert m["eval/tv"] > 2 and m["eval/ssim"] < 0.9 and m["eval/content"] > 0
 
 
+def test_each_metric_ranks_first_the_image_it_measures_closeness_to(chelsea_swirls):
+    """Every metric's ranking rule (metrics.better) against images whose order is known: the photo
+    is the best content fidelity and the best total variation (a blurred copy has too little,
+    a noisy one too much); the style image is the best style distance."""
+    content, style, evaluator = chelsea_swirls
+    small = torch.nn.functional.interpolate(content, size=evaluator.hw, mode="bilinear", antialias=True)
+    noisy = (small + 0.1 * torch.randn(small.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    blurred = torch.nn.functional.interpolate(torch.nn.functional.avg_pool2d(small, 4), size=evaluator.hw,
+                                              mode="bilinear")
+    candidates = {"photo": content, "noisy": noisy, "blurred": blurred,
+                  "style": torch.nn.functional.interpolate(style, size=evaluator.hw, mode="bilinear", antialias=True)}
+    scores = {name: evaluator(image) for name, image in candidates.items()}
+    assert scores["blurred"]["eval/tv"] < 1 < scores["noisy"]["eval/tv"]
+    expected = {"eval/ssim": "photo", "eval/content": "photo", "eval/colour_content": "photo", "eval/tv": "photo",
+                "eval/style_gram": "style", "eval/style_sw": "style", "eval/colour_style": "style"}
+    expected.update({f"eval/{family}/{layer}": "style" for family in ("style_gram", "style_sw")
+                     for layer in metrics.STYLE_LAYERS})
+    assert set(expected) == set(scores["photo"])  # every key the evaluator gives is checked
+    for key, best in expected.items():
+        rule = metrics.better(key)
+        assert min(scores, key=lambda name: metrics.badness(rule, scores[name][key])) == best, key
+    # The smoothed image is not ranked above the photo for being lower (what "lower is better" would do).
+    assert metrics.badness("closer to 1", 0.2) > metrics.badness("closer to 1", 1.02)
+
+
 def test_metrics_do_not_depend_on_the_size_or_the_seed_much(chelsea_swirls, net):
     content, style, evaluator = chelsea_swirls
     half = torch.nn.functional.interpolate(content, scale_factor=0.5, mode="bilinear", antialias=True)
