@@ -37,11 +37,39 @@ def resolve(spec: str, key: str) -> str:
     return spec
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
-    """Any Pillow mode -> 8-bit RGB; transparency is composited over white."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+# Modes whose values run beyond 8 bits; what white is in them comes from `white`.
+DEEP_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+def white(img: Image.Image) -> float:
+    """The value of white in a deep mode, decided by the mode and the file's declared bit depth,
+    never by the values: a dark 16-bit image (all values <= 255) is still 16-bit.
+
+    F (floating point) holds [0, 1]. I;16* holds 16 bits, and so does I unless the file says
+    otherwise: Pillow reads 16-bit PNG and PPM as I or I;16 (PPM scaled to 0..65535). A TIFF
+    declares its bits per sample and whether they are signed (I is then often 32-bit).
+    """
+    if img.mode == "F":
+        return 1.0
+    bits, signed = 16, False
+    tags = getattr(img, "tag_v2", None)  # TIFF only
+    if tags is not None:
+        declared, sample_format = tags.get(258), tags.get(339)
+        first = lambda v: v[0] if isinstance(v, tuple) else v  # noqa: E731 (per sample, all alike here)
+        bits = first(declared) or bits
+        signed = first(sample_format) == 2
+    return float(2 ** (bits - signed) - 1)
+
+
+def _to_rgb(img: Image.Image, top: float | None = None) -> Image.Image:
+    """Any Pillow mode -> 8-bit RGB; transparency is composited over white.
+
+    `top`: white in a deep mode (see `white`), read off the file before any transpose drops
+    its tags; by default read off `img`.
+    """
+    if img.mode in DEEP_MODES:
         arr = np.asarray(img, dtype=np.float64)
-        top = 1.0 if img.mode == "F" and arr.max() <= 1.0 else (255.0 if arr.max() <= 255 else 65535.0)
+        top = white(img) if top is None else top
         img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
     if img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
@@ -74,9 +102,10 @@ def load_image(spec: str, key: str = "image") -> Image.Image:
             with Image.open(path) as img:
                 if img.width * img.height > MAX_PIXELS:
                     raise Image.DecompressionBombError("too many pixels")
+                top = white(img) if img.mode in DEEP_MODES else None
                 img = ImageOps.exif_transpose(img)
                 img.load()
-                rgb = _to_rgb(img)
+                rgb = _to_rgb(img, top)
                 if not stat.S_ISREG(os.stat(path).st_mode):
                     _PIPES[path] = rgb.copy()
                 return rgb

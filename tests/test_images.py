@@ -7,7 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from nstexp import images
+from conftest import tiny_cfg
+from nstexp import images, inputs, masks, metrics
 from nstexp.errors import NstexpError
 
 
@@ -16,27 +17,67 @@ def _save(img, path, **kw):
     return str(path)
 
 
+def _palette(colour):
+    img = Image.new("P", (8, 8), 1)
+    img.putpalette([0, 0, 0, *colour] + [0] * 762)
+    return img
+
+
+@pytest.mark.parametrize("ext", ["png", "tif"])
 @pytest.mark.parametrize(
-    "mode,color,expected",
+    "mode,make,expected",
     [
-        ("RGB", (10, 20, 30), (10, 20, 30)),
-        ("L", 128, (128, 128, 128)),
-        ("1", 1, (255, 255, 255)),
-        ("RGBA", (255, 0, 0, 0), (255, 255, 255)),  # fully transparent red -> white background
-        ("RGBA", (255, 0, 0, 255), (255, 0, 0)),
-        ("LA", (0, 128), (128, 128, 128)),  # half-transparent black over white
-        ("CMYK", (0, 255, 255, 0), (255, 0, 0)),
+        ("RGB", lambda: Image.new("RGB", (8, 8), (10, 20, 30)), (10, 20, 30)),
+        ("L", lambda: Image.new("L", (8, 8), 128), (128, 128, 128)),
+        ("1", lambda: Image.new("1", (8, 8), 1), (255, 255, 255)),
+        ("P", lambda: _palette((200, 100, 50)), (200, 100, 50)),
+        ("RGBA", lambda: Image.new("RGBA", (8, 8), (255, 0, 0, 0)), (255, 255, 255)),  # transparent -> white
+        ("RGBA", lambda: Image.new("RGBA", (8, 8), (255, 0, 0, 255)), (255, 0, 0)),
+        ("LA", lambda: Image.new("LA", (8, 8), (0, 128)), (128, 128, 128)),  # half-transparent black over white
+        ("CMYK", lambda: Image.new("CMYK", (8, 8), (0, 255, 255, 0)), (255, 0, 0)),
     ],
 )
-def test_modes_become_rgb(tmp_path, mode, color, expected):
-    ext = "jpg" if mode == "CMYK" else "png"
-    if mode == "CMYK":
-        path = _save(Image.new(mode, (8, 8), color), tmp_path / f"x.{ext}", quality=100)
+def test_modes_become_rgb(tmp_path, ext, mode, make, expected):
+    if mode == "CMYK" and ext == "png":  # PNG has no CMYK: JPEG does
+        path = _save(make(), tmp_path / "x.jpg", quality=100)
     else:
-        path = _save(Image.new(mode, (8, 8), color), tmp_path / f"x.{ext}")
+        path = _save(make(), tmp_path / f"x.{ext}")
+    assert Image.open(path).mode == mode  # the file holds the mode under test
     img = images.load_image(path)
     assert img.mode == "RGB"
     assert img.getpixel((4, 4)) == pytest.approx(expected, abs=3)
+
+
+def _deep(mode, values):
+    """A 2 x 1 image of `mode` holding `values`."""
+    if mode == "I;16B":
+        return Image.frombytes(mode, (2, 1), np.array(values, dtype=">u2").tobytes())
+    dtype = {"I;16": np.uint16, "I": np.int32, "F": np.float32}[mode]
+    img = Image.fromarray(np.array([values], dtype=dtype))
+    assert img.mode == mode
+    return img
+
+
+# (mode, format, values, white): white follows from the mode and the depth the file declares.
+DEEP = [
+    ("I;16", "png", [200, 100], 65535),  # a dark 16-bit image: every value <= 255
+    ("I;16", "tif", [200, 100], 65535),
+    ("I;16B", "tif", [200, 100], 65535),
+    ("I;16", "png", [200, 40000], 65535),
+    ("I", "tif", [200, 2**30], 2**31 - 1),  # Pillow writes I as 32-bit signed TIFF
+    ("F", "tif", [0.25, 2.0], 1.0),  # floating point holds [0, 1]; above is white
+]
+
+
+@pytest.mark.parametrize("mode,ext,values,top", DEEP)
+def test_deep_modes_are_scaled_by_their_depth_not_their_values(tmp_path, mode, ext, values, top):
+    """200 of 65535 is nearly black, even when no value in the image is above 255."""
+    path = _save(_deep(mode, values), tmp_path / f"deep.{ext}")
+    assert Image.open(path).mode == mode
+    out = images.load_image(path)
+    for x, value in enumerate(values):
+        grey = min(255.0, value / top * 255)
+        assert out.getpixel((x, 0)) == pytest.approx((grey,) * 3, abs=1), (x, value)
 
 
 def test_palette_with_transparency(tmp_path):
@@ -113,3 +154,22 @@ def test_resize_and_tensor_round_trip():
     assert images.to_pil(t).getpixel((0, 0)) == (255, 0, 51)
     assert images.round_to((384, 255), 16) == (384, 256)
     assert images.round_to((20, 5), 16) == (16, 16)
+
+
+def test_every_reader_of_images_scales_a_dark_16_bit_file_alike(tmp_path):
+    """Inputs, init images, masks and the metrics (what `nstexp evaluate` reads) all read 200 of 65535."""
+    path = _save(Image.fromarray(np.full((48, 64), 200, dtype=np.uint16)), tmp_path / "dark16.png")
+    cpu = torch.device("cpu")
+    cfg = tiny_cfg(f"content.image={path}", f"style.image={path}", "size=64", "init=image", f"init.path={path}")
+    content, styles = inputs.load(cfg, 64, {"relu5_1": 4}, cpu, [], lambda *sizes: None)
+    readers = {
+        "images.load_image": images.to_tensor(images.load_image(path)),
+        "content.image": content,
+        "style.image": styles[0],
+        "init.path": inputs.initial_image(cfg, content, styles),
+        "style.masks": masks.load(path, "style.masks[0]", (64, 48), cpu),
+        "metrics.load": metrics.load(path, "result"),
+    }
+    for name, image in readers.items():
+        assert image.min() == image.max(), name  # flat
+        assert image.max().item() == pytest.approx(200 / 65535, abs=0.5 / 255), name
