@@ -16,14 +16,26 @@ import json
 import os
 import sys
 
-from nstexp import metrics
+from nstexp import images, metrics
 from nstexp.compare import csv_cell, markdown_table
 from nstexp.errors import NstexpError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-# A result whose aspect ratio differs from the content image's by more than this is not of it (runs round
-# their sides to 16 px, which moves a small image's aspect ratio by a few percent).
-ASPECT_TOLERANCE = 0.10
+
+
+def largest_multiple() -> int:
+    """The largest multiple a run rounds its image's sides to: the total pooling before the
+    deepest layer a run can use (nstexp.inputs rounds to that of its own deepest layer)."""
+    from nstexp.backbone import layer_names, pools_before
+    from nstexp.config import ARCHS
+
+    return max(2 ** pools_before(arch, layer) for arch in ARCHS for layer in layer_names(arch))
+
+
+def fits(result_wh: tuple[int, int], content_wh: tuple[int, int], slack: float) -> bool:
+    """Whether the content image, scaled by some factor, has both sides within `slack` px of the result's."""
+    (rw, rh), (cw, ch) = result_wh, content_wh
+    return max((rw - slack) / cw, (rh - slack) / ch) <= min((rw + slack) / cw, (rh + slack) / ch)
 
 
 def expand(specs: list[str]) -> list[str]:
@@ -49,13 +61,18 @@ def evaluate(results: list[str], content: str, style: str, size: int = metrics.R
     """One row of metrics per result image: {"image": path, "eval/...": value}."""
     c = metrics.load(content, "--content", device)
     evaluator = metrics.Evaluator(c, metrics.load(style, "--style", device), size)
+    # A result of this content has its aspect ratio up to the rounding of its sides, which moves
+    # a small image's ratio by several percent (64 px of sample:chelsea: 64x48, 11% off).
+    multiple = largest_multiple()
+    slack = images.rounding_error(multiple)
     rows = []
     for path in results:
         image = metrics.load(path, "result", device)
-        aspect, want = image.shape[-1] / image.shape[-2], c.shape[-1] / c.shape[-2]
-        if abs(aspect / want - 1) > ASPECT_TOLERANCE:
-            raise NstexpError(f"{path}: {image.shape[-1]}x{image.shape[-2]} px does not have the content image's "
-                              f"aspect ratio ({c.shape[-1]}x{c.shape[-2]} px); is it a result of this content?")
+        wh, content_wh = (image.shape[-1], image.shape[-2]), (c.shape[-1], c.shape[-2])
+        if not fits(wh, content_wh, slack):
+            raise NstexpError(f"{path}: {wh[0]}x{wh[1]} px does not have the content image's aspect ratio "
+                              f"({content_wh[0]}x{content_wh[1]} px, up to {slack:g} px per side, what rounding "
+                              f"sides to {multiple} px allows); is it a result of this content?")
         rows.append({"image": path, **evaluator(image)})
     return rows
 

@@ -130,6 +130,13 @@ def round_to(size: tuple[int, int], multiple: int) -> tuple[int, int]:
     return tuple(max(multiple, round(side / multiple) * multiple) for side in size)
 
 
+def rounding_error(multiple: int) -> float:
+    """The most a side of `round_to(fit_longest(size, n), multiple)` can differ from its exact
+    length (the side times n / the longest side), for sides of at least `multiple` px (a run
+    refuses smaller ones): half a pixel from `fit_longest`, half the multiple from `round_to`."""
+    return 0.5 + multiple / 2
+
+
 def resize(img: Image.Image, size: tuple[int, int]) -> Image.Image:
     return img.resize(size, Image.Resampling.LANCZOS) if size != img.size else img
 

@@ -130,6 +130,43 @@ def test_evaluate_command_scores_a_folder_of_images(tmp_path):
         {k: v for k, v in rows[0].items() if k != "image"})
 
 
+def test_the_aspect_tolerance_covers_every_size_a_run_rounds_to():
+    """Brute force over content shapes, sizes and multiples, the way nstexp.inputs sizes a run:
+    `fit_longest`, then sides rounded to a multiple (a run refuses sides below it)."""
+    from nstexp import evaluation
+
+    largest = evaluation.largest_multiple()
+    worst = {}
+    for cw, ch in [(451, 300), (300, 451), (600, 400), (512, 512), (1000, 333), (97, 61), (4000, 2250)]:
+        for n in range(16, 400):
+            for multiple in (1, 2, 4, 8, 16):
+                fitted = images.fit_longest((cw, ch), n)
+                if min(fitted) < multiple:
+                    continue
+                result = images.round_to(fitted, multiple)
+                exact = (cw * n / max(cw, ch), ch * n / max(cw, ch))
+                off = max(abs(r - e) for r, e in zip(result, exact))
+                worst[multiple] = max(worst.get(multiple, 0.0), off)
+                assert off <= images.rounding_error(multiple), (cw, ch, n, multiple)
+                assert evaluation.fits(result, (cw, ch), images.rounding_error(largest)), (cw, ch, n, multiple)
+    # The bound is what rounding does, not a loose guess: the worst case comes within a pixel of it.
+    assert all(worst[m] > images.rounding_error(m) - 1 for m in worst)
+    assert not evaluation.fits((64, 64), (451, 300), images.rounding_error(largest))
+
+
+def test_evaluate_accepts_a_small_result_of_the_harness(tmp_path):
+    """64 px of sample:chelsea (451 x 300) is 64 x 48 after rounding to 16 px: 11% off the photo's ratio."""
+    from nstexp import evaluation
+
+    _, summary = nstexp.stylize("sample:chelsea", "sample:swirls", out_dir=str(tmp_path), size=64, steps=1,
+                                **{"eval.enabled": False})
+    final = str(tmp_path / "final.png")
+    (w, h), (cw, ch) = Image.open(final).size, images.load_image("sample:chelsea").size
+    assert abs((w / h) / (cw / ch) - 1) > 0.10  # the case a fixed 10% refused
+    (row,) = evaluation.evaluate([final], "sample:chelsea", "sample:swirls", size=64)
+    assert row["image"] == final and 0 < row["eval/ssim"] < 1
+
+
 @pytest.mark.parametrize("args,message", [
     (["nope.png"], "result=nope.png: file not found"),
     (["wide.png"], "wide.png: 90x20 px does not have the content image's aspect ratio"),
