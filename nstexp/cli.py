@@ -247,6 +247,16 @@ def preflight(overrides: list[str]) -> tuple[list[str], dict]:
     return [vals[0].lstrip("+~").split("=", 1)[0] for _, vals in expanded if len(vals) > 1], params
 
 
+def compose_job(overrides: list[str]) -> DictConfig:
+    """The config a job with these overrides runs, as Hydra composes it (without Hydra's own node)."""
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            return compose(config_name="config", overrides=list(overrides))
+    finally:
+        GlobalHydra.instance().clear()
+
+
 def _check_batch_size(expanded: list[tuple[str, list[str]]]) -> None:
     """The batched launcher's own setting, in one line rather than Hydra's instantiation error."""
     for _, vals in expanded:
@@ -292,6 +302,7 @@ def main() -> None:
                     planned = resumable.plan(parsed.overrides, params)
                     if planned is not None:
                         sweep_dir, overrides = planned
+                        resumable.check_configs(sweep_dir, compose_job)
                         print(f"resuming {sweep_dir}", file=sys.stderr)
                         # The sweep's own overrides, in its order: job numbers meet their folders.
                         flags = [a for a in args if a not in parsed.overrides]

@@ -4,7 +4,8 @@ A job is skipped only when its summary.json says `completed` *and* records the s
 overrides as the job that would run now; anything else (interrupted, diverged, failed, no
 summary because the machine was lost, or another configuration's results) runs again from
 scratch in the same job directory. A sweep directory whose grid differs from the command's
-is refused before anything runs.
+is refused before anything runs, and so is one where a completed job ran another config
+than it would now (a sweep file's fixed values or a preset changed since: `check_configs`).
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Callable
 
-from omegaconf import OmegaConf
+import yaml
+from omegaconf import DictConfig, OmegaConf
 
 from nstexp.errors import NstexpError
 from nstexp.tracking import clear_outputs
@@ -21,6 +24,10 @@ from nstexp.tracking import clear_outputs
 _TRUE = {"true", "True", "yes", "1", "on"}
 # Overrides that say how to run a sweep, not what a job computes.
 _NOT_A_SETTING = ("resume",)
+# Config keys that say how a job is run or watched, not what it computes: how often it logs,
+# snapshots or scores its image along the way, its progress bar and W&B. A completed job whose
+# config differs only in these still holds this job's results.
+NOT_RESULTS = ("resume", "progress", "wandb", "log_every", "snapshot_every", "eval.every")
 
 
 def requested(overrides: list[str]) -> bool:
@@ -113,3 +120,64 @@ def clear_attempt(job_dir: Path) -> None:
     """Remove what an unfinished attempt left, its W&B run included, so the rerun stands alone."""
     clear_outputs(str(job_dir))
     shutil.rmtree(job_dir / "wandb", ignore_errors=True)
+
+
+def _without(config: dict, keys=NOT_RESULTS) -> dict:
+    config = json.loads(json.dumps(config))  # a deep copy of plain YAML data
+    for dotted in keys:
+        *parents, leaf = dotted.split(".")
+        node = config
+        for p in parents:
+            node = node.get(p) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return config
+
+
+_ABSENT = "(absent)"  # a key one of two configs lacks
+
+
+def differences(old, new, prefix: str = "") -> list[tuple[str, object, object]]:
+    """(dotted key, old value, new value) wherever two configs (plain data) differ."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in dict.fromkeys([*old, *new]):
+            out += differences(old.get(k, _ABSENT), new.get(k, _ABSENT), f"{prefix}{k}.")
+        return out
+    return [] if old == new else [(prefix.rstrip("."), old, new)]
+
+
+def check_configs(sweep_dir: str, compose: Callable[[list[str]], DictConfig]) -> None:
+    """Refuse to resume when a completed job's folder ran another config than the job would now.
+
+    What a job ran is its folder's .hydra/config.yaml (Hydra writes it as the job starts, so
+    it is read here, before any job of this attempt starts); what it would run is its
+    overrides composed now (`compose`), which a changed sweep file or preset makes different
+    even when the overrides are the same. NOT_RESULTS do not count. Raises NstexpError.
+    """
+    from nstexp.sweep_jobs import job_dirs
+
+    recorded = _recorded(Path(sweep_dir))
+    if recorded is None:
+        return
+    jobs = recorded[1]
+    for num, path in job_dirs(sweep_dir):
+        if not 0 <= num < len(jobs) or not completed(Path(path), jobs[num]):
+            continue  # rerun from scratch anyway
+        try:
+            old = yaml.safe_load((Path(path) / ".hydra" / "config.yaml").read_text())
+        except (OSError, yaml.YAMLError):
+            old = None
+        if not isinstance(old, dict):
+            raise NstexpError(f"resume=true: job {num} ({path}) completed, but its .hydra/config.yaml cannot be read, "
+                              "so what it ran is unknown; run without resume=true to start a new sweep")
+        new = yaml.safe_load(OmegaConf.to_yaml(compose(jobs[num])))
+        changed = differences(_without(old), _without(new))
+        if changed:
+            key, was, now = changed[0]
+            more = f"; {len(changed) - 1} more keys differ" if len(changed) > 1 else ""
+            raise NstexpError(
+                f"resume=true: job {num} ({path}) completed with {key}={json.dumps(was)}, this command would run "
+                f"{key}={json.dumps(now)} (a sweep file or preset changed since{more}); "
+                "run without resume=true to start a new sweep, or restore the old values"
+            )

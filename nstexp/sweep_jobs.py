@@ -61,7 +61,7 @@ class Job:
 def collect(sweep_dir: str) -> list[Job]:
     """Read every job of the sweep in `sweep_dir` in job-number order; NstexpError if it is not a sweep folder.
 
-    A sweep folder is one holding Hydra's multirun.yaml; its jobs are the folders found by `_job_dirs`.
+    A sweep folder is one holding Hydra's multirun.yaml; its jobs are the folders found by `job_dirs`.
     """
     if not os.path.isdir(sweep_dir):
         raise NstexpError(f"{sweep_dir}: not a directory")
@@ -69,7 +69,7 @@ def collect(sweep_dir: str) -> list[Job]:
     if not os.path.isfile(multirun_yaml):
         raise NstexpError(f"{sweep_dir}: no multirun.yaml, so not a Hydra multirun sweep folder")
     multirun = read_yaml(multirun_yaml)
-    jobs = [_read_job(path, num) for num, path in _job_dirs(sweep_dir)]
+    jobs = [_read_job(path, num) for num, path in job_dirs(sweep_dir)]
     # Jobs the sweep planned but never started (cut off, or still queued) are listed too.
     started = {job.num for job in jobs}
     # Their folder is only known when its name is the job number, Hydra's default subdir.
@@ -88,7 +88,7 @@ def collect(sweep_dir: str) -> list[Job]:
     return jobs
 
 
-def _job_dirs(sweep_dir: str) -> list[tuple[int, str]]:
+def job_dirs(sweep_dir: str) -> list[tuple[int, str]]:
     """(job number, folder) of every job folder below `sweep_dir`, sorted.
 
     A job folder is one holding .hydra/hydra.yaml, at any depth: hydra.sweep.subdir can name

@@ -198,6 +198,56 @@ def test_resume_never_skips_a_job_whose_folder_holds_another_configuration(tmp_p
     assert "seed=0" in json.loads((sweep / "0" / "summary.json").read_text())["overrides"]
 
 
+def _edit_recorded_config(job_dir, edit):
+    """Change what job_dir's .hydra/config.yaml says the job ran, as an older preset or sweep file would have."""
+    path = job_dir / ".hydra" / "config.yaml"
+    config = yaml.safe_load(path.read_text())
+    edit(config)
+    path.write_text(yaml.safe_dump(config))
+
+
+def test_resume_refuses_when_a_completed_job_ran_another_config(tmp_path, _cut_off_sweep):
+    """The same overrides, but the `paper` layer preset weighed relu1_1 otherwise when job 0 ran."""
+    sweep = _cut_off_sweep(tmp_path)
+    _edit_recorded_config(sweep / "0", lambda c: c["layers"]["style"].update(relu1_1=0.5))
+    before = {p: p.read_bytes() for p in sweep.rglob("*") if p.is_file()}
+    r = run_cli([*RESUME, "seed=0,1,2", "resume=true"], cwd=tmp_path)
+    assert r.returncode == 2
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith(f"error: resume=true: job 0 (multirun/{sweep.parent.name}/{sweep.name}/0) completed "
+                           "with layers.style.relu1_1=0.5, this command would run layers.style.relu1_1=0.2")
+    assert "run without resume=true" in line
+    assert {p: p.read_bytes() for p in sweep.rglob("*") if p.is_file()} == before  # nothing touched
+
+
+def test_resume_compares_the_whole_config_but_not_how_a_job_is_watched(tmp_path, _cut_off_sweep):
+    from nstexp import resumable
+    from nstexp.errors import NstexpError
+
+    sweep = _cut_off_sweep(tmp_path)
+    recorded = sweep / "0" / ".hydra" / "config.yaml"
+    original = recorded.read_text()
+    resumable.check_configs(str(sweep), cli.compose_job)  # as the sweep left it: what it would run now
+
+    def watched_otherwise(config):
+        config.update(progress=True, log_every=5, snapshot_every=7, resume=True)
+        config["wandb"].update(mode="offline", project="elsewhere")
+        config["eval"]["every"] = 3
+
+    _edit_recorded_config(sweep / "0", watched_otherwise)
+    resumable.check_configs(str(sweep), cli.compose_job)  # none of these changes a result
+    # A job that did not complete is rerun from scratch whatever it ran.
+    _edit_recorded_config(sweep / "1", lambda c: c.update(steps=9))
+    resumable.check_configs(str(sweep), cli.compose_job)
+    for edit, key in [(lambda c: c.update(steps=9), "steps"), (lambda c: c["eval"].update(size=128), "eval.size"),
+                      (lambda c: c["optimizer"].update(history_size=3), "optimizer.history_size"),
+                      (lambda c: c.update(new_key=1), "new_key")]:
+        recorded.write_text(original)
+        _edit_recorded_config(sweep / "0", edit)
+        with pytest.raises(NstexpError, match=rf"job 0 \(.*\) completed with {key}="):
+            resumable.check_configs(str(sweep), cli.compose_job)
+
+
 def test_resume_into_a_sweep_of_another_grid_is_refused(tmp_path, _cut_off_sweep):
     sweep = _cut_off_sweep(tmp_path)
     before = {p: p.read_bytes() for p in sweep.rglob("*") if p.is_file()}
