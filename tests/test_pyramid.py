@@ -1,14 +1,13 @@
 """Coarse-to-fine: the levels, what carries over between them, and a run across them."""
 
 import json
-import threading
-import time
+import os
 
 import pytest
 import torch
 from PIL import Image
 
-from nstexp import pyramid
+from nstexp import images, pyramid
 from nstexp.config import AdamConfig
 from nstexp.engine import optimize
 from test_engine import _quadratic
@@ -57,32 +56,43 @@ def test_a_run_across_levels(tmp_path, optimizer):
     assert [r["level"] for r in rows] == [0] * 5 + [1] * 3 + [2] * 3
     assert rows == sorted(rows, key=lambda r: (r["evals"], r["time_s"]))
     assert summary["evals"] == 4 + 3 + 3 + 3  # each level measures its last image once more
-    # Each level's sides are rounded to the pooling stride (16), as a single level's are.
-    assert Image.open(tmp_path / "final.png").size == tuple(summary["image_size"][::-1]) == (64, 48)
-    assert max(Image.open(tmp_path / "snapshots" / "step_000002.png").size) == 32
-    assert max(Image.open(tmp_path / "snapshots" / "step_000006.png").size) == 48  # 45, rounded
+    # Each level's sides are rounded to the pooling stride (16), as a single level's are: the
+    # photo scaled to each level's size, then each side to the nearest multiple of 16.
+    width, height = images.load_image("sample:chelsea").size
+    rounded = lambda side: 16 * round(side / 16)  # noqa: E731
+    assert Image.open(tmp_path / "final.png").size == tuple(summary["image_size"][::-1]) == (
+        rounded(64), rounded(round(64 * height / width)))
+    assert max(Image.open(tmp_path / "snapshots" / "step_000002.png").size) == rounded(32)
+    assert max(Image.open(tmp_path / "snapshots" / "step_000006.png").size) == rounded(45)
     assert summary["final/loss/total"] == rows[-1]["loss/total"]
 
 
+class _StopOnceLevel1Logs(os.PathLike):
+    """The path of a sweep's stop file that appears once metrics.jsonl has a level-1 row.
+
+    The run looks for its stop file before every step (`os.path.exists`, which asks this path),
+    so it stops at the step after level 1 logs its first row, on any machine: an event, not a
+    watcher racing the run against a clock.
+    """
+
+    def __init__(self, path, metrics):
+        self.path, self.metrics = path, metrics
+
+    def __fspath__(self):
+        if not self.path.exists() and self.metrics.exists():
+            if any(json.loads(line).get("level") == 1 for line in self.metrics.read_text().splitlines()):
+                self.path.touch()
+        return str(self.path)
+
+
 def test_interrupting_a_later_level_keeps_its_image(tmp_path):
-    stop = tmp_path / "stop"
     out = tmp_path / "out"
-
-    def stop_in_level_1():  # as a sweep's stop file would, once level 1 has logged a step
-        deadline = time.time() + 60
-        while time.time() < deadline and not stop.exists():
-            try:
-                if any(json.loads(line).get("level") == 1 for line in open(out / "metrics.jsonl")):
-                    stop.touch()
-            except (OSError, ValueError):
-                pass
-            time.sleep(0.01)
-
-    watcher = threading.Thread(target=stop_in_level_1)
-    watcher.start()
-    summary = run(_cfg("size=64", "steps=200", "scales.min=32", "optimizer=adam"), str(out), stop_file=stop)
-    watcher.join()
-    assert summary["status"] == "interrupted"
-    assert 200 < summary["steps"] < 400
-    assert max(Image.open(out / "final.png").size) == 48  # the level it was working at (45, rounded)
-    assert _rows(out)[-1]["step"] == summary["steps"]
+    stop = _StopOnceLevel1Logs(tmp_path / "stop", out / "metrics.jsonl")
+    summary = run(_cfg("size=64", "steps=3", "scales.min=32", "optimizer=adam"), str(out), stop_file=stop)
+    assert summary["status"] == "interrupted" and (tmp_path / "stop").exists()
+    rows = _rows(out)
+    first_of_level_1 = next(r["step"] for r in rows if r["level"] == 1)
+    assert 3 < first_of_level_1 <= summary["steps"] < 3 + 3  # stopped inside level 1, before its end
+    assert rows[-1]["step"] == summary["steps"]
+    # The image of the level it was working at: its size, rounded to the stride (16).
+    assert max(Image.open(out / "final.png").size) == 16 * round(summary["levels"][1] / 16)
