@@ -10,7 +10,7 @@ from PIL import Image
 from conftest import TINY as CLI_TINY
 from conftest import run_cli
 from conftest import tiny_cfg as _cfg
-from nstexp import colour, images, scale_control
+from nstexp import colour, images, inputs, scale_control
 from nstexp.backbone import FeatureExtractor
 from nstexp.objective import Objective
 from nstexp.runner import run
@@ -42,12 +42,19 @@ def test_every_colour_mode_runs_with_blended_styles_and_scales(tmp_path, mode):
         assert (yiq_first[:, 1:] - colour.rgb_to_yiq(images.to_tensor(small))[:, 1:]).abs().median() < 0.01
 
 
-def test_luminance_mode_optimizes_a_grey_image_from_noise(tmp_path):
-    summary = run(_cfg("color.preserve=luminance", "init=noise", "steps=0"), str(tmp_path))
-    # Step 0 is the start: grey noise under the content's chrominance, so its I and Q are the content's.
-    start = images.to_tensor(Image.open(tmp_path / "final.png"))
-    iq = colour.rgb_to_yiq(start)[:, 1:] - colour.rgb_to_yiq(_content_at(summary))[:, 1:]
-    assert iq.abs().median() < 0.01
+def test_luminance_mode_optimizes_a_grey_image_from_noise():
+    """The image the optimizer starts from (what `runner` hands the engine): the seed's uniform
+    noise made grey by its Rec. 601 luma, computed here from the noise itself."""
+    cfg = _cfg("color.preserve=luminance", "init=noise", "seed=3")
+    inp = inputs.prepare(cfg, 48, {"relu5_1": 4}, torch.device("cpu"), [], lambda *sizes: None)
+    start = inputs.initial_image(cfg, inp.content, inp.styles)
+    noise = torch.rand(start.shape, generator=torch.Generator().manual_seed(3))
+    luma = (0.299 * noise[:, 0] + 0.587 * noise[:, 1] + 0.114 * noise[:, 2])[:, None].expand_as(start)
+    assert torch.allclose(start, luma, atol=1e-6)
+    assert start.std() > 0.1  # noise, not a flat grey
+    # The same seed without colour control starts from colour noise, which the check above refuses.
+    coloured = inputs.initial_image(_cfg("init=noise", "seed=3"), inp.content, inp.styles)
+    assert torch.equal(coloured, noise) and not torch.allclose(coloured, luma, atol=0.05)
 
 
 def test_two_masks_put_each_style_on_its_side(tmp_path):
@@ -132,8 +139,13 @@ def test_scale_control_keeps_the_coarse_layout_and_takes_the_fine_texture(coarse
 
 
 def test_scale_control_run_writes_its_style_image(tmp_path):
-    summary = run(_cfg("style.scale_control.fine_image=sample:mosaic", "style.scale_control.steps=3"), str(tmp_path))
+    summary = run(_cfg("style.scale_control.fine_image=sample:mosaic", "style.scale_control.steps=3",
+                       "style.image=sample:coffee", "style.scale=1.5"), str(tmp_path))
     assert summary["status"] == "completed" and summary["scale_control_time_s"] > 0
     made = Image.open(tmp_path / "style_target.png")
-    assert made.size == images.load_image("sample:swirls").resize((48, 48)).size
+    # Made at the style image's size in the run: its longest side the content's (48 px, size=48)
+    # times style.scale, its aspect ratio its own.
+    w, h = images.load_image("sample:coffee").size
+    longest = round(48 * 1.5)
+    assert made.size == ((longest, round(longest * h / w)) if w >= h else (round(longest * w / h), longest))
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "completed"
