@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from torchvision.models.vgg import cfgs, make_layers
 
+from nstexp import loss_scaling
 from nstexp import weights as weights_module
 from nstexp.hardware import DTYPES
 
@@ -23,6 +24,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # The images the average pooling scale is measured on (fixed, so that adding a sample changes nothing).
 CALIBRATION_SAMPLES = ("chelsea", "swirls")
+
+# Average pooling factors by (arch, weights, padding, preprocessing, seed): see FeatureExtractor.
+_CALIBRATIONS: dict[tuple, list[float]] = {}
 
 # torchvision's layer configurations: "D" is VGG-16, "E" VGG-19.
 _CONFIGS = {"vgg19": "E", "vgg16": "D"}
@@ -131,6 +135,31 @@ class FeatureExtractor(nn.Module):
         pools = [i + 1 for i, n in enumerate(self.names) if n.startswith("pool")]
         self.blocks = list(zip([0, *pools], [*pools, depth]))
         self.blocks = [(a, b) for a, b in self.blocks if b > a]
+
+        if preprocessing == "auto":
+            preprocessing = "caffe" if weights == "caffe" else "imagenet"
+        self.preprocessing = preprocessing
+        if preprocessing == "caffe":
+            mean, scale = torch.tensor(CAFFE_MEAN_BGR), torch.ones(3)
+        else:
+            mean, scale = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+        self.register_buffer("mean", mean.view(1, 3, 1, 1))
+        self.register_buffer("scale", scale.view(1, 3, 1, 1))
+        if pooling == "avg_scaled":
+            # Before the weights change type: the factors are the weights' own, the same in
+            # every precision, and nothing but `forward` runs the network at its precision.
+            # Named weights give the same factors every time: measured once per process (a
+            # sweep's jobs, the suite's runs), the cost of a full forward pass at 256 px.
+            key = (arch, weights, padding, preprocessing, seed) if weights in weights_module.SOURCES else None
+            factors = _CALIBRATIONS.get(key, [])
+            pools = [m for m in self.features if isinstance(m, ScaledAvgPool2d)]
+            if key is None or len(factors) < len(pools):
+                factors = self._calibrate_average_pooling()
+                if key is not None:
+                    _CALIBRATIONS[key] = factors
+            for module, factor in zip(pools, factors):
+                module.scale.fill_(factor)
+
         # bf16/fp16: the convolutions hold their weights in that type once (autocast would cast
         # them at every call) and the network hands its features back in fp32, so the Gram
         # matrices, the losses and everything downstream stay fp32.
@@ -144,21 +173,10 @@ class FeatureExtractor(nn.Module):
             self.features.to(memory_format=torch.channels_last)
         self._features = torch.compile(self._features_eager, dynamic=False) if compile else self._features_eager
 
-        if preprocessing == "auto":
-            preprocessing = "caffe" if weights == "caffe" else "imagenet"
-        self.preprocessing = preprocessing
-        if preprocessing == "caffe":
-            mean, scale = torch.tensor(CAFFE_MEAN_BGR), torch.ones(3)
-        else:
-            mean, scale = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
-        self.register_buffer("mean", mean.view(1, 3, 1, 1))
-        self.register_buffer("scale", scale.view(1, 3, 1, 1))
-        if pooling == "avg_scaled":
-            self._calibrate_average_pooling()
-
     @torch.no_grad()
-    def _calibrate_average_pooling(self) -> None:
-        """Scale each average pooling so its mean output equals max pooling's on the same input.
+    def _calibrate_average_pooling(self) -> list[float]:
+        """Scale each average pooling so its mean output equals max pooling's on the same input;
+        returns the factors, in order.
 
         Measured on the bundled samples chelsea and swirls at 256 px, pooling by pooling through this network,
         so every later layer sees activations of about the magnitude it was trained on. (Gatys et
@@ -170,10 +188,13 @@ class FeatureExtractor(nn.Module):
         batch = [images.to_tensor(images.load_image(f"sample:{name}").resize((256, 256)))
                  for name in CALIBRATION_SAMPLES]
         x = self.preprocess(torch.cat(batch))
+        factors = []
         for module in self.features:
             if isinstance(module, ScaledAvgPool2d):
-                module.scale.fill_(F.max_pool2d(x, 2).mean() / F.avg_pool2d(x, 2).mean())
+                factors.append((F.max_pool2d(x, 2).mean() / F.avg_pool2d(x, 2).mean()).item())
+                module.scale.fill_(factors[-1])
             x = module(x)
+        return factors
 
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:
         if self.preprocessing == "caffe":
@@ -184,7 +205,10 @@ class FeatureExtractor(nn.Module):
         """Features of the extractor's layers, or of `layers` among them only (the network then
         stops at the deepest of those), in fp32 whatever the precision."""
         wanted = frozenset(self.layers if layers is None else layers)
-        return self._features(self.preprocess(image), wanted)
+        x = self.preprocess(image)
+        if self.precision == "fp16":  # its range needs the gradients scaled (see nstexp.loss_scaling)
+            return loss_scaling.features(self._features, x, [n for n in self.names if n in wanted], wanted)
+        return self._features(x, wanted)
 
     def _features_eager(self, x: torch.Tensor, wanted: frozenset) -> dict[str, torch.Tensor]:
         x = x.to(DTYPES[self.precision], memory_format=torch.channels_last if self.channels_last

@@ -205,6 +205,10 @@ class Config:
     checkpoint: bool = False
     # torch.compile the network (the first evaluation then takes a while to compile).
     compile: bool = False
+    # true: deterministic algorithms only (cuDNN's, torch's), so a rerun on the same GPU and
+    # software gives bit-identical images; false: cuDNN picks the fastest per image size. CPU
+    # runs repeat exactly either way.
+    deterministic: bool = False
     clamp: str = "every_step"
     # Log metrics every N steps; None: 1 on a CPU, 10 on a GPU (the losses are read from the
     # device only then, so a GPU does not wait for the host in between).

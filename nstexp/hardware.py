@@ -2,13 +2,15 @@
 
 `resolve_device` picks the device, `resolve_precision` the network's arithmetic (bf16 where
 the hardware computes it natively, fp32 elsewhere), `resolve_channels_last` the memory format,
-`configure` the CUDA switches, and `describe` says what the machine is, for summaries and
-benchmarks.
+`configure` the process-wide switches (TF32, cuDNN's algorithm search, determinism), and
+`describe` says what the machine is, for summaries and benchmarks.
 """
 
 from __future__ import annotations
 
+import os
 import platform
+from collections.abc import Iterable
 from functools import lru_cache
 
 import torch
@@ -91,13 +93,34 @@ def resolve_channels_last(setting: bool | None, device: torch.device) -> bool:
     return device.type == "cuda" if setting is None else bool(setting)
 
 
-def configure(device: torch.device) -> None:
-    """CUDA: let cuDNN pick the fastest convolution algorithms for the (fixed) image size, and
-    run fp32 matrix products and convolutions on TF32 tensor cores."""
+# cuBLAS repeats its results bit for bit only with a fixed workspace, set in the environment
+# before the process's first cuBLAS call (these are the two settings torch accepts as such).
+CUBLAS_DETERMINISTIC = (":4096:8", ":16:8")
+
+
+def configure(device: torch.device, deterministic: bool = False, record: Iterable[dict] = ()) -> None:
+    """The process-wide switches for a run on `device`; every one is set both ways, so a job
+    never inherits an earlier job's settings. `record`: summaries to note the settings in.
+
+    CUDA: TF32 in the convolutions only (cuDNN), where it is VGG's arithmetic anyway in bf16
+    and barely moves the features; matrix products (the Gram matrices, covariances, sliced
+    projections, the metrics) stay IEEE fp32. deterministic=false lets cuDNN time its algorithms
+    for the image size and keep the fastest (the pick can differ from run to run, and so can
+    the last bits of the result); deterministic=true asks cuDNN and torch for deterministic
+    algorithms only (bit-identical reruns on one GPU with the same software). TF32 stays on then:
+    it rounds the same way every time, so it costs reproducibility nothing.
+    """
+    torch.use_deterministic_algorithms(deterministic)
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
+        if deterministic and os.environ.get("CUBLAS_WORKSPACE_CONFIG") not in CUBLAS_DETERMINISTIC:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_DETERMINISTIC[0]
+        torch.backends.cudnn.benchmark = not deterministic
+        torch.backends.cudnn.deterministic = deterministic
         torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.set_float32_matmul_precision("highest")
+    for summary in record:
+        summary["deterministic"] = deterministic
 
 
 def describe(device: torch.device) -> dict:

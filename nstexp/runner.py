@@ -124,7 +124,7 @@ def _run(jobs: list[Job], stop: StopRequest) -> None:
         line_search = cfg.optimizer.name == "lbfgs" and cfg.optimizer.line_search != "none"
         precision = hardware.resolve_precision(cfg.precision, device, line_search)
         channels_last = hardware.resolve_channels_last(cfg.channels_last, device)
-        hardware.configure(device)
+        hardware.configure(device, cfg.deterministic, record=[job.summary for job in jobs])
         peak = memory.PeakMemory(device)
         kind = "cpu" if device.type == "cpu" else "gpu"
         size = cfg.size or DEFAULT_SIZE[kind]

@@ -14,6 +14,8 @@ from torchvision import models
 
 from nstexp.errors import NstexpError
 
+# The named sources (config.WEIGHTS lists them for validation); any other value is a file path.
+SOURCES = ("caffe", "imagenet", "random")
 CAFFE_WEIGHTS_FILE = "vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin"
 _TORCHVISION_WEIGHTS = {
     "vgg19": models.VGG19_Weights.IMAGENET1K_V1,

@@ -125,6 +125,26 @@ def test_scaled_average_pooling_keeps_max_poolings_magnitudes():
         assert abs(ratio_scaled - 1) < abs(ratio_plain - 1) and 0.6 < ratio_scaled < 1.6, (layer, ratio_scaled)
 
 
+def test_pooling_factors_are_measured_once_per_network_and_reused(monkeypatch):
+    """Named weights give the same factors every time; a deeper network measures its own."""
+    monkeypatch.setattr(backbone, "_CALIBRATIONS", {})
+    calls = []
+    measure = FeatureExtractor._calibrate_average_pooling
+
+    def counted(self):
+        calls.append(sum(isinstance(m, backbone.ScaledAvgPool2d) for m in self.features))
+        return measure(self)
+
+    monkeypatch.setattr(FeatureExtractor, "_calibrate_average_pooling", counted)
+    factors = lambda ex: [m.scale.item() for m in ex.features if isinstance(m, backbone.ScaledAvgPool2d)]  # noqa: E731
+    shallow = FeatureExtractor("vgg19", "caffe", ["relu3_1"], pooling="avg_scaled")
+    again = FeatureExtractor("vgg19", "caffe", ["relu3_1"], pooling="avg_scaled", precision="bf16")
+    deep = FeatureExtractor("vgg19", "caffe", ["relu5_1"], pooling="avg_scaled")
+    other = FeatureExtractor("vgg19", "caffe", ["relu3_1"], pooling="avg_scaled", padding="replicate")
+    assert calls == [2, 4, 2]  # the second shallow network and nothing else reused the first's
+    assert factors(again) == factors(shallow) == factors(deep)[:2] and factors(other) != factors(shallow)
+
+
 @pytest.mark.parametrize("padding", ["reflect", "replicate"])
 def test_padding_modes_leave_a_flat_image_flat(padding):
     """With zeros padding the borders of a flat image's activations differ from the interior;
