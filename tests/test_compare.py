@@ -296,7 +296,7 @@ def test_loss_curves_is_an_image(tmp_path):
 
 def _cli(*args):
     return subprocess.run([sys.executable, "-m", "nstexp.compare", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True)
 
 
 def test_cli_writes_the_report(tmp_path):

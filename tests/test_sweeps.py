@@ -123,8 +123,8 @@ def test_shipped_sweep_runs_tiny_and_command_line_replaces_a_swept_key(tmp_path,
 
 def test_submitit_local_launcher(tmp_path, wandb_env):
     sweep = tmp_path / "sweep"
-    r = run_cli(["-m", *TINY, "optimizer=adam,lbfgs", "hydra/launcher=submitit_local",
-                 "hydra.launcher.timeout_min=5", f"hydra.sweep.dir={sweep}"], cwd=tmp_path, timeout=600)
+    r = run_cli(["-m", *TINY, "optimizer=adam,lbfgs", "hydra/launcher=submitit_local", f"hydra.sweep.dir={sweep}"],
+                cwd=tmp_path, timeout=None)
     assert r.returncode == 0, r.stderr
     _check_sweep(sweep, n_jobs=2)
 
@@ -276,10 +276,10 @@ def test_every_combination_is_checked_before_any_job(tmp_path):
 
 
 @pytest.mark.parametrize("launcher", [[], ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
-                                      ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5"]])
+                                      ["hydra/launcher=submitit_local"]])
 def test_every_launcher_exits_1_when_jobs_fail(tmp_path, launcher):
     r = run_cli(["-m", *TINY, "wandb.mode=disabled", "seed=0,1", "content.image=missing.png", *launcher,
-                 f"hydra.sweep.dir={tmp_path}/s"], cwd=tmp_path, timeout=600)
+                 f"hydra.sweep.dir={tmp_path}/s"], cwd=tmp_path, timeout=None)
     assert r.returncode == 1, r.stderr
     rows = list(csv.DictReader(open(tmp_path / "s" / "comparison.csv")))
     assert [row["status"] for row in rows] == ["failed", "failed"]
@@ -328,15 +328,14 @@ def _start_long_sweep(tmp_path, *extra):
            "seed=0,1,2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep}", *extra]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env={**os.environ}, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
-    deadline = time.time() + 180
-    while time.time() < deadline:
+    while True:  # no deadline: a slower machine only takes longer to get there
         lines = [len((sweep / j / "metrics.jsonl").read_text().splitlines())
                  if (sweep / j / "metrics.jsonl").exists() else 0 for j in ("0", "1")]
         if min(lines) >= 2:
             return proc, sweep
+        if proc.poll() is not None:
+            raise AssertionError(f"the sweep ended before both jobs logged 2 steps: {proc.communicate()[1]}")
         time.sleep(0.2)
-    proc.kill()
-    raise AssertionError("the jobs never started")
 
 
 @pytest.mark.parametrize("how", ["ctrl-c at the terminal", "sigterm to the launcher"])
@@ -346,7 +345,7 @@ def test_interrupting_a_joblib_sweep_keeps_every_job(tmp_path, wandb_env, how):
         os.killpg(proc.pid, signal.SIGINT)  # the whole foreground group: launcher, workers, W&B
     else:
         proc.send_signal(signal.SIGTERM)  # the launcher alone: it tells the workers through the stop file
-    _, err = proc.communicate(timeout=120)
+    _, err = proc.communicate()
     assert proc.returncode == 130, err
     assert "Traceback" not in err
     for job in ("0", "1"):
