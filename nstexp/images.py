@@ -61,7 +61,7 @@ def white(img: Image.Image) -> float:
     return float(2 ** (bits - signed) - 1)
 
 
-def _to_rgb(img: Image.Image, top: float | None = None) -> Image.Image:
+def to_rgb(img: Image.Image, top: float | None = None) -> Image.Image:
     """Any Pillow mode -> 8-bit RGB; transparency is composited over white.
 
     `top`: white in a deep mode (see `white`), read off the file before any transpose drops
@@ -105,7 +105,7 @@ def load_image(spec: str, key: str = "image") -> Image.Image:
                 top = white(img) if img.mode in DEEP_MODES else None
                 img = ImageOps.exif_transpose(img)
                 img.load()
-                rgb = _to_rgb(img, top)
+                rgb = to_rgb(img, top)
                 if not stat.S_ISREG(os.stat(path).st_mode):
                     _PIPES[path] = rgb.copy()
                 return rgb
