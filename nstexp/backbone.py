@@ -86,6 +86,24 @@ class ScaledAvgPool2d(nn.Module):
         return F.avg_pool2d(x, kernel_size=2, stride=2) * self.scale
 
 
+def reflect_pad(x: torch.Tensor, padding: tuple[int, int]) -> torch.Tensor:
+    """F.pad(x, (pw, pw, ph, ph), mode="reflect") made of slices, flips and concatenations,
+    whose backward pass adds whole tensors in a fixed order. torch's reflection-padding
+    backward on CUDA adds with atomics, so torch.use_deterministic_algorithms refuses it."""
+    ph, pw = padding
+    x = torch.cat([x[..., 1:ph + 1, :].flip(-2), x, x[..., -ph - 1:-1, :].flip(-2)], dim=-2)
+    return torch.cat([x[..., 1:pw + 1].flip(-1), x, x[..., -pw - 1:-1].flip(-1)], dim=-1)
+
+
+class ReflectConv2d(nn.Conv2d):
+    """A convolution with reflect padding that stays usable under deterministic=true."""
+
+    def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if not torch.are_deterministic_algorithms_enabled():
+            return super()._conv_forward(input, weight, bias)  # torch's single padding kernel
+        return F.conv2d(reflect_pad(input, self.padding), weight, bias, self.stride, 0, self.dilation, self.groups)
+
+
 class FeatureExtractor(nn.Module):
     """Frozen VGG `features`, truncated after the deepest requested layer.
 
@@ -124,6 +142,8 @@ class FeatureExtractor(nn.Module):
                 module = nn.ReLU(inplace=False)
             elif isinstance(module, nn.Conv2d):
                 module.padding_mode = padding  # zeros (VGG's), reflect or replicate
+                if padding == "reflect":
+                    module.__class__ = ReflectConv2d  # the same module, another padding path
             elif isinstance(module, nn.MaxPool2d) and pooling != "max":
                 module = ScaledAvgPool2d()
             modules.append(module)

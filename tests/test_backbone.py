@@ -160,6 +160,43 @@ def test_padding_modes_leave_a_flat_image_flat(padding):
         assert (z[layer].amax(dim=(2, 3)) - z[layer].amin(dim=(2, 3))).max().item() > 1.0
     assert all(m.padding_mode == padding for m in other.features if isinstance(m, torch.nn.Conv2d))
 
+def _backward_ops(t):
+    """The names of the autograd nodes behind t."""
+    names, stack, seen = set(), [t.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(type(node).__name__)
+        stack += [n for n, _ in node.next_functions]
+    return names
+
+
+def test_reflect_padding_under_deterministic_algorithms_avoids_torchs_atomic_backward():
+    """deterministic=true refuses torch's reflection-padding backward on CUDA: the same padding,
+    made of slices, gives bit-identical features and the same gradient."""
+    ex = FeatureExtractor("vgg19", "caffe", ["relu2_1"], padding="reflect")
+    x = torch.rand(1, 3, 32, 40, generator=torch.Generator().manual_seed(0), requires_grad=True)
+
+    def features_and_gradient():
+        out = ex(x)["relu2_1"]
+        (grad,) = torch.autograd.grad(out.square().sum(), x)
+        return out, grad, _backward_ops(out)
+
+    out, grad, ops = features_and_gradient()
+    assert "ReflectionPad2DBackward0" in ops
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        det_out, det_grad, det_ops = features_and_gradient()
+    finally:
+        torch.use_deterministic_algorithms(before)
+    assert not any("Reflection" in op for op in det_ops)
+    assert torch.equal(det_out, out)
+    assert torch.allclose(det_grad, grad, rtol=1e-5, atol=1e-6 * grad.abs().max().item())
+
+
 def test_random_weights_are_seeded():
     a = FeatureExtractor("vgg16", "random", ["conv1_1"], seed=1).features[0].weight
     b = FeatureExtractor("vgg16", "random", ["conv1_1"], seed=1).features[0].weight
