@@ -10,6 +10,7 @@ than it would now (a sweep file's fixed values or a preset changed since: `check
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from pathlib import Path
@@ -123,7 +124,8 @@ def clear_attempt(job_dir: Path) -> None:
 
 
 def _without(config: dict, keys=NOT_RESULTS) -> dict:
-    config = json.loads(json.dumps(config))  # a deep copy of plain YAML data
+    """A copy of `config` (plain data) without the dotted `keys`."""
+    config = copy.deepcopy(config)
     for dotted in keys:
         *parents, leaf = dotted.split(".")
         node = config
@@ -177,7 +179,7 @@ def check_configs(sweep_dir: str, compose: Callable[[list[str]], DictConfig]) ->
             key, was, now = changed[0]
             more = f"; {len(changed) - 1} more keys differ" if len(changed) > 1 else ""
             raise NstexpError(
-                f"resume=true: job {num} ({path}) completed with {key}={json.dumps(was)}, this command would run "
-                f"{key}={json.dumps(now)} (a sweep file or preset changed since{more}); "
+                f"resume=true: job {num} ({path}) completed with {key}={json.dumps(was, default=str)}, this command "
+                f"would run {key}={json.dumps(now, default=str)} (a sweep file or preset changed since{more}); "
                 "run without resume=true to start a new sweep, or restore the old values"
             )
