@@ -5,6 +5,7 @@ control and recipe runs a few steps in bf16 here. fp16 is CUDA-only for runs, bu
 builds in fp16 on a CPU too: its loss-scaled gradient is checked against fp32's here. And the
 process-wide CUDA switches `hardware.configure` sets (TF32, cuDNN, determinism)."""
 
+import json
 import math
 import os
 
@@ -14,6 +15,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from conftest import run_cli, tiny_cfg
+from wandb_offline import find_runs
 from nstexp import backbone, cli, hardware, images, loss_scaling
 from nstexp.backbone import FeatureExtractor
 from nstexp.errors import NstexpError
@@ -206,11 +208,6 @@ def test_fp16_without_a_gradient_builds_no_graph():
     assert out.dtype == torch.float32 and out.grad_fn is None
 
 
-def test_fp16_runs_stay_refused_off_cuda(tmp_path):
-    with pytest.raises(NstexpError, match=r"^precision=fp16 needs a CUDA device, not cpu"):
-        run(tiny_cfg("precision=fp16"), str(tmp_path))
-
-
 # The process-wide switches. They outlive a test: every one is put back.
 SWITCHES = {
     "cudnn.benchmark": (torch.backends.cudnn, "benchmark"),
@@ -262,10 +259,13 @@ def test_an_existing_deterministic_cublas_setting_is_kept(switches, monkeypatch)
     assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
 
 
-def test_a_deterministic_cpu_run_repeats_and_records_it(tmp_path, switches):
-    runs = [run(tiny_cfg("deterministic=true", "loss=sliced", "init=noise", "eval.enabled=false", "size=32"),
-                str(tmp_path / d)) for d in "ab"]
+def test_a_deterministic_cpu_run_repeats_and_records_it(tmp_path, switches, wandb_env):
+    runs = [run(tiny_cfg("deterministic=true", "loss=sliced", "init=noise", "eval.enabled=false", "size=32",
+                         f"wandb.mode={mode}"), str(tmp_path / d)) for d, mode in (("a", "offline"), ("b", "disabled"))]
     assert all(s["status"] == "completed" and s["deterministic"] is True for s in runs)
+    assert json.loads((tmp_path / "a" / "summary.json").read_text())["deterministic"] is True
+    (logged,) = find_runs(str(tmp_path / "a"))
+    assert logged.config["deterministic"] is True and logged.summary["deterministic"] is True
     assert (tmp_path / "a" / "final.png").read_bytes() == (tmp_path / "b" / "final.png").read_bytes()
     plain = run(tiny_cfg("eval.enabled=false", "size=32", "steps=0"), str(tmp_path / "c"))
     assert plain["deterministic"] is False and not torch.are_deterministic_algorithms_enabled()
