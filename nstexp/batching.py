@@ -1,10 +1,11 @@
 """Which jobs of a sweep can share one batch, and the launcher that runs them so.
 
-Jobs that differ only in numbers and choices that leave the network and the shapes alone
-(loss weights, per-layer weights, normalizations, the style loss, init, seed, optimizer
-settings, logging) go through the network together; jobs that differ in anything else (backbone,
-precision, image size, images, the set of layers, the optimizer's kind, steps, ...) go into
-separate batches. Nothing is refused: the worst case is a batch of one.
+Jobs that differ only in the settings each job of a batch uses on its own (`job.PER_JOB`:
+loss weights, per-layer weights, normalizations, the style loss, init, seed, optimizer
+settings, logging) go through the network together, unless the network itself differs (random
+weights drawn from another seed, another set of layers); jobs that differ in anything else
+(backbone, precision, image size, images, the optimizer's kind, steps, ...) go into separate
+batches. Nothing is refused: the worst case is a batch of one.
 """
 
 from __future__ import annotations
@@ -15,37 +16,23 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-# Config keys (and the nodes under them) whose values may differ between the jobs of a batch.
-BATCHABLE = (
-    "content.weight", "content.normalization",
-    "style.weight", "style.normalization", "style.loss", "style.balance", "style.blend_weights",
-    "tv.weight", "tv.exponent",
-    "layers.name", "layers.content", "layers.style",  # the weights; the sets of layers must agree
-    "init", "seed",
-    "optimizer.lr", "optimizer.betas", "optimizer.eps",
-    "snapshot_every", "progress", "resume", "eval", "wandb",
-)
-# Optimizers that step a batch: torch's L-BFGS (a line search, several iterations per step) cannot.
+from nstexp.job import shared_config
+from nstexp.runner import network_spec
+
 MAX_JOBS = 16
 
 
 def batchable_optimizer(cfg: DictConfig) -> bool:
+    """Optimizers that step a batch: torch's L-BFGS (a line search, several iterations per step) cannot."""
     o = cfg.optimizer
     return o.name == "adam" or (o.max_iter == 1 and o.line_search == "none")
 
 
 def key(cfg: DictConfig) -> str:
-    """What must be equal for two jobs to share a batch."""
-    node = OmegaConf.to_container(cfg, resolve=True)
-    for dotted in BATCHABLE:
-        *parents, leaf = dotted.split(".")
-        target = node
-        for p in parents:
-            target = target.get(p, {})
-        target.pop(leaf, None)
-    # The layers themselves (a layer weighted 0 is left out), not their weights.
-    node["layer_sets"] = [sorted(k for k, v in cfg.layers.content.items() if v > 0),
-                          sorted(k for k, v in cfg.layers.style.items() if v > 0)]
+    """What must be equal for two jobs to share a batch: everything the batch shares (the config
+    without the settings each job uses on its own, `job.PER_JOB`) and what the network is built
+    from (which can depend on a per-job setting: random weights on the seed)."""
+    node = {"shared": OmegaConf.to_container(shared_config(cfg)), "network": network_spec(cfg)}
     return json.dumps(node, sort_keys=True, default=str)
 
 
@@ -63,7 +50,12 @@ def difference(a: DictConfig, b: DictConfig) -> list[str]:
         elif p != q:
             out.append(prefix)
 
-    walk(x, y, "")
+    walk(x["shared"], y["shared"], "")
+    # The network: named by what made it differ when no shared setting says so already.
+    names = {"layers": "layer_sets", "seed": "seed (random weights)"}
+    for k in sorted(set(x["network"]) | set(y["network"])):
+        if x["network"].get(k) != y["network"].get(k) and (k in names or not out):
+            out.append(names.get(k, f"network.{k}"))
     return out
 
 

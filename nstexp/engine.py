@@ -30,6 +30,8 @@ class StepEvent:
     # Per sample: still optimizing. A sample that diverged keeps its place in the batch, but
     # its image and losses from then on mean nothing. Empty: every sample.
     active: tuple[bool, ...] = ()
+    # Per sample: the batched L-BFGS's curvature pairs so far, [accepted, rejected]; None otherwise.
+    pairs: list[list[int]] | None = None
 
 
 @dataclass
@@ -41,6 +43,12 @@ class Result:
     optimizer_state: dict | None = None  # Adam's, to warm-start the next coarse-to-fine level
     # Per sample: the losses of its image, (1,) each; None for a sample without a finite one.
     sample_terms: list[LossTerms | None] | None = None
+    # Per sample: the evaluations and seconds it took part in, until it stopped: what it
+    # would report alone (a sample that diverged early does not count the others' steps).
+    sample_evals: list[int] | None = None
+    sample_time_s: list[float] | None = None
+    # Per sample: the batched L-BFGS's curvature pairs, [accepted, rejected]; None otherwise.
+    sample_pairs: list[list[int]] | None = None
 
     @property
     def terms(self) -> LossTerms | None:
@@ -170,23 +178,42 @@ def optimize(
     good: list[tuple] = [(start, None, 0)] * batch
     measured_itself = [False] * batch  # the good losses are the good image's own (not an iterate's)
 
+    # Per sample: evaluations and time when it stopped (None while it runs).
+    stopped: list[tuple[int, float] | None] = [None] * batch
+
     def freeze(b: int) -> None:
         active[b], statuses[b] = False, "diverged"
+        stopped[b] = (evals, time.perf_counter() - t0)
         if batched:
             frozen["mask"] = torch.tensor(active, device=image.device)
         else:
             optimizer.param_groups[b]["lr"] = 0.0  # Adam's group of sample b (torch's L-BFGS: the only one)
 
-    # Steps whose losses the device holds but the host has not read: (step, evals, time, image, terms).
+    # Steps whose losses the device holds but the host has not read:
+    # (step, evals, time, image, terms, pair counts).
     unread: list[tuple] = []
+
+    last_pairs: list[list[int]] = []  # the pair counts of the newest step read
+
+    def pairs() -> torch.Tensor | None:
+        """A snapshot of the batched L-BFGS's pair counts, (B, 2), still on the device."""
+        return torch.stack([optimizer.accepted, optimizer.rejected], 1) if batched else None
 
     def read() -> None:
         """Read the unread losses (one synchronisation), emit their events, and stop each sample
         at its first non-finite loss."""
         if not unread:
             return
-        finite = torch.stack([torch.isfinite(u[4].total) for u in unread]).tolist()  # (K, B)
-        for (step, evals_at, t, img, terms), ok in zip(unread, finite):
+        # (K, B) finite flags, then (K, B * 2) pair counts where there are any: one transfer.
+        rows = [torch.isfinite(u[4].total).long() if u[5] is None else torch.cat([torch.isfinite(u[4].total).long(),
+                                                                                  u[5].flatten()]) for u in unread]
+        host = torch.stack(rows).tolist()
+        finite = [[bool(v) for v in row[:batch]] for row in host]
+        counts_read = [[row[batch + 2 * b: batch + 2 * b + 2] for b in range(batch)] if len(row) > batch else None
+                       for row in host]
+        if counts_read[-1] is not None:
+            last_pairs[:] = counts_read[-1]
+        for (step, evals_at, t, img, terms, _), ok, counts in zip(unread, finite, counts_read):
             for b in range(batch):
                 if not active[b]:
                     continue
@@ -196,11 +223,11 @@ def optimize(
                 good[b] = (img, terms, step)
                 measured_itself[b] = average is None  # else the iterate's losses, not the average's
             if on_step is not None and any(active):
-                on_step(StepEvent(step, evals_at, t, img, terms, tuple(active)))
+                on_step(StepEvent(step, evals_at, t, img, terms, tuple(active), counts))
         unread.clear()
 
-    # (step, evals, time, image to report) of the newest iterate, waiting for its losses.
-    pending = (0, 0, 0.0, current().detach().clone())
+    # (step, evals, time, image to report, pair counts) of the newest iterate, waiting for its losses.
+    pending = (0, 0, 0.0, current().detach().clone(), pairs())
     interrupted = False
     for step in range(1, steps + 1):
         if should_stop():
@@ -216,14 +243,14 @@ def optimize(
         else:
             optimizer.step(evaluate)
         # The step's first evaluation was of the image the previous step left.
-        unread.append((*pending, first["terms"]))
+        unread.append((*pending[:4], first["terms"], pending[4]))
         if clamp == "every_step":
             with torch.no_grad():
                 for p in parts:
                     p.clamp_(0.0, 1.0)
             if before is not None and len(parts) == 1:
                 tell_lbfgs_the_clamped_step(optimizer, parts[0], before)
-        pending = (step, evals, time.perf_counter() - t0, shown())
+        pending = (step, evals, time.perf_counter() - t0, shown(), pairs())
         if step % check_every == 0:
             read()
             if not any(active):
@@ -242,11 +269,14 @@ def optimize(
     running = list(active)
     if any(running):
         img = torch.stack([pending[3][b] if running[b] else good[b][0][b] for b in range(batch)]).clamp(0.0, 1.0)
-        unread.append((*pending[:3], img, measure(img)))
+        unread.append((*pending[:3], img, measure(img), pending[4]))
         read()
         for b in range(batch):
             if running[b] and active[b]:
                 measured_itself[b] = True
+    t_end = time.perf_counter() - t0
+    sample_evals = [evals if s is None else s[0] for s in stopped]
+    sample_time = [t_end if s is None else s[1] for s in stopped]
     good_images = torch.stack([img[b] for b, (img, _, _) in enumerate(good)])
     good_terms = [terms.select([b]) if terms is not None else None for b, (_, terms, _) in enumerate(good)]
     final = good_images.clamp(0.0, 1.0)
@@ -258,7 +288,9 @@ def optimize(
         again = measure(final)
         for b in stale:
             good_terms[b] = again.select([b])
+            sample_evals[b] += 1  # alone, this sample would have been measured again too
     if interrupted:
         statuses = ["interrupted" if s == "completed" else s for s in statuses]
     state = optimizer.state_dict() if isinstance(optimizer, torch.optim.Adam) else None
-    return Result(statuses, final, [step for _, _, step in good], evals, state, good_terms)
+    return Result(statuses, final, [step for _, _, step in good], evals, state, good_terms, sample_evals, sample_time,
+                  last_pairs or None)

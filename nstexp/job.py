@@ -17,7 +17,43 @@ from omegaconf import DictConfig, OmegaConf
 
 from nstexp.engine import StepEvent
 from nstexp.objective import LossTerms
+from nstexp.optimizers import uses_batched_lbfgs
 from nstexp.tracking import Tracker
+
+# The batched L-BFGS's curvature pairs so far (metrics lines and the summary).
+PAIR_KEYS = ("lbfgs/pairs_accepted", "lbfgs/pairs_rejected")
+
+
+# The settings each job of a batch uses on its own: its objective (loss weights, normalizations,
+# the style loss, layer weights), its initial image, its seed, its optimizer's per-sample settings
+# and its outputs. Everything else is shared by the batch: the runner reads it through
+# `shared_config`, from which these keys are removed, so shared code cannot read one job's value
+# for all of them; the network, which is shared but may depend on a per-job key (random weights
+# on the seed), enters the batching key through `runner.network_spec`.
+PER_JOB = (
+    "content.weight", "content.normalization",
+    "style.weight", "style.normalization", "style.loss", "style.balance", "style.blend_weights",
+    "tv.weight", "tv.exponent",
+    "layers.name", "layers.content", "layers.style",
+    "init", "seed",
+    "optimizer.lr", "optimizer.betas", "optimizer.eps",
+    "snapshot_every", "resume", "eval", "wandb",
+)
+
+
+def shared_config(cfg: DictConfig) -> DictConfig:
+    """`cfg` without the PER_JOB keys: what every job of a batch has in common. Reading a
+    removed key raises (the config is in struct mode), instead of giving job 0's value."""
+    node = OmegaConf.to_container(cfg, resolve=True)
+    for dotted in PER_JOB:
+        *parents, leaf = dotted.split(".")
+        target = node
+        for p in parents:
+            target = target.get(p, {})
+        target.pop(leaf, None)
+    shared = OmegaConf.create(node)
+    OmegaConf.set_struct(shared, True)
+    return shared
 
 
 @dataclass
@@ -56,7 +92,8 @@ class Job:
         self.latest: dict = {}  # the newest step event: the last good image, whatever stops the run
         self.warnings: list[str] = []
         self.evaluate = None  # the yardstick, once set up
-        self.done = {"steps": 0, "evals": 0}  # over the coarse-to-fine levels finished so far
+        # Over the coarse-to-fine levels finished so far; pairs: L-BFGS's [accepted, rejected].
+        self.done = {"steps": 0, "evals": 0, "pairs": [0, 0]}
         self.status = "completed"  # while it runs
 
     def log(self, ev: StepEvent, level: int, extra: dict, total_steps: int, log_every: int, show) -> bool:
@@ -80,6 +117,8 @@ class Job:
     def _write(self, ev: StepEvent, snapshot: bool, extra: dict | None, show) -> None:
         """A step's metrics line, and its image as `show(image)` (what the user sees) when `snapshot`."""
         metrics = {"step": ev.step, "evals": ev.evals, "time_s": ev.time_s, **(extra or {}), **ev.terms.as_floats()}
+        if ev.pairs is not None:
+            metrics.update(zip(PAIR_KEYS, ev.pairs[0]))
         self.tracker.log_step(metrics, show(ev.image) if snapshot else None)
 
     def ended(self, status: str, image: torch.Tensor, terms: LossTerms | None, show) -> None:
@@ -90,6 +129,14 @@ class Job:
         if terms is not None:
             self.summary.update({f"final/{k}": v for k, v in terms.as_floats().items()})
         prefix = f"{self.name}: " if self.summary.get("batch") else ""
+        if uses_batched_lbfgs(self.cfg.optimizer):
+            accepted, rejected = self.done["pairs"]
+            self.summary.update(zip(PAIR_KEYS, (accepted, rejected)))
+            if rejected > accepted:
+                warning = (f"L-BFGS rejected {rejected} of its {accepted + rejected} curvature pairs (y.s <= 1e-10, "
+                           "negative curvature): it ran mostly as scaled gradient descent")
+                self.warnings.append(warning)
+                print(f"{prefix}warning: {warning}", file=sys.stderr)
         if status == "interrupted":
             print(f"{prefix}interrupted after step {self.summary['steps']}; final.png is the last good image",
                   file=sys.stderr)

@@ -26,12 +26,23 @@ class BatchedLBFGS:
     (e.g. clamp it in place): the curvature pair uses the actual displacement
     ``s = x_now - x_at_previous_step``, so such a projection is taken into account exactly.
 
-    Departure from torch: the history is a ring of ``history_size`` slots shared by the batch,
-    one slot per step. A pair that a sample rejects (``y.s <= 1e-10``, zero gradient, inactive,
-    or its first step) still takes that sample's slot, stored with ``ro = 0`` so it is a no-op
-    in the two-loop recursion. ``history_size`` therefore counts steps, not accepted pairs: after
-    a rejection, a sample's oldest accepted pair can leave the history earlier than in torch.
-    Without rejections (or while fewer than ``history_size`` steps were taken) the two agree.
+    Departures from torch:
+
+    - The history is a ring of ``history_size`` slots shared by the batch, one slot per step.
+      A pair that a sample rejects (``y.s <= 1e-10``, zero gradient, inactive, or its first
+      step) still takes that sample's slot, stored with ``ro = 0`` so it is a no-op in the
+      two-loop recursion. ``history_size`` therefore counts steps, not accepted pairs: after a
+      rejection, a sample's oldest accepted pair can leave the history earlier than in torch.
+    - The fallback step. While a sample has no accepted pair, its direction is ``-g`` with the
+      inverse-Hessian scale 1, as in torch; torch then steps ``lr`` times the gradient, so how
+      far it moves depends on the loss's units. A start in a region of negative curvature
+      (``y.s < 0``, common from a content image) rejects pair after pair and, with a loss
+      divided by its first value, creeps along at a tiny step forever. Here the fallback's
+      length doubles with each rejection: ``t = lr * 2**(r - 1)`` after ``r`` rejections, until
+      the first pair is accepted (then L-BFGS's own scale ``y.s / y.y`` takes over). With at
+      most one rejection before the first acceptance (``r = 1``) this is torch's step.
+
+    Without rejections the two agree exactly; ``accepted`` and ``rejected`` count the pairs.
     """
 
     def __init__(self, x: torch.Tensor, lr: float | Sequence[float] | torch.Tensor,
@@ -57,6 +68,9 @@ class BatchedLBFGS:
         self.started = torch.zeros(B, dtype=torch.bool, device=x.device)  # (B,) torch's n_iter >= 1
         self.x_prev = torch.zeros(B, N, **opts)  # (B, N) where the previous gradient was taken
         self.g_prev = torch.zeros(B, N, **opts)  # (B, N) that gradient
+        # (B,) curvature pairs formed so far: accepted into the history, or rejected.
+        self.accepted = torch.zeros(B, dtype=torch.long, device=x.device)
+        self.rejected = torch.zeros(B, dtype=torch.long, device=x.device)
 
     @torch.no_grad()
     def step(self, grad: torch.Tensor, active: torch.Tensor | None = None) -> None:
@@ -80,7 +94,10 @@ class BatchedLBFGS:
             ys = (y * s).sum(-1)  # (B,)
             # The first step of a sample forms no pair (torch's n_iter == 1 branch).
             # NaN ys compares False, so a diverged sample rejects its pair.
-            accept = live & self.started & (ys > 1e-10)  # (B,)
+            formed = live & self.started
+            accept = formed & (ys > 1e-10)  # (B,)
+            self.accepted += accept
+            self.rejected += formed & ~accept
             keep = accept[:, None]
             self.y_hist[self.pos] = torch.where(keep, y, 0.0)
             self.s_hist[self.pos] = torch.where(keep, s, 0.0)
@@ -107,8 +124,10 @@ class BatchedLBFGS:
         first = ~self.started  # (B,)
         d = torch.where(first[:, None], g.neg(), d)
 
-        # Step length: torch's min(1, 1/||g||_1) * lr on the first step, lr afterwards.
-        t = torch.where(first, torch.clamp(1.0 / g.abs().sum(-1), max=1.0) * self.lr, self.lr)  # (B,)
+        # Step length: torch's min(1, 1/||g||_1) * lr on the first step, lr afterwards; while
+        # no pair was accepted, lr * 2^(rejections - 1) (see the class's departures).
+        growth = torch.where(self.accepted == 0, 2.0 ** (self.rejected - 1).clamp(min=0).to(x.dtype), 1.0)
+        t = torch.where(first, torch.clamp(1.0 / g.abs().sum(-1), max=1.0) * self.lr, self.lr * growth)  # (B,)
         # torch breaks before moving when g.d > -tolerance_change (= 0), but still records the
         # state below; comparing `> 0` keeps its handling of g.d == 0 and NaN.
         move = live & ~((g * d).sum(-1) > 0)  # (B,)

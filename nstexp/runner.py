@@ -20,7 +20,7 @@ from nstexp.backbone import FeatureExtractor, pools_before
 from nstexp.validation import validate
 from nstexp.engine import StepEvent, optimize
 from nstexp.errors import NstexpError
-from nstexp.job import Job, JobSpec
+from nstexp.job import Job, JobSpec, shared_config
 from nstexp.objective import Objective, batch_objective
 from nstexp.stopping import StopRequest
 
@@ -37,24 +37,24 @@ def _weighted_layers(cfg: DictConfig) -> tuple[dict[str, float], dict[str, float
             {k: v for k, v in cfg.layers.style.items() if v > 0})
 
 
-def network(cfg: DictConfig, device: torch.device, precision: str, channels_last: bool) -> FeatureExtractor:
-    """The run's frozen VGG: its weighted layers (and scale control's fine layers) as configured."""
+def network_spec(cfg: DictConfig) -> dict:
+    """What the run's frozen VGG is built from: FeatureExtractor's arguments, but for the
+    precision and memory format, which follow from the device. Jobs share a network (and a
+    batch) only if these are equal."""
     layers = {k: v for part in _weighted_layers(cfg) for k, v in part.items()}
     control = cfg.style.scale_control
     fine_layers = list(control.fine_layers) if control.fine_image else []
-    return FeatureExtractor(
-        cfg.backbone.arch,
-        cfg.backbone.weights,
-        list(dict.fromkeys([*layers, *fine_layers])),
-        pooling=cfg.backbone.pooling,
-        padding=cfg.backbone.padding,
-        preprocessing=cfg.backbone.preprocessing,
-        seed=cfg.seed,
-        precision=precision,
-        channels_last=channels_last,
-        checkpoint=cfg.checkpoint,
-        compile=cfg.compile,
-    ).to(device)
+    b = cfg.backbone
+    return dict(arch=b.arch, weights=b.weights, layers=list(dict.fromkeys([*layers, *fine_layers])),
+                pooling=b.pooling, padding=b.padding, preprocessing=b.preprocessing,
+                # The seed draws the weights only when they are random; loaded ones ignore it.
+                seed=cfg.seed if b.weights == "random" else 0,
+                checkpoint=cfg.checkpoint, compile=cfg.compile)
+
+
+def network(cfg: DictConfig, device: torch.device, precision: str, channels_last: bool) -> FeatureExtractor:
+    """The run's frozen VGG: its weighted layers (and scale control's fine layers) as configured."""
+    return FeatureExtractor(**network_spec(cfg), precision=precision, channels_last=channels_last).to(device)
 
 
 def build_objective(cfg: DictConfig, extractor: FeatureExtractor, inp: inputs.Inputs, summary: dict) -> Objective:
@@ -115,11 +115,13 @@ def run_batch(specs: list[JobSpec], stop_file: str | os.PathLike | None = None) 
 
 def _run(jobs: list[Job], stop: StopRequest) -> None:
     t_start = time.perf_counter()
-    cfg = jobs[0].cfg  # everything but the per-job settings is the same in every job
     peak = bar = None
     try:
         for job in jobs:
             validate(job.cfg)
+        # What the jobs have in common (nstexp.batching groups them so): the settings read
+        # below come from it, and the per-job ones from each job's own config.
+        cfg = shared_config(jobs[0].cfg)
         device = hardware.resolve_device(cfg.device)
         line_search = cfg.optimizer.name == "lbfgs" and cfg.optimizer.line_search != "none"
         precision = hardware.resolve_precision(cfg.precision, device, line_search)
@@ -140,10 +142,11 @@ def _run(jobs: list[Job], stop: StopRequest) -> None:
             torch.manual_seed(job.cfg.seed)
             job.tracker.start()
 
-        layers = {k: v for part in _weighted_layers(cfg) for k, v in part.items()}
+        # The sets of layers (not their weights) are the network's, the same in every job.
+        layers = {k: v for part in _weighted_layers(jobs[0].cfg) for k, v in part.items()}
         deepest = {layer: pools_before(cfg.backbone.arch, layer) for layer in layers}
         control = cfg.style.scale_control
-        extractor = network(cfg, device, precision, channels_last)
+        extractor = network(jobs[0].cfg, device, precision, channels_last)
         check = inputs.memory_check(extractor, cfg, device, jobs[0].summary, batch=len(jobs))
         style_image = None  # scale control's, made at the full size and resized for each level
         if control.fine_image:
@@ -173,7 +176,7 @@ def _run(jobs: list[Job], stop: StopRequest) -> None:
 
         bar = tqdm(total=sum(level_steps), disable=not cfg.progress, file=sys.stderr, dynamic_ncols=True,
                    unit="step")
-        _optimize(jobs, extractor, full, sizes, level_steps, deepest, check, style_image, stop, bar, log_every)
+        _optimize(jobs, cfg, extractor, full, sizes, level_steps, deepest, check, style_image, stop, bar, log_every)
     except NstexpError as exc:
         for job in jobs:
             job.summary["error"] = str(exc)
@@ -193,11 +196,11 @@ def _run(jobs: list[Job], stop: StopRequest) -> None:
             job.close(t_start, peak_mb)
 
 
-def _optimize(jobs: list[Job], extractor: FeatureExtractor, full: inputs.Inputs, sizes: list[int],
+def _optimize(jobs: list[Job], cfg: DictConfig, extractor: FeatureExtractor, full: inputs.Inputs, sizes: list[int],
               level_steps: list[int], deepest: dict, check, style_image, stop: StopRequest, bar,
               log_every: int) -> None:
-    """The coarse-to-fine levels of the jobs still running, one batch per level."""
-    cfg = jobs[0].cfg
+    """The coarse-to-fine levels of the jobs still running, one batch per level; `cfg` is
+    what they have in common."""
     mode = cfg.color.preserve
     t_opt = None
     image = state = None
@@ -230,7 +233,9 @@ def _optimize(jobs: list[Job], extractor: FeatureExtractor, full: inputs.Inputs,
                         continue
                     # Steps, evals and time run on across the levels.
                     mine = StepEvent(job.done["steps"] + ev.step, job.done["evals"] + ev.evals, t_level + ev.time_s,
-                                     ev.image[b:b + 1], ev.terms.select([b]))
+                                     ev.image[b:b + 1], ev.terms.select([b]),
+                                     pairs=None if ev.pairs is None else
+                                     [[n + d for n, d in zip(ev.pairs[b], job.done["pairs"])]])
                     logged |= job.log(mine, level, extra, sum(level_steps), log_every, show)
                 if logged:
                     bar.set_postfix(loss=f"{ev.terms.total[0].item():.4g}", refresh=False)
@@ -240,7 +245,10 @@ def _optimize(jobs: list[Job], extractor: FeatureExtractor, full: inputs.Inputs,
                               on_step, stop, state, check_every=log_every)
             for b, job in enumerate(running):
                 job.done["steps"] += result.sample_steps[b]
-                job.done["evals"] += result.evals
+                job.done["evals"] += result.sample_evals[b]
+                job.done["time_s"] = t_level + result.sample_time_s[b]
+                if result.sample_pairs is not None:
+                    job.done["pairs"] = [a + n for a, n in zip(job.done["pairs"], result.sample_pairs[b])]
                 job.status = result.statuses[b]
                 job.latest["result"] = (result.image[b:b + 1], result.sample_terms[b])
             for job in running:
@@ -257,7 +265,9 @@ def _optimize(jobs: list[Job], extractor: FeatureExtractor, full: inputs.Inputs,
         for job in running:
             job.summary["status"] = "interrupted"
     for job in jobs:
-        job.summary["wall_time_s"] = time.perf_counter() - (t_opt or time.perf_counter())
+        # Each job's own: until it stopped (one that diverged early does not count the others' steps).
+        stopped = job.done.get("time_s") if job.summary["status"] != "interrupted" else None
+        job.summary["wall_time_s"] = stopped if stopped is not None else time.perf_counter() - (t_opt or time.perf_counter())
 
 
 def _select_adam_state(state: dict, keep: list[int]) -> dict:
