@@ -241,3 +241,67 @@ def test_no_sync_on_cuda():
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert torch.isfinite(x).all().item()
+
+
+def test_the_fallback_step_doubles_while_every_pair_is_rejected():
+    # f(x) = -|x|^2 / 2 is concave: y = -s, so y.s < 0 and every pair is rejected. Hand-computed
+    # path: the first step is torch's, x1 = x0 (1 + min(1, 1/|g0|_1) lr), since d = -g = x; the
+    # fallback after r rejections steps lr 2^(r-1) along d = x: x_k = x_(k-1) (1 + lr 2^(k-2)).
+    lr = 0.01
+    x0 = torch.tensor([[0.3, -0.2, 0.1]], dtype=torch.float64)
+    x = x0.clone()
+    opt = BatchedLBFGS(x, lr, history_size=5)
+    expected = x0 * (1 + min(1.0, 1.0 / x0.abs().sum().item()) * lr)
+    opt.step(-x.clone())
+    assert torch.allclose(x, expected, rtol=1e-12, atol=0)
+    for k in range(2, 7):
+        opt.step(-x.clone())
+        expected = expected * (1 + lr * 2 ** (k - 2))
+        assert torch.allclose(x, expected, rtol=1e-12, atol=0)
+    assert (opt.accepted.item(), opt.rejected.item()) == (0, 5)
+
+
+def test_a_non_convex_start_with_one_rejected_pair_follows_torch():
+    # f(x) = -a|x|^2/2 + |x|^4/4: negative curvature near 0, positive beyond |x|^2 = a/3. From a
+    # small start, the first pair is rejected (y.s < 0) and the later ones are accepted: one
+    # rejection before the first acceptance, where the batched L-BFGS is torch's step for step.
+    a = 1.0
+
+    def f(b, xb):
+        r2 = (xb * xb).sum()
+        return -0.5 * a * r2 + 0.25 * r2 * r2
+
+    gen = torch.Generator().manual_seed(1)
+    x0 = 0.05 * torch.randn(B, *SHAPE, generator=gen, dtype=torch.float64)
+    lrs, steps = [1.0, 0.7, 0.9], 12
+    ours = batched_path(f, x0, lrs, 20, steps)
+    # The premise: in every sample the first pair is rejected and the second accepted (later
+    # ones, near the minimum, fall under 1e-10 again: rejections after an acceptance are torch's).
+    x = x0.clone()
+    opt = BatchedLBFGS(x, lrs, history_size=20)
+    counts = []
+    for _ in range(steps):
+        opt.step(batched_grad(f, x))
+        counts.append((opt.accepted.tolist(), opt.rejected.tolist()))
+    assert counts[1] == ([0] * B, [1] * B) and counts[2] == ([1] * B, [1] * B)
+    # The ring's departure plays no part here (20 slots > 12 steps): the paths are torch's.
+    assert_close(ours, torch_paths_unchecked(f, x0, lrs, 20, steps))
+    assert total_loss(f, ours[-1]) == pytest.approx([-a * a / 4] * B, abs=1e-6)  # the minimum, -a²/4
+
+
+def torch_paths_unchecked(f, x0, lrs, m, steps):
+    """torch_paths without its no-rejection premise."""
+    out = torch.empty(steps, *x0.shape, dtype=x0.dtype)
+    for b in range(B):
+        xb = x0[b].clone().requires_grad_(True)
+        opt = torch.optim.LBFGS([xb], lr=lrs[b], max_iter=1, history_size=m, line_search_fn=None,
+                                tolerance_grad=0, tolerance_change=0)
+        for k in range(steps):
+            def closure():
+                opt.zero_grad()
+                loss = f(b, xb)
+                loss.backward()
+                return loss
+            opt.step(closure)
+            out[k, b] = xb.detach()
+    return out
