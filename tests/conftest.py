@@ -29,7 +29,7 @@ def wandb_env(tmp_path, monkeypatch):
     return env
 
 
-def run_cli(args, cwd, env=None, timeout=300, module=True):
+def run_cli(args, cwd, env=None, timeout=None, module=True):
     cmd = [sys.executable, "-m", "nstexp", *args] if module else [
         os.path.join(os.path.dirname(sys.executable), "nstexp"), *args]
     full_env = {**os.environ, **(env or {})}

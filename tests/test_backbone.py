@@ -1,6 +1,7 @@
 import os
 import re
-import time
+import socket
+import threading
 
 import pytest
 import torch
@@ -261,15 +262,36 @@ def test_bad_weights_file_fails_in_one_line(tmp_path, vgg16_features, write, pro
 
 
 def test_imagenet_weights_fail_fast_when_not_cached(tmp_path, monkeypatch):
+    """One download attempt, through a proxy that hangs up at once, and then the error: no retry,
+    no partial file left in the cache."""
+    proxy = socket.create_server(("127.0.0.1", 0))
+    attempts = []
+
+    def hang_up():
+        while True:
+            try:
+                conn, _ = proxy.accept()
+            except OSError:  # closed: the test is over
+                return
+            attempts.append(1)
+            conn.close()
+
+    threading.Thread(target=hang_up, daemon=True).start()
+    url = f"http://127.0.0.1:{proxy.getsockname()[1]}"
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    # No download can succeed, whatever the network: every request goes to the proxy.
+    for key in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(key, url)
+    for key in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(key, raising=False)
     torch.hub.set_dir(str(tmp_path / "hub"))
-    # Make sure no download can succeed, whatever the network.
-    monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")
-    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
-    t = time.time()
     try:
-        with pytest.raises(NstexpError, match="backbone.weights=imagenet.*put the file at"):
+        with pytest.raises(NstexpError, match="backbone.weights=imagenet.*put the file at") as info:
             FeatureExtractor("vgg19", "imagenet", ["relu1_1"])
     finally:
         torch.hub.set_dir(os.path.join(os.path.expanduser("~"), ".cache", "torch", "hub"))
-    assert time.time() - t < 30
+        proxy.close()
+    assert len(attempts) == 1
+    checkpoints = tmp_path / "hub" / "checkpoints"
+    assert str(checkpoints) in str(info.value)
+    assert not checkpoints.exists() or not any(checkpoints.iterdir())

@@ -77,7 +77,7 @@ def test_command_line_replaces_preset_values():
     ],
 )
 def test_bad_values_fail_in_one_line(tmp_path, override, needle):
-    r = run_cli([override, f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path, timeout=120)
+    r = run_cli([override, f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path)
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1, r.stderr
