@@ -18,14 +18,16 @@ import tempfile
 
 from PIL import Image
 
+from nstexp import images
 from nstexp.errors import NstexpError
 
 
 def _spec(image, folder: str, name: str) -> str:
-    """A path for an image given as a path, `sample:<name>` or a PIL image (saved to `folder`)."""
+    """A path for an image given as a path, `sample:<name>` or a PIL image of any mode (saved to
+    `folder` as the 8-bit RGB a file of it would be read as)."""
     if isinstance(image, Image.Image):
         path = os.path.join(folder, f"{name}.png")
-        image.save(path)
+        images.to_rgb(image).save(path)
         return path
     return os.fspath(image)
 

@@ -196,3 +196,20 @@ def test_runs_log_the_metrics_at_snapshots_and_at_the_end(tmp_path):
 def test_stylize_refuses_a_bad_override_in_one_line():
     with pytest.raises(NstexpError, match=r"optimizer=sgd: unknown option for optimizer \(allowed: adam, lbfgs\)"):
         nstexp.stylize("sample:chelsea", "sample:swirls", optimizer="sgd")
+
+
+def test_the_api_takes_images_in_deep_modes(tmp_path):
+    """A float (F, 0..1) and a 16-bit (I;16) image in memory score and stylize as the 8-bit image they hold."""
+    gray = images.load_image("sample:chelsea").convert("L")
+    values = np.asarray(gray)
+    deep = {"F": Image.fromarray(values.astype(np.float32) / 255),
+            "I;16": Image.fromarray(values.astype(np.uint16) * 257)}
+    assert {k: v.mode for k, v in deep.items()} == {"F": "F", "I;16": "I;16"}
+    expected = nstexp.evaluate(gray, "sample:chelsea", "sample:swirls", size=64)
+    for mode, image in deep.items():
+        assert nstexp.evaluate(image, "sample:chelsea", "sample:swirls", size=64) == expected, mode
+    run = {"size": 48, "steps": 1, "eval.enabled": False}
+    result, summary = nstexp.stylize(deep["F"], deep["I;16"], out_dir=str(tmp_path / "deep"), **run)
+    reference, _ = nstexp.stylize(gray, gray, out_dir=str(tmp_path / "gray"), **run)
+    assert summary["status"] == "completed"
+    assert np.array_equal(np.asarray(result), np.asarray(reference))
