@@ -16,13 +16,22 @@ import math
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from nstexp import metrics
 from nstexp.sweep_jobs import Job
 
 LOSSES = ("loss/total", "loss/content", "loss/style")
 X_AXES = (("evals", "evals"), ("time_s", "wall time (s)"))
+
+
+def axis_label(what: str, key: str) -> str:
+    """`what: key (... is better)`, the way metric `key` ranks (metrics.better); no claim for a key no rule covers."""
+    rule = metrics.better(key)
+    return f"{what}: {key}" + (f" ({rule} is better)" if rule else "")
+
+
 # (metric key, axis label): the axis says which way is better.
-CONTENT_FIDELITY = ("eval/ssim", "content fidelity: eval/ssim (higher is better)")
-STYLE_FIDELITY = ("eval/style_sw", "style distance: eval/style_sw (lower is better)")
+CONTENT_FIDELITY = ("eval/ssim", axis_label("content fidelity", "eval/ssim"))
+STYLE_FIDELITY = ("eval/style_sw", axis_label("style distance", "eval/style_sw"))
 
 
 def _finite(value) -> bool:

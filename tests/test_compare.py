@@ -533,6 +533,19 @@ def test_eval_curves_use_only_the_evaluated_steps(tmp_path):
     assert_plot(paths["eval_curves"])
 
 
+def test_axis_labels_say_which_way_is_better_as_the_metric_ranks():
+    from nstexp import metrics
+
+    assert plots.axis_label("total variation", "eval/tv") == "total variation: eval/tv (closer to 1 is better)"
+    assert plots.axis_label("ssim", "eval/ssim") == "ssim: eval/ssim (higher is better)"
+    assert plots.axis_label("style", "eval/style_sw/relu3_1") == "style: eval/style_sw/relu3_1 (lower is better)"
+    assert plots.axis_label("steps", "steps") == "steps: steps"  # no rule: no claim
+    for key in metrics.BETTER:
+        assert plots.axis_label("x", key).endswith(f"({metrics.better(key)} is better)"), key
+    for key, label in (plots.CONTENT_FIDELITY, plots.STYLE_FIDELITY):
+        assert label.endswith(f": {key} ({metrics.better(key)} is better)")
+
+
 def test_no_eval_plots_without_eval_metrics(tmp_path):
     make_sweep(tmp_path, GRID)
     paths = compare.write_report(str(tmp_path), cell=CELL)
