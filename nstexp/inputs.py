@@ -66,11 +66,15 @@ def load(cfg: DictConfig, size: int, deepest: dict[str, int], device: torch.devi
              for key in pils}
     layer, pools = max(deepest.items(), key=lambda kv: kv[1])
     need = 2**pools
+    # Reflect padding needs 2 px per side at the deepest convolution (torch pads by reflecting
+    # the row next to the edge, which a 1 px map lacks).
+    least = 2 * need if cfg.backbone.padding == "reflect" else need
     for key, (w, h) in sizes.items():
-        if min(w, h) < need:
+        if min(w, h) < least:
             raise NstexpError(
                 f"{key}: {w}x{h} px after resizing is too small for layer {layer} "
-                f"(needs at least {need} px per side; raise size or style.scale)"
+                f"(needs at least {least} px per side{' with backbone.padding=reflect' if least > need else ''}; "
+                "raise size or style.scale)"
             )
         factor = max(w, h) / max(pils[key].size)
         if factor > UPSCALE_WARNING:

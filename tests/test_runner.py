@@ -232,3 +232,14 @@ def test_a_pipe_is_read_once_for_every_level_and_the_metrics(tmp_path):
     writer.join(timeout=30)
     assert summary["status"] == "completed" and len(summary["levels"]) == 2
     assert 0 < summary["eval/ssim"] < 1
+
+
+def test_reflect_padding_on_a_too_small_image_is_refused_in_one_line(tmp_path):
+    # 32 px: the style image's shorter side reaches conv5_1 as 1 px, which reflect padding cannot pad.
+    from nstexp.errors import NstexpError
+
+    with pytest.raises(NstexpError, match=r"too small for layer relu5_1 \(needs at least 32 px per side "
+                                          r"with backbone.padding=reflect; raise size or style.scale\)$"):
+        run(_cfg("size=32", "backbone.padding=reflect", "eval.enabled=false"), str(tmp_path / "small"))
+    summary = run(_cfg("size=64", "backbone.padding=reflect", "eval.enabled=false"), str(tmp_path / "fits"))
+    assert summary["status"] == "completed"
