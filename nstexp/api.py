@@ -55,19 +55,19 @@ def stylize(content, style, out_dir: str | None = None, **overrides) -> tuple[Im
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from nstexp import cli
-    from nstexp.runner import run
+    from nstexp import composition
+    from nstexp.run.runner import run
 
     with tempfile.TemporaryDirectory() as tmp:
         args = {"content.image": _spec(content, tmp, "content"), "style.image": _spec(style, tmp, "style"),
                 "wandb.mode": "disabled", "progress": False, **overrides}
         lines = [f"{k}={_value(v)}" for k, v in args.items()]
-        swept, _ = cli.preflight(lines)  # composes and validates: one-line NstexpError
+        swept, _ = composition.preflight(lines)  # composes and validates: one-line NstexpError
         if swept:
             raise NstexpError(f"stylize runs one job; these keys have several values: {', '.join(swept)}")
         GlobalHydra.instance().clear()
         try:
-            with initialize_config_dir(config_dir=cli.CONFIG_DIR, version_base="1.3"):
+            with initialize_config_dir(config_dir=composition.CONFIG_DIR, version_base="1.3"):
                 cfg = compose(config_name="config", overrides=lines)
         finally:
             GlobalHydra.instance().clear()
@@ -79,9 +79,9 @@ def stylize(content, style, out_dir: str | None = None, **overrides) -> tuple[Im
 
 
 def evaluate(result, content, style, size: int | None = None) -> dict[str, float]:
-    """The `eval/...` metrics (nstexp.metrics) of `result` against `content` and `style` (paths,
+    """The `eval/...` metrics (nstexp.eval.metrics) of `result` against `content` and `style` (paths,
     `sample:<name>` or PIL images)."""
-    from nstexp import evaluation, metrics
+    from nstexp.eval import evaluation, metrics
 
     with tempfile.TemporaryDirectory() as tmp:
         paths = [_spec(img, tmp, name) for img, name in ((result, "result"), (content, "content"), (style, "style"))]

@@ -8,10 +8,26 @@ layer names, non-negative weights) so that every bad value fails before any work
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
+
+from nstexp.errors import NstexpError
+
+
+def _data_dir(name: str, marker: str) -> str:
+    """`conf/` and `sweeps/` ship inside the installed package; in a checkout they sit beside it."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / name, here.parent / name):
+        if (candidate / marker).exists():
+            return str(candidate)
+    raise NstexpError(f"{name} folder not found: reinstall nstexp (pip install .)")
+
+
+CONFIG_DIR = _data_dir("conf", "config.yaml")
+SWEEPS_DIR = _data_dir("sweeps", "seeds.yaml")
 
 
 ARCHS = ("vgg19", "vgg16")
@@ -100,7 +116,7 @@ class StyleConfig:
 
 @dataclass
 class ColorConfig:
-    # none | luminance | histogram | swap (see nstexp/colour.py)
+    # none | luminance | histogram | swap (see nstexp/run/colour.py)
     preserve: str = "none"
 
 
@@ -156,7 +172,7 @@ class ScalesConfig:
 
 @dataclass
 class EvalConfig:
-    # The yardstick metrics (nstexp/metrics.py), at the end of every run and during it.
+    # The yardstick metrics (nstexp/eval/metrics.py), at the end of every run and during it.
     enabled: bool = True
     # Every N steps; None: at every snapshot (snapshot_every); 0: only at the end.
     every: Optional[int] = None
@@ -222,13 +238,6 @@ class Config:
 
 
 def register() -> None:
-    # hydra/launcher=batched. Hydra looks for launchers in the `hydra_plugins` package, but
-    # cannot list it in an editable install: register the plugin and its config by hand.
-    from hydra.core.plugins import Plugins
-    from hydra_plugins.nstexp_batched_launcher.batched_launcher import BatchedLauncher
-
-    Plugins.instance().register(BatchedLauncher)
-
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
     cs.store(group="optimizer", name="lbfgs_schema", node=LBFGSConfig)

@@ -13,11 +13,24 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from nstexp.config import (
-    ARCHS, CLAMPS, COLOR_MODES, CONTENT_NORMALIZATIONS, INITS, LINE_SEARCHES, OPTIMIZERS, PADDINGS, POOLING,
-    PREPROCESSING, STYLE_BALANCES, STYLE_LOSSES, STYLE_NORMALIZATIONS, WANDB_MODES, WEIGHTS,
+    ARCHS,
+    CLAMPS,
+    COLOR_MODES,
+    CONTENT_NORMALIZATIONS,
+    INITS,
+    LINE_SEARCHES,
+    OPTIMIZERS,
+    PADDINGS,
+    POOLING,
+    PREPROCESSING,
+    STYLE_BALANCES,
+    STYLE_LOSSES,
+    STYLE_NORMALIZATIONS,
+    WANDB_MODES,
+    WEIGHTS,
 )
 from nstexp.errors import ConfigError
-from nstexp.hardware import PRECISIONS
+from nstexp.network.hardware import PRECISIONS
 
 
 def _choice(key: str, value: Any, allowed: tuple) -> None:
@@ -44,7 +57,7 @@ def _at_least(key: str, value: float, low: float, strict: bool = False) -> None:
 
 def validate(cfg: DictConfig) -> None:
     """Check what the schema's types cannot; raise ConfigError with a one-line message."""
-    from nstexp.backbone import layer_names  # the layer names come from the network itself
+    from nstexp.network.backbone import layer_names  # the layer names come from the network itself
 
     _check_finite(OmegaConf.to_container(cfg, resolve=True))
     _choice("precision", cfg.precision, PRECISIONS)
@@ -136,7 +149,7 @@ def validate(cfg: DictConfig) -> None:
     if cfg.steps is not None:
         _at_least("steps", cfg.steps, 0)
     if cfg.size is not None:
-        _at_least("size", cfg.size, 16)  # the upper limit is the memory: see nstexp.memory
+        _at_least("size", cfg.size, 16)  # the upper limit is the memory: see nstexp.network.memory
     if cfg.scales.min is not None:
         _at_least("scales.min", cfg.scales.min, 16)
         if cfg.size is not None and cfg.scales.min > cfg.size:

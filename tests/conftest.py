@@ -47,8 +47,8 @@ def tiny_cfg(*overrides):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from nstexp import cli
+    from nstexp import composition
 
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=cli.CONFIG_DIR, version_base="1.3"):
+    with initialize_config_dir(config_dir=composition.CONFIG_DIR, version_base="1.3"):
         return compose(config_name="config", overrides=[*RUN_TINY, *overrides])

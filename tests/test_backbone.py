@@ -7,8 +7,8 @@ import pytest
 import torch
 from torchvision import models
 
-from nstexp import backbone, weights
-from nstexp.backbone import FeatureExtractor, layer_names
+from nstexp.network import backbone, weights
+from nstexp.network.backbone import FeatureExtractor, layer_names
 from nstexp.errors import NstexpError
 
 # torchvision VGG-19 `features` indices, from the architecture's published layout.

@@ -15,9 +15,9 @@ from PIL import Image
 from conftest import run_cli, tiny_cfg
 from wandb_offline import find_runs
 
-from nstexp import batching
-from nstexp.job import JobSpec
-from nstexp.runner import run, run_batch
+from nstexp.sweep import batching
+from nstexp.run.job import JobSpec
+from nstexp.run.runner import run, run_batch
 
 GRID = ["style.weight=1e3", "style.weight=1e5"]
 
@@ -97,7 +97,7 @@ def _run_alone(overrides, out_dir):
 
 
 def test_every_per_job_setting_has_a_case():
-    from nstexp.job import PER_JOB
+    from nstexp.run.job import PER_JOB
 
     assert set(PER_JOB) <= set(PER_JOB_CASES) | set(ADAM_CASES)
 
@@ -211,9 +211,9 @@ def test_ctrl_c_stops_every_job_of_the_batch_and_keeps_their_images(tmp_path, wa
 
 @pytest.mark.parametrize("value", ["0", "-2", "two"])
 def test_a_bad_batch_size_is_refused_in_one_line(value):
-    from nstexp import cli
+    from nstexp import composition
     from nstexp.errors import NstexpError
 
     with pytest.raises(NstexpError, match=rf"^hydra.launcher.batch_size={value} must be a whole number >= 1, "
                                           r"or null \(chosen from the memory\)$"):
-        cli.preflight(["seed=0,1", "hydra/launcher=batched", f"hydra.launcher.batch_size={value}"])
+        composition.preflight(["seed=0,1", "hydra/launcher=batched", f"hydra.launcher.batch_size={value}"])

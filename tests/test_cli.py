@@ -14,7 +14,7 @@ from PIL import Image
 from conftest import REPO, TINY, run_cli
 from wandb_offline import find_runs
 
-from nstexp.hardware import resolve_precision
+from nstexp.network.hardware import resolve_precision
 
 
 def _jsonl(path):

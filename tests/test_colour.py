@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from nstexp import colour
+from nstexp.run import colour
 
 
 def _image(seed, shape=(1, 3, 20, 30), low=0.0, high=1.0):

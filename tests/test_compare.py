@@ -11,9 +11,9 @@ import yaml
 from PIL import Image
 
 from conftest import REPO
-from nstexp import callbacks, compare, plots
+from nstexp.sweep import callbacks, compare, contact_sheet, plots
 from nstexp.errors import NstexpError
-from nstexp.sweep_jobs import display_value
+from nstexp.sweep.results import display_value
 
 CELL = 64  # small cells keep the tests fast
 RED, GREEN, BLUE, YELLOW, CYAN = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255)
@@ -82,16 +82,16 @@ def make_sweep(root, jobs, content="sample:chelsea", style="sample:swirls", subd
 
 
 def layout(n_rows, n_cols, n_keys, n_col_keys, n_inputs, cell=CELL):
-    """The contact sheet's layout as compare.contact_sheet documents it."""
-    box_w = cell + 2 * compare.PAD
-    box_h = cell + 2 * compare.PAD + compare.LINE_H * (n_keys + 1)
-    header_h = 2 * compare.PAD + compare.LINE_H * max(1, n_col_keys)
+    """The contact sheet's layout as contact_sheet.contact_sheet documents it."""
+    box_w = cell + 2 * contact_sheet.PAD
+    box_h = cell + 2 * contact_sheet.PAD + contact_sheet.LINE_H * (n_keys + 1)
+    header_h = 2 * contact_sheet.PAD + contact_sheet.LINE_H * max(1, n_col_keys)
     top = box_h if n_inputs else 0
-    size = (compare.ROW_HEADER_W + box_w * max(n_cols, n_inputs), top + header_h + box_h * n_rows)
+    size = (contact_sheet.ROW_HEADER_W + box_w * max(n_cols, n_inputs), top + header_h + box_h * n_rows)
 
     def image_box(row, col):
         """Left and top of the image area of cell (row, col)."""
-        return (compare.ROW_HEADER_W + col * box_w + compare.PAD, top + header_h + row * box_h + compare.PAD)
+        return (contact_sheet.ROW_HEADER_W + col * box_w + contact_sheet.PAD, top + header_h + row * box_h + contact_sheet.PAD)
 
     return size, image_box
 
@@ -208,10 +208,10 @@ def test_contact_sheet_grid_layout_and_cells(tmp_path):
     assert centre(sheet, image_box, 1, 0) == YELLOW
     for col in (1, 2):  # running and missing: grey placeholders (status text in the middle)
         x, y = image_box(1, col)
-        assert sheet.getpixel((x + 2, y + 2)) == compare.PLACEHOLDER
+        assert sheet.getpixel((x + 2, y + 2)) == contact_sheet.PLACEHOLDER
     # The content image (a photo, not a flat colour) sits above the grid, left of the style image.
     x, y = image_box(0, 0)
-    band = sheet.crop((x, 0, x + CELL, y - compare.PAD))
+    band = sheet.crop((x, 0, x + CELL, y - contact_sheet.PAD))
     assert len(band.getcolors(maxcolors=CELL * CELL)) > 100
 
 
@@ -234,7 +234,7 @@ def test_relative_input_paths_are_relative_to_the_launch_dir(tmp_path):
     size, image_box = layout(n_rows=1, n_cols=2, n_keys=1, n_col_keys=1, n_inputs=2)
     assert sheet.size == size
     x, _ = image_box(0, 0)
-    assert sheet.getpixel((x + CELL // 2, compare.PAD + CELL // 2)) == CYAN
+    assert sheet.getpixel((x + CELL // 2, contact_sheet.PAD + CELL // 2)) == CYAN
 
 
 def test_one_key_is_one_row_in_job_number_order(tmp_path):
@@ -295,7 +295,7 @@ def test_loss_curves_is_an_image(tmp_path):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "nstexp.compare", *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "nstexp.sweep.compare", *args], cwd=REPO,
                           capture_output=True, text=True)
 
 
@@ -534,7 +534,7 @@ def test_eval_curves_use_only_the_evaluated_steps(tmp_path):
 
 
 def test_axis_labels_say_which_way_is_better_as_the_metric_ranks():
-    from nstexp import metrics
+    from nstexp.eval import metrics
 
     assert plots.axis_label("total variation", "eval/tv") == "total variation: eval/tv (closer to 1 is better)"
     assert plots.axis_label("ssim", "eval/ssim") == "ssim: eval/ssim (higher is better)"

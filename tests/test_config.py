@@ -7,19 +7,19 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from conftest import REPO, run_cli
-from nstexp import cli
+from nstexp import composition
 from nstexp.validation import validate
 
 GROUPS = ["backbone", "layers", "loss", "optimizer", "init"]
 
 
 def _options(group):
-    return sorted(f[:-5] for f in os.listdir(os.path.join(cli.CONFIG_DIR, group)) if f.endswith(".yaml"))
+    return sorted(f[:-5] for f in os.listdir(os.path.join(composition.CONFIG_DIR, group)) if f.endswith(".yaml"))
 
 
 def _compose(overrides):
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=cli.CONFIG_DIR, version_base="1.3"):
+    with initialize_config_dir(config_dir=composition.CONFIG_DIR, version_base="1.3"):
         return compose(config_name="config", overrides=overrides)
 
 
@@ -129,6 +129,6 @@ def test_every_number_is_finite_and_in_range(overrides, needle):
 
 
 def test_config_dir_is_the_repository_conf():
-    assert os.path.samefile(cli.CONFIG_DIR, os.path.join(REPO, "conf")) or cli.CONFIG_DIR.endswith(
+    assert os.path.samefile(composition.CONFIG_DIR, os.path.join(REPO, "conf")) or composition.CONFIG_DIR.endswith(
         os.path.join("nstexp", "conf")
     )

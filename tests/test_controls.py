@@ -10,10 +10,11 @@ from PIL import Image
 from conftest import TINY as CLI_TINY
 from conftest import run_cli
 from conftest import tiny_cfg as _cfg
-from nstexp import colour, images, inputs, scale_control
-from nstexp.backbone import FeatureExtractor
-from nstexp.objective import Objective
-from nstexp.runner import run
+from nstexp.run import colour, inputs, scale_control
+from nstexp import images
+from nstexp.network.backbone import FeatureExtractor
+from nstexp.losses.objective import Objective
+from nstexp.run.runner import run
 
 def _content_at(summary, spec="sample:chelsea"):
     """The content image as the run resized it."""

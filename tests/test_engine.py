@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from nstexp.engine import optimize
-from nstexp.objective import LossTerms
+from nstexp.optim.engine import optimize
+from nstexp.losses.objective import LossTerms
 from nstexp.config import AdamConfig
 
 
@@ -77,8 +77,8 @@ def test_losses_read_every_few_steps_still_catch_divergence_and_keep_the_last_go
 
 
 def _tiny_style_objective():
-    from nstexp.backbone import FeatureExtractor
-    from nstexp.objective import Objective
+    from nstexp.network.backbone import FeatureExtractor
+    from nstexp.losses.objective import Objective
 
     torch.manual_seed(0)
     extractor = FeatureExtractor("vgg19", "caffe", ["relu1_1", "relu2_1"])
@@ -88,7 +88,7 @@ def _tiny_style_objective():
 
 
 def test_the_default_lbfgs_follows_torchs_lbfgs_with_the_clamp_correction(monkeypatch):
-    from nstexp import engine
+    from nstexp.optim import engine
     from nstexp.config import LBFGSConfig
 
     objective, content = _tiny_style_objective()

@@ -7,8 +7,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from nstexp import cli
-from nstexp.runner import run
+from nstexp import composition
+from nstexp.run.runner import run
 from test_precision import RECIPES
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 
 def test_auto_device_uses_the_gpu_with_its_defaults(tmp_path):
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=cli.CONFIG_DIR, version_base="1.3"):
+    with initialize_config_dir(config_dir=composition.CONFIG_DIR, version_base="1.3"):
         cfg = compose(config_name="config", overrides=["steps=5", "progress=false", "wandb.mode=disabled"])
     summary = run(cfg, str(tmp_path))
     assert summary["status"] == "completed"
@@ -29,10 +29,10 @@ def test_auto_device_uses_the_gpu_with_its_defaults(tmp_path):
 
 
 def test_the_loop_never_waits_for_the_gpu_between_reads():
-    from nstexp.backbone import FeatureExtractor
+    from nstexp.network.backbone import FeatureExtractor
     from nstexp.config import AdamConfig, LBFGSConfig
-    from nstexp.engine import optimize
-    from nstexp.objective import Objective
+    from nstexp.optim.engine import optimize
+    from nstexp.losses.objective import Objective
 
     layers = ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu4_2", "relu5_1"]
     extractor = FeatureExtractor("vgg19", "caffe", layers, precision="bf16", channels_last=True).cuda()
@@ -63,14 +63,14 @@ def test_the_loop_never_waits_for_the_gpu_between_reads():
 
 def _cfg(*overrides):
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=cli.CONFIG_DIR, version_base="1.3"):
+    with initialize_config_dir(config_dir=composition.CONFIG_DIR, version_base="1.3"):
         return compose(config_name="config", overrides=["progress=false", "wandb.mode=disabled", *overrides])
 
 
 def test_a_batched_sweep_on_the_gpu(tmp_path):
     """Each job of a batch ends where it ends when run alone, with its own style weight."""
-    from nstexp.job import JobSpec
-    from nstexp.runner import run_batch
+    from nstexp.run.job import JobSpec
+    from nstexp.run.runner import run_batch
 
     # fp32 and few steps: the batch's convolution algorithms differ from a lone job's, and
     # L-BFGS amplifies the difference in the last bits over many steps.
@@ -102,7 +102,8 @@ def test_deterministic_reruns_are_bit_identical(tmp_path, extra):
 def test_matrix_products_stay_fp32_after_configure():
     """TF32 in the convolutions only: a Gram matrix on the GPU is as exact as fp32 (TF32 would
     be off by about 1e-3)."""
-    from nstexp import hardware, losses
+    from nstexp.network import hardware
+    from nstexp import losses
 
     hardware.configure(torch.device("cuda"))
     assert torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
@@ -115,8 +116,8 @@ def test_matrix_products_stay_fp32_after_configure():
 def test_fp16_gradient_follows_fp32_on_the_gpu():
     """The CPU test's check (tests/test_precision.py) on cuDNN's fp16 kernels."""
     from nstexp import images
-    from nstexp.backbone import FeatureExtractor
-    from nstexp.objective import Objective
+    from nstexp.network.backbone import FeatureExtractor
+    from nstexp.losses.objective import Objective
 
     layers = ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu4_2", "relu5_1"]
     content, style = (images.to_tensor(images.resize(images.load_image(f"sample:{name}"), (256, 192)), "cuda")
@@ -152,9 +153,9 @@ def test_every_recipe_runs_in_bf16_on_the_gpu(tmp_path, name):
 
 
 def test_bench_on_the_gpu(tmp_path):
-    from nstexp import bench
+    from nstexp.bench import speed
 
-    bench.main(["--sizes", "512", "--steps", "20", "--optimizers", "lbfgs", "--no-peer", "--sweep-jobs", "4",
+    speed.main(["--sizes", "512", "--steps", "20", "--optimizers", "lbfgs", "--no-peer", "--sweep-jobs", "4",
                 "--sweep-steps", "5", "--out", str(tmp_path)])
     report = __import__("json").loads((tmp_path / "bench.json").read_text())
     assert report["machine"]["gpu"] and all(r["time_per_eval_s"] > 0 for r in report["rows"])

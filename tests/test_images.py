@@ -8,7 +8,9 @@ import torch
 from PIL import Image
 
 from conftest import tiny_cfg
-from nstexp import images, inputs, masks, metrics
+from nstexp import images
+from nstexp.run import inputs, masks
+from nstexp.eval import metrics
 from nstexp.errors import NstexpError
 
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from nstexp.lbfgs import BatchedLBFGS
+from nstexp.optim.lbfgs import BatchedLBFGS
 
 B, SHAPE, K = 3, (2, 5, 5), 40
 N = 2 * 5 * 5

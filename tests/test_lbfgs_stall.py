@@ -13,8 +13,8 @@ from omegaconf import OmegaConf
 
 from conftest import REPO, tiny_cfg
 
-from nstexp.optimizers import uses_batched_lbfgs
-from nstexp.runner import run
+from nstexp.optim.optimizers import uses_batched_lbfgs
+from nstexp.run.runner import run
 
 COMMON = ["size=64", "steps=30", "eval.enabled=false"]
 
@@ -67,7 +67,7 @@ def test_the_normalized_loss_makes_at_least_half_the_raw_losss_progress(tmp_path
 
 
 def _sweep_lbfgs_jobs():
-    from nstexp.resumable import grid
+    from nstexp.sweep.resumable import grid
 
     jobs = []
     for path in sorted(glob.glob(os.path.join(REPO, "sweeps", "*.yaml"))):

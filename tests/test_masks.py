@@ -5,10 +5,12 @@ import pytest
 import torch
 from PIL import Image
 
-from nstexp import losses, masks
-from nstexp.backbone import FeatureExtractor
+from nstexp import losses
+from nstexp.run import masks
+from nstexp.losses import guides
+from nstexp.network.backbone import FeatureExtractor
 from nstexp.errors import NstexpError
-from nstexp.objective import Objective
+from nstexp.losses.objective import Objective
 
 STYLE = {"relu1_1": 1.0, "relu2_1": 1.0, "relu3_1": 1.0}
 
@@ -59,7 +61,7 @@ def test_a_content_mask_keeps_only_the_masked_positions_terms():
 def test_masks_are_area_averaged_to_each_layer():
     mask = torch.zeros(1, 1, 8, 8)
     mask[..., :3] = 1.0  # three of eight columns
-    small = masks.to_layer(mask, (4, 4))
+    small = guides.to_layer(mask, (4, 4))
     assert small[0, 0, 0].tolist() == [1.0, 0.5, 0.0, 0.0]  # the second cell is half inside
 
 

@@ -10,8 +10,9 @@ from PIL import Image
 
 import nstexp
 from conftest import run_cli
-from nstexp import images, metrics
-from nstexp.backbone import FeatureExtractor
+from nstexp import images
+from nstexp.eval import metrics
+from nstexp.network.backbone import FeatureExtractor
 from nstexp.errors import NstexpError
 
 
@@ -131,9 +132,9 @@ def test_evaluate_command_scores_a_folder_of_images(tmp_path):
 
 
 def test_the_aspect_tolerance_covers_every_size_a_run_rounds_to():
-    """Brute force over content shapes, sizes and multiples, the way nstexp.inputs sizes a run:
+    """Brute force over content shapes, sizes and multiples, the way nstexp.run.inputs sizes a run:
     `fit_longest`, then sides rounded to a multiple (a run refuses sides below it)."""
-    from nstexp import evaluation
+    from nstexp.eval import evaluation
 
     largest = evaluation.largest_multiple()
     worst = {}
@@ -156,7 +157,7 @@ def test_the_aspect_tolerance_covers_every_size_a_run_rounds_to():
 
 def test_evaluate_accepts_a_small_result_of_the_harness(tmp_path):
     """64 px of sample:chelsea (451 x 300) is 64 x 48 after rounding to 16 px: 11% off the photo's ratio."""
-    from nstexp import evaluation
+    from nstexp.eval import evaluation
 
     _, summary = nstexp.stylize("sample:chelsea", "sample:swirls", out_dir=str(tmp_path), size=64, steps=1,
                                 **{"eval.enabled": False})

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from nstexp.backbone import FeatureExtractor
-from nstexp.objective import Objective
+from nstexp.network.backbone import FeatureExtractor
+from nstexp.losses.objective import Objective
 
 STYLE = {"relu1_1": 0.25, "relu2_1": 0.25, "relu3_1": 0.25, "relu4_1": 0.25}
 # Every style loss, the Gram loss with each of its normalizations: (style loss, normalization).

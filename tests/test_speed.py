@@ -8,13 +8,14 @@ import pytest
 import torch
 
 from conftest import tiny_cfg
-from nstexp import hardware, images, memory
-from nstexp.backbone import FeatureExtractor
+from nstexp.network import hardware, memory
+from nstexp import images
+from nstexp.network.backbone import FeatureExtractor
 from nstexp.config import LBFGSConfig
-from nstexp.engine import optimize
+from nstexp.optim.engine import optimize
 from nstexp.errors import NstexpError
-from nstexp.objective import Objective
-from nstexp.runner import run
+from nstexp.losses.objective import Objective
+from nstexp.run.runner import run
 
 LAYERS = ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu4_2", "relu5_1"]
 
@@ -170,9 +171,9 @@ def test_the_loop_reads_the_losses_only_every_check_every_steps(monkeypatch):
 
 
 def test_bench_reports_every_case_with_its_floor_and_ratios(tmp_path, capsys):
-    from nstexp import bench
+    from nstexp.bench import speed
 
-    bench.main(["--sizes", "32", "--steps", "2", "--optimizers", "adam", "--precision", "fp32", "bf16",
+    speed.main(["--sizes", "32", "--steps", "2", "--optimizers", "adam", "--precision", "fp32", "bf16",
                 "--no-peer", "--sweep-jobs", "2", "--sweep-size", "32", "--sweep-steps", "2", "--out", str(tmp_path)])
     report = json.loads((tmp_path / "bench.json").read_text())
     assert report["machine"]["device"] == "cpu" and report["machine"]["cpu"]
@@ -193,10 +194,10 @@ def test_bench_reports_every_case_with_its_floor_and_ratios(tmp_path, capsys):
 
 
 def test_bench_refuses_bad_arguments_in_one_line(capsys):
-    from nstexp import bench
+    from nstexp.bench import speed
 
     with pytest.raises(SystemExit) as info:
-        bench.main(["--sizes", "32", "--steps", "2", "--precision", "fp16", "--no-peer"])
+        speed.main(["--sizes", "32", "--steps", "2", "--precision", "fp16", "--no-peer"])
     assert info.value.code == 2
     assert capsys.readouterr().err.strip() == (
         "error: precision=fp16 needs a CUDA device, not cpu (allowed here: auto, fp32, bf16)")

@@ -17,11 +17,11 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from PIL import Image
 
 from conftest import run_cli
-from nstexp import cli
-from nstexp.sweep_jobs import display_value
+from nstexp import composition
+from nstexp.sweep.results import display_value
 from wandb_offline import find_runs
 
-SWEEPS = cli.sweep_names()
+SWEEPS = composition.sweep_names()
 # A 2x2 grid that runs in seconds.
 TINY = ["size=32", "steps=1", "progress=false", "snapshot_every=0", "eval.size=64"]
 GRID = ["optimizer=adam,lbfgs", "style.weight=1e5,1e6"]
@@ -29,7 +29,7 @@ GRID = ["optimizer=adam,lbfgs", "style.weight=1e5,1e6"]
 
 def _hydra_params(name):
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=cli.CONFIG_DIR, version_base="1.3"):
+    with initialize_config_dir(config_dir=composition.CONFIG_DIR, version_base="1.3"):
         cfg = compose(config_name="config", overrides=[f"sweep={name}"], return_hydra_config=True)
     assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
     parser = OverridesParser.create()
@@ -50,18 +50,18 @@ def test_the_expected_sweeps_ship():
 def test_every_sweep_composes_and_every_value_is_valid(name):
     params = _hydra_params(name)
     assert params
-    cli.preflight([f"sweep={name}"])  # composes and validates every swept value
+    composition.preflight([f"sweep={name}"])  # composes and validates every swept value
 
 
 @pytest.mark.parametrize("name", SWEEPS)
 def test_wandb_sweep_file_mirrors_the_grid(name):
-    spec = yaml.safe_load(open(os.path.join(cli.SWEEPS_DIR, "wandb", f"{name}.yaml")))
+    spec = yaml.safe_load(open(os.path.join(composition.SWEEPS_DIR, "wandb", f"{name}.yaml")))
     assert spec["method"] == "grid"
     assert "${args_no_hyphens}" in spec["command"] and "nstexp" in spec["command"]
     params = {k: [display_value(str(v)) for v in p["values"]] for k, p in spec["parameters"].items()}
     assert params == _hydra_params(name)
     # The grid, as `wandb agent` passes it (every key together), is valid in every combination.
-    cli.preflight([f"{key}={','.join(values)}" for key, values in params.items()])
+    composition.preflight([f"{key}={','.join(values)}" for key, values in params.items()])
 
 
 def test_bad_swept_value_fails_before_any_job(tmp_path):
@@ -221,13 +221,13 @@ def test_resume_refuses_when_a_completed_job_ran_another_config(tmp_path, _cut_o
 
 
 def test_resume_compares_the_whole_config_but_not_how_a_job_is_watched(tmp_path, _cut_off_sweep):
-    from nstexp import resumable
+    from nstexp.sweep import resumable
     from nstexp.errors import NstexpError
 
     sweep = _cut_off_sweep(tmp_path)
     recorded = sweep / "0" / ".hydra" / "config.yaml"
     original = recorded.read_text()
-    resumable.check_configs(str(sweep), cli.compose_job)  # as the sweep left it: what it would run now
+    resumable.check_configs(str(sweep), composition.compose_job)  # as the sweep left it: what it would run now
 
     def watched_otherwise(config):
         config.update(progress=True, log_every=5, snapshot_every=7, resume=True)
@@ -235,17 +235,17 @@ def test_resume_compares_the_whole_config_but_not_how_a_job_is_watched(tmp_path,
         config["eval"]["every"] = 3
 
     _edit_recorded_config(sweep / "0", watched_otherwise)
-    resumable.check_configs(str(sweep), cli.compose_job)  # none of these changes a result
+    resumable.check_configs(str(sweep), composition.compose_job)  # none of these changes a result
     # A job that did not complete is rerun from scratch whatever it ran.
     _edit_recorded_config(sweep / "1", lambda c: c.update(steps=9))
-    resumable.check_configs(str(sweep), cli.compose_job)
+    resumable.check_configs(str(sweep), composition.compose_job)
     for edit, key in [(lambda c: c.update(steps=9), "steps"), (lambda c: c["eval"].update(size=128), "eval.size"),
                       (lambda c: c["optimizer"].update(history_size=3), "optimizer.history_size"),
                       (lambda c: c.update(new_key=1), "new_key")]:
         recorded.write_text(original)
         _edit_recorded_config(sweep / "0", edit)
         with pytest.raises(NstexpError, match=rf"job 0 \(.*\) completed with {key}="):
-            resumable.check_configs(str(sweep), cli.compose_job)
+            resumable.check_configs(str(sweep), composition.compose_job)
 
 
 def test_resume_into_a_sweep_of_another_grid_is_refused(tmp_path, _cut_off_sweep):
@@ -286,9 +286,9 @@ def test_every_launcher_exits_1_when_jobs_fail(tmp_path, launcher):
 
 
 CRASH_SEED_0 = """
-import nstexp.inputs
+import nstexp.run.inputs
 
-initial_image = nstexp.inputs.initial_image
+initial_image = nstexp.run.inputs.initial_image
 
 
 def crash_for_seed_0(cfg, content, styles):
@@ -297,7 +297,7 @@ def crash_for_seed_0(cfg, content, styles):
     return initial_image(cfg, content, styles)
 
 
-nstexp.inputs.initial_image = crash_for_seed_0
+nstexp.run.inputs.initial_image = crash_for_seed_0
 """
 
 

@@ -1,10 +1,11 @@
 """`hydra/launcher=batched`: a sweep's jobs run in batches that share the network.
 
 Hydra finds launchers in the `hydra_plugins` package only; the work is done by
-`nstexp.batching.launch`.
+`nstexp.sweep.batching.launch`.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: Hydra's plugin scan executes this module outside
+# sys.modules, where a dataclass cannot resolve string annotations.
 
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
@@ -38,6 +39,6 @@ class BatchedLauncher(Launcher):
         self.config, self.hydra_context = config, hydra_context
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from nstexp import batching
+        from nstexp.sweep import batching
 
         return batching.launch(self, job_overrides, initial_job_idx)

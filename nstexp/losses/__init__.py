@@ -11,7 +11,12 @@ from nstexp.losses.gram import gram_matrix, style_loss
 from nstexp.losses.sliced import quantiles, random_directions, sliced_loss
 from nstexp.losses.tv import tv_loss
 from nstexp.losses.wasserstein import (
-    centered_covariance, covariance, moments, sqrtm, trace_sqrt, w2_loss,
+    centered_covariance,
+    covariance,
+    moments,
+    sqrtm,
+    trace_sqrt,
+    w2_loss,
 )
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""The optimizers the loop steps: torch's Adam and L-BFGS (nstexp.lbfgs for batches), and the
+"""The optimizers the loop steps: torch's Adam and L-BFGS (nstexp.optim.lbfgs for batches), and the
 running average of the iterates reported instead of the last one."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import torch
 
 
 def uses_batched_lbfgs(cfg) -> bool:
-    """L-BFGS with one iteration per step and no line search runs on nstexp.lbfgs: per sample,
+    """L-BFGS with one iteration per step and no line search runs on nstexp.optim.lbfgs: per sample,
     without host synchronisation. Line searches and several iterations per step use torch's."""
     return cfg.name == "lbfgs" and cfg.max_iter == 1 and cfg.line_search == "none"
 
@@ -42,7 +42,7 @@ def tell_lbfgs_the_clamped_step(optimizer: torch.optim.Optimizer, x: torch.Tenso
     L-BFGS builds its curvature pairs from s = d * t. Clamping moves the image elsewhere;
     left uncorrected, the pairs are wrong and the iterates oscillate and degrade. With one
     iteration per step the correction is exact: s becomes the clamped displacement.
-    (nstexp.lbfgs takes s from the positions themselves, so it needs no correction.)
+    (nstexp.optim.lbfgs takes s from the positions themselves, so it needs no correction.)
     """
     if not isinstance(optimizer, torch.optim.LBFGS) or optimizer.defaults["max_iter"] != 1:
         return
@@ -67,3 +67,9 @@ class IterateAverage:
 
     def get(self) -> torch.Tensor:
         return self.value / self.weight
+
+
+def select_adam_state(state: dict, keep: list[int]) -> dict:
+    """Adam's state (a parameter group per job) for the jobs `keep` only."""
+    return {"state": {i: state["state"][b] for i, b in enumerate(keep) if b in state["state"]},
+            "param_groups": [{**state["param_groups"][b], "params": [i]} for i, b in enumerate(keep)]}

@@ -20,7 +20,8 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from nstexp.errors import NstexpError
-from nstexp.tracking import clear_outputs
+from nstexp.run.tracking import clear_outputs
+from nstexp.sweep.results import grid, job_dirs
 
 _TRUE = {"true", "True", "yes", "1", "on"}
 # Overrides that say how to run a sweep, not what a job computes.
@@ -38,17 +39,6 @@ def requested(overrides: list[str]) -> bool:
 def job_key(overrides) -> list[str]:
     """What identifies a job: its overrides, sorted, without the ones that do not change the result."""
     return sorted(str(o) for o in overrides if str(o).split("=", 1)[0].lstrip("+~") not in _NOT_A_SETTING)
-
-
-def grid(params: dict | None, task: list[str]) -> list[list[str]]:
-    """Every job's overrides, in job-number order, as Hydra's basic sweeper enumerates them:
-    the sweep file's `hydra.sweeper.params` first, then the command line's overrides."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    arguments = [f"{k}={v}" for k, v in (params or {}).items()] + [str(t) for t in task]
-    (batch,) = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(arguments), None)
-    return batch
 
 
 def _command_task(overrides: list[str]) -> list[str]:
@@ -157,8 +147,6 @@ def check_configs(sweep_dir: str, compose: Callable[[list[str]], DictConfig]) ->
     overrides composed now (`compose`), which a changed sweep file or preset makes different
     even when the overrides are the same. NOT_RESULTS do not count. Raises NstexpError.
     """
-    from nstexp.sweep_jobs import job_dirs
-
     recorded = _recorded(Path(sweep_dir))
     if recorded is None:
         return

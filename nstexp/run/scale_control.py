@@ -20,14 +20,14 @@ import functools
 from typing import Callable
 
 import torch
-
 from PIL import Image
 
-from nstexp import colour, images
-from nstexp.backbone import FeatureExtractor
+from nstexp import images
 from nstexp.config import LBFGSConfig, ScaleControlConfig
-from nstexp.engine import optimize
-from nstexp.objective import Objective
+from nstexp.losses.objective import Objective
+from nstexp.network.backbone import FeatureExtractor
+from nstexp.optim.engine import optimize
+from nstexp.run import colour
 
 
 def fine_onto_coarse(extractor: FeatureExtractor, coarse: torch.Tensor, fine: torch.Tensor, fine_layers: list[str],

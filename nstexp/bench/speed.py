@@ -24,139 +24,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
 
-import torch
-
-from nstexp import hardware, inputs, memory
-from nstexp.bench_report import line, markdown
+from nstexp.bench.case import CONTENT, STYLE, WARMUP, Case, config_for, fp32_losses, per_eval
+from nstexp.bench.peer import peer
+from nstexp.bench.report import line, markdown
+from nstexp.bench.sweep import sweep_throughput
 from nstexp.errors import NstexpError
-
-WARMUP = 3  # steps left out of the timings: allocation, first-call dispatch, cuDNN's search
-CONTENT, STYLE = "sample:chelsea", "sample:swirls"
-
-
-def _config(size: int, optimizer: str, precision: str, device: str, extra: list[str]):
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from nstexp import cli
-    from nstexp.validation import validate
-
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=cli.CONFIG_DIR, version_base="1.3"):
-            cfg = compose(config_name="config", overrides=[
-                f"size={size}", f"optimizer={optimizer}", f"precision={precision}", f"device={device}",
-                f"content.image={CONTENT}", f"style.image={STYLE}", *extra])
-    finally:
-        GlobalHydra.instance().clear()
-    validate(cfg)
-    return cfg
-
-
-class Case:
-    """The default recipe at one size, optimizer and precision, built as the runner builds it."""
-
-    def __init__(self, cfg, device: torch.device):
-        from nstexp import runner
-        from nstexp.backbone import pools_before
-
-        self.cfg, self.device = cfg, device
-        line_search = cfg.optimizer.name == "lbfgs" and cfg.optimizer.line_search != "none"
-        self.precision = hardware.resolve_precision(cfg.precision, device, line_search)
-        self.channels_last = hardware.resolve_channels_last(cfg.channels_last, device)
-        self.extractor = runner.network(cfg, device, self.precision, self.channels_last)
-        layers = {k for part in runner._weighted_layers(cfg) for k in part}
-        deepest = {layer: pools_before(cfg.backbone.arch, layer) for layer in layers}
-        summary: dict = {}
-        check = inputs.memory_check(self.extractor, cfg, device, summary)
-        self.inputs = inputs.prepare(cfg, cfg.size, deepest, device, [], check)
-        self.objective = runner.build_objective(cfg, self.extractor, self.inputs, summary)
-        self.log_every = cfg.log_every or runner.DEFAULT_LOG_EVERY["cpu" if device.type == "cpu" else "gpu"]
-
-    def run(self, steps: int, keep=lambda step, loss: False) -> dict:
-        """`steps` optimizer steps from the initial image: the time each image existed and its
-        loss, per step, and the images `keep(step, loss)` asks for (few: they count in the peak)."""
-        from nstexp.engine import optimize
-
-        times, losses, kept = [], [], {}
-
-        def on_step(ev) -> None:
-            times.append(ev.time_s)
-            losses.append(ev.terms.total[0].item())
-            if keep(ev.step, losses[-1]):
-                kept[ev.step] = ev.image
-
-        peak = memory.PeakMemory(self.device)
-        image = inputs.initial_image(self.cfg, self.inputs.content, self.inputs.styles)
-        _sync(self.device)
-        result = optimize(image, self.objective, self.cfg.optimizer, steps, self.cfg.clamp,
-                          on_step=on_step, check_every=self.log_every)
-        _sync(self.device)
-        if result.status != "completed":
-            raise NstexpError(f"bench: the {self.precision} run {result.status} after {result.steps} steps")
-        return {"times": times, "losses": losses, "images": kept, "peak_mb": peak.mb()}
-
-    def floor(self, repeats: int) -> float:
-        """Median seconds of the bare truncated network: forward to the deepest layer, input gradient."""
-        deepest = self.extractor.names[-1]
-        x = self.inputs.content.clone().requires_grad_(True)
-        times = []
-        for i in range(WARMUP + repeats):
-            _sync(self.device)
-            t = time.perf_counter()
-            out = self.extractor(x, layers=[deepest])[deepest]
-            (grad,) = torch.autograd.grad(out, x, torch.ones_like(out))
-            _sync(self.device)
-            if i >= WARMUP:
-                times.append(time.perf_counter() - t)
-        return statistics.median(times)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def per_eval(times: list[float], device: torch.device) -> float:
-    """Seconds per step after warm-up, from the times each image existed."""
-    steady = times[WARMUP:]
-    if device.type == "cuda":  # the host runs ahead between reads: only long spans are exact
-        return (steady[-1] - steady[0]) / (len(steady) - 1)
-    return statistics.median(b - a for a, b in zip(steady, steady[1:]))
-
-
-def fp32_losses(cfg, device: torch.device, images: dict[int, torch.Tensor]) -> dict[int, float]:
-    """The paper's loss of each image, computed with the network in fp32."""
-    from omegaconf import OmegaConf
-
-    reference = Case(OmegaConf.merge(cfg, {"precision": "fp32", "channels_last": False}), device)
-    with torch.no_grad():
-        return {k: reference.objective(img).total[0].item() for k, img in images.items()}
-
-
-def peer(content: str, style: str, size: int, steps: tuple[int, int]) -> float | None:
-    """pastiche's seconds per L-BFGS step: two runs of different lengths, so start-up cancels."""
-    exe = shutil.which("pastiche") or os.path.join(os.path.dirname(sys.executable), "pastiche")
-    if not os.path.exists(exe):
-        return None
-    walls = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for n in steps:
-            cmd = [exe, "--content", content, "--styles", style, "--output", os.path.join(tmp, "out.png"),
-                   "--size", str(size), "--num-steps", str(n), "--optimizer", "lbfgs", "--no-verbose",
-                   "--seed", "0"]
-            t = time.perf_counter()
-            subprocess.run(cmd, check=True, capture_output=True)
-            walls.append(time.perf_counter() - t)
-    per_step = (walls[1] - walls[0]) / (steps[1] - steps[0])
-    return per_step if per_step > 0 else None  # start-up noise larger than the steps: no figure
+from nstexp.network import hardware
 
 
 def bench(sizes: list[int], steps: int, optimizers: list[str], precisions: list[str], device_name: str,
@@ -183,7 +59,7 @@ def bench(sizes: list[int], steps: int, optimizers: list[str], precisions: list[
                 reference = None  # the fp32 run's loss after `steps`, and its time to get there
                 # fp32 first: the others' quality is measured against it.
                 for prec in sorted(precisions, key=lambda p: p != "fp32"):
-                    cfg = _config(size, opt, prec, device_name, extra or [])
+                    cfg = config_for(size, opt, prec, device_name, extra or [])
                     case = Case(cfg, device)
                     at = WARMUP + steps  # the image after N measured steps (warm-up included in both)
                     if case.precision == "fp32" or reference is None:
@@ -220,46 +96,6 @@ def bench(sizes: list[int], steps: int, optimizers: list[str], precisions: list[
     with open(os.path.join(out_dir, "bench.md"), "w") as f:
         f.write(markdown(report))
     return report
-
-
-def sweep_throughput(jobs: int, size: int, steps: int, optimizer: str, device_name: str, extra: list[str],
-                     log=print) -> dict:
-    """`jobs` jobs of a sweep (style weights and seeds) at `size`: seconds for `steps` steps of
-    all of them, one after another and as one batch (the batched launcher's way), in one run."""
-    from nstexp.engine import optimize
-    from nstexp.objective import BatchObjective
-
-    device = hardware.resolve_device(device_name)
-    weights = [f"style.weight={w}" for w in ("1e5", "3e5", "1e6", "3e6")]
-    cases = [Case(_config(size, optimizer, "auto", device_name,
-                          [weights[i % len(weights)], f"seed={i // len(weights)}", "init=noise", *extra]), device)
-             for i in range(jobs)]
-    starts = [inputs.initial_image(c.cfg, c.inputs.content, c.inputs.styles) for c in cases]
-
-    def one_after_another() -> float:
-        _sync(device)
-        t = time.perf_counter()
-        for case, start in zip(cases, starts):
-            optimize(start, case.objective, case.cfg.optimizer, steps, check_every=case.log_every)
-        _sync(device)
-        return time.perf_counter() - t
-
-    def batched(n: int = steps) -> float:
-        objective = BatchObjective([c.objective for c in cases])
-        _sync(device)
-        t = time.perf_counter()
-        optimize(torch.cat(starts), objective, [c.cfg.optimizer for c in cases], n,
-                 check_every=cases[0].log_every)
-        _sync(device)
-        return time.perf_counter() - t
-
-    batched(2)  # warm-up: allocation and, on a GPU, cuDNN's search for the batch's shapes
-    sequential_s, batched_s = one_after_another(), batched()
-    row = {"jobs": jobs, "size": size, "steps": steps, "optimizer": optimizer, "precision": cases[0].precision,
-           "sequential_s": sequential_s, "batched_s": batched_s, "speedup": sequential_s / batched_s}
-    log(f"sweep of {jobs} jobs at {size} px, {steps} {optimizer} steps each: one after another "
-        f"{sequential_s:.1f} s, batched {batched_s:.1f} s ({row['speedup']:.2f}x)")
-    return row
 
 
 def _candidates(at: int, target: float, most: int = 12):

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 
 import torch
 
-from nstexp import losses, masks
-from nstexp.backbone import FeatureExtractor
+from nstexp import losses
+from nstexp.losses.guides import to_layer
+from nstexp.network.backbone import FeatureExtractor
 
 
 @dataclass
@@ -95,7 +96,7 @@ class Objective:
             shares = [w / sum(blend) for w in blend]
             style_feats = [extractor(img) for img in style_images]
             # Masks at each layer's resolution (the generated image has the content's size).
-            self.content_guides = {k: masks.to_layer(content_mask, feats[k].shape[-2:])
+            self.content_guides = {k: to_layer(content_mask, feats[k].shape[-2:])
                                    for k in self.content_layers} if content_mask is not None else {}
             if style_masks is None:
                 self.regions = None
@@ -106,7 +107,7 @@ class Objective:
                 # its blend share; a region that vanishes at a layer's resolution is left out there.
                 self.regions = {k: [(share, self._style_target([f[k]], [1.0]), guide)
                                     for f, share, mask in zip(style_feats, shares, style_masks)
-                                    if (guide := masks.to_layer(mask, feats[k].shape[-2:])).sum() > 0]
+                                    if (guide := to_layer(mask, feats[k].shape[-2:])).sum() > 0]
                                 for k in self.style_layers}
 
     def balance_style(self, image: torch.Tensor) -> dict[str, float]:

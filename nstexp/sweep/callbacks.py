@@ -5,7 +5,7 @@
   after its current step (keeping its last good image and an `interrupted` summary), and
   jobs not yet started do not start. The launcher is left to return normally. A second
   signal aborts at once.
-- When the last job has ended: the comparison files (see nstexp.compare) in the sweep
+- When the last job has ended: the comparison files (see nstexp.sweep.compare) in the sweep
   directory, one W&B run of job type `compare` in the sweep's group with a table of all
   jobs, the plots and an interactive trade-off scatter, and the exit status, decided by the
   jobs' summaries, so that every launcher agrees.
@@ -22,8 +22,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from nstexp.tracking import resolve_wandb_mode, sweep_group
-
+from nstexp.run.tracking import resolve_wandb_mode, sweep_group
 
 STOP_FILE = ".nstexp_stop"
 # The exit status of the sweep this process launched, once it has ended.
@@ -56,7 +55,7 @@ class SweepReport(Callback):
         print("stopping the sweep: running jobs end after their current step (again to abort)", file=sys.stderr)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from nstexp import compare, sweep_jobs
+        from nstexp.sweep import compare, results
 
         for s, handler in self._handlers.items():
             signal.signal(s, handler)
@@ -64,7 +63,7 @@ class SweepReport(Callback):
         self._stop.unlink(missing_ok=True)
         sweep_dir = config.hydra.sweep.dir
         try:
-            jobs = sweep_jobs.collect(sweep_dir)
+            jobs = results.collect(sweep_dir)
             sweep_outcome["exit_code"] = exit_code([job.status for job in jobs], interrupted)
             paths = compare.write_report(sweep_dir, jobs=jobs)
         except Exception as exc:  # a report must never hide the jobs' own results
@@ -85,7 +84,7 @@ def comparison_table(jobs: list):
     """The W&B table of the sweep: comparison.csv's columns, but the final image itself and a link to the job's run."""
     import wandb
 
-    from nstexp.compare import columns, result_keys
+    from nstexp.sweep.compare import columns, result_keys
 
     results = result_keys(jobs)
     table = wandb.Table(columns=columns(jobs[0].swept, results, ("final", "run")))
@@ -106,7 +105,7 @@ def tradeoff_chart(jobs: list):
     """tradeoff.png as an interactive W&B scatter: a row per job with both metrics, named by its swept values."""
     import wandb
 
-    from nstexp.plots import CONTENT_FIDELITY, STYLE_FIDELITY, swept_label, tradeoff_points
+    from nstexp.sweep.plots import CONTENT_FIDELITY, STYLE_FIDELITY, swept_label, tradeoff_points
 
     # The columns are named by the axis labels, which say which way is better.
     x, y = CONTENT_FIDELITY[1], STYLE_FIDELITY[1]

@@ -15,10 +15,10 @@ from importlib.metadata import PackageNotFoundError, version
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from nstexp.engine import StepEvent
-from nstexp.objective import LossTerms
-from nstexp.optimizers import uses_batched_lbfgs
-from nstexp.tracking import Tracker
+from nstexp.losses.objective import LossTerms
+from nstexp.optim.engine import StepEvent
+from nstexp.optim.optimizers import uses_batched_lbfgs
+from nstexp.run.tracking import Tracker
 
 # The batched L-BFGS's curvature pairs so far (metrics lines and the summary).
 PAIR_KEYS = ("lbfgs/pairs_accepted", "lbfgs/pairs_rejected")

@@ -15,14 +15,18 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from nstexp import colour, hardware, inputs, memory, metrics, pyramid, scale_control
-from nstexp.backbone import FeatureExtractor, pools_before
-from nstexp.validation import validate
-from nstexp.engine import StepEvent, optimize
 from nstexp.errors import NstexpError
-from nstexp.job import Job, JobSpec, shared_config
-from nstexp.objective import Objective, batch_objective
-from nstexp.stopping import StopRequest
+from nstexp.eval import metrics
+from nstexp.losses.objective import Objective, batch_objective
+from nstexp.network import hardware, memory
+from nstexp.network.backbone import FeatureExtractor, pools_before
+from nstexp.optim import pyramid
+from nstexp.optim.engine import StepEvent, optimize
+from nstexp.optim.optimizers import select_adam_state
+from nstexp.optim.stopping import StopRequest
+from nstexp.run import colour, inputs, scale_control
+from nstexp.run.job import Job, JobSpec, shared_config
+from nstexp.validation import validate
 
 # Defaults that depend on the device: a GPU affords larger images and more steps.
 DEFAULT_SIZE = {"cpu": 384, "gpu": 512}
@@ -30,7 +34,7 @@ DEFAULT_STEPS = {"cpu": 400, "gpu": 500}
 DEFAULT_LOG_EVERY = {"cpu": 1, "gpu": 10}
 
 
-def _weighted_layers(cfg: DictConfig) -> tuple[dict[str, float], dict[str, float]]:
+def weighted_layers(cfg: DictConfig) -> tuple[dict[str, float], dict[str, float]]:
     """Content and style layers with their weights; a layer weighted 0 is left out (dict
     overrides merge with the preset, so this is how to drop one)."""
     return ({k: v for k, v in cfg.layers.content.items() if v > 0},
@@ -41,7 +45,7 @@ def network_spec(cfg: DictConfig) -> dict:
     """What the run's frozen VGG is built from: FeatureExtractor's arguments, but for the
     precision and memory format, which follow from the device. Jobs share a network (and a
     batch) only if these are equal."""
-    layers = {k: v for part in _weighted_layers(cfg) for k, v in part.items()}
+    layers = {k: v for part in weighted_layers(cfg) for k, v in part.items()}
     control = cfg.style.scale_control
     fine_layers = list(control.fine_layers) if control.fine_image else []
     b = cfg.backbone
@@ -59,7 +63,7 @@ def network(cfg: DictConfig, device: torch.device, precision: str, channels_last
 
 def build_objective(cfg: DictConfig, extractor: FeatureExtractor, inp: inputs.Inputs, summary: dict) -> Objective:
     """The loss for the inputs at one size (a coarse-to-fine level's)."""
-    content_layers, style_layers = _weighted_layers(cfg)
+    content_layers, style_layers = weighted_layers(cfg)
     objective = Objective(
         extractor,
         inp.content,
@@ -99,7 +103,7 @@ def run(cfg: DictConfig, out_dir: str, name: str | None = None, group: str | Non
 
 
 def run_batch(specs: list[JobSpec], stop_file: str | os.PathLike | None = None) -> list[dict]:
-    """Run jobs that share the network, the images and their sizes (see nstexp.batching) as one
+    """Run jobs that share the network, the images and their sizes (see nstexp.sweep.batching) as one
     batch: one forward and backward pass for all of them per step, each job with its own loss
     weights, initial image, seed and optimizer settings, and its own outputs exactly as `run`
     writes them. A job that diverges stops alone; an interruption stops them all. Returns the
@@ -119,7 +123,7 @@ def _run(jobs: list[Job], stop: StopRequest) -> None:
     try:
         for job in jobs:
             validate(job.cfg)
-        # What the jobs have in common (nstexp.batching groups them so): the settings read
+        # What the jobs have in common (nstexp.sweep.batching groups them so): the settings read
         # below come from it, and the per-job ones from each job's own config.
         cfg = shared_config(jobs[0].cfg)
         device = hardware.resolve_device(cfg.device)
@@ -143,7 +147,7 @@ def _run(jobs: list[Job], stop: StopRequest) -> None:
             job.tracker.start()
 
         # The sets of layers (not their weights) are the network's, the same in every job.
-        layers = {k: v for part in _weighted_layers(jobs[0].cfg) for k, v in part.items()}
+        layers = {k: v for part in weighted_layers(jobs[0].cfg) for k, v in part.items()}
         deepest = {layer: pools_before(cfg.backbone.arch, layer) for layer in layers}
         control = cfg.style.scale_control
         extractor = network(jobs[0].cfg, device, precision, channels_last)
@@ -260,7 +264,7 @@ def _optimize(jobs: list[Job], cfg: DictConfig, extractor: FeatureExtractor, ful
                 break
             image, state = result.image[keep], result.optimizer_state
             if state is not None and len(keep) < len(result.statuses):
-                state = _select_adam_state(state, keep)
+                state = select_adam_state(state, keep)
     except KeyboardInterrupt:  # a second Ctrl-C: keep what the last step produced
         for job in running:
             job.summary["status"] = "interrupted"
@@ -270,14 +274,8 @@ def _optimize(jobs: list[Job], cfg: DictConfig, extractor: FeatureExtractor, ful
         job.summary["wall_time_s"] = stopped if stopped is not None else time.perf_counter() - (t_opt or time.perf_counter())
 
 
-def _select_adam_state(state: dict, keep: list[int]) -> dict:
-    """Adam's state (a parameter group per job) for the jobs `keep` only."""
-    return {"state": {i: state["state"][b] for i, b in enumerate(keep) if b in state["state"]},
-            "param_groups": [{**state["param_groups"][b], "params": [i]} for i, b in enumerate(keep)]}
-
-
 def _evaluator(cfg: DictConfig, device: torch.device, summary: dict):
-    """The run's yardstick (nstexp.metrics) against its content and first style image, as the
+    """The run's yardstick (nstexp.eval.metrics) against its content and first style image, as the
     user gave them; its cost goes to the summary's `eval_time_s`."""
     t0 = time.perf_counter()
     content = metrics.load(cfg.content.image, "content.image", device)

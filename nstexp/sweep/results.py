@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import os
+import re
 from dataclasses import dataclass
 
 import yaml
@@ -119,12 +119,21 @@ def nested(cfg, *keys):
     return cfg
 
 
+def grid(params: dict | None, task: list[str]) -> list[list[str]]:
+    """Every job's overrides, in job-number order, as Hydra's basic sweeper enumerates them:
+    the sweep file's `hydra.sweeper.params` first, then the command line's overrides."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    arguments = [f"{k}={v}" for k, v in (params or {}).items()] + [str(t) for t in task]
+    (batch,) = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(arguments), None)
+    return batch
+
+
 def _planned(multirun) -> list[list[str]]:
     """The overrides of every job of the sweep, recomputed from multirun.yaml the way Hydra's basic sweeper does."""
     if "BasicSweeper" not in str(nested(multirun, "hydra", "sweeper", "_target_")):
         return []  # other sweepers choose their jobs as they go
-    from nstexp.resumable import grid
-
     try:
         task = list(nested(multirun, "hydra", "overrides", "task") or [])
         return grid(nested(multirun, "hydra", "sweeper", "params"), task)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from nstexp import images
 from nstexp.errors import NstexpError
@@ -25,10 +24,3 @@ def load(spec: str, key: str, size_wh: tuple[int, int], device: torch.device) ->
     if not mask.max() > 0:
         raise NstexpError(f"{key}={spec}: the mask is all black, so it selects nothing (white marks where it applies)")
     return mask
-
-
-def to_layer(mask: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    """A mask (1, 1, H, W) at a layer's resolution (h, w), by area averaging."""
-    if tuple(mask.shape[-2:]) == tuple(shape):
-        return mask
-    return F.adaptive_avg_pool2d(mask, shape)

@@ -16,8 +16,8 @@ import math
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from nstexp import metrics
-from nstexp.sweep_jobs import Job
+from nstexp.eval import metrics
+from nstexp.sweep.results import Job
 
 LOSSES = ("loss/total", "loss/content", "loss/style")
 X_AXES = (("evals", "evals"), ("time_s", "wall time (s)"))

@@ -14,9 +14,9 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from torchvision.models.vgg import cfgs, make_layers
 
-from nstexp import loss_scaling
-from nstexp import weights as weights_module
-from nstexp.hardware import DTYPES
+from nstexp.network import loss_scaling
+from nstexp.network import weights as weights_module
+from nstexp.network.hardware import DTYPES
 
 # Caffe's VGG was trained on BGR images in 0..255 with this mean pixel (B, G, R) subtracted.
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
@@ -226,7 +226,7 @@ class FeatureExtractor(nn.Module):
         stops at the deepest of those), in fp32 whatever the precision."""
         wanted = frozenset(self.layers if layers is None else layers)
         x = self.preprocess(image)
-        if self.precision == "fp16":  # its range needs the gradients scaled (see nstexp.loss_scaling)
+        if self.precision == "fp16":  # its range needs the gradients scaled (see nstexp.network.loss_scaling)
             return loss_scaling.features(self._features, x, [n for n in self.names if n in wanted], wanted)
         return self._features(x, wanted)
 

@@ -8,16 +8,21 @@ forward pass except one at the very end, which `Result.evals` counts.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Callable
 
-import time
-
 import torch
 
-from nstexp.lbfgs import BatchedLBFGS
-from nstexp.optimizers import IterateAverage, adam, build_optimizer, tell_lbfgs_the_clamped_step, uses_batched_lbfgs
-from nstexp.objective import LossTerms
+from nstexp.losses.objective import LossTerms
+from nstexp.optim.lbfgs import BatchedLBFGS
+from nstexp.optim.optimizers import (
+    IterateAverage,
+    adam,
+    build_optimizer,
+    tell_lbfgs_the_clamped_step,
+    uses_batched_lbfgs,
+)
 
 
 @dataclass

@@ -13,9 +13,11 @@ import torch
 from omegaconf import DictConfig
 from PIL import Image
 
-from nstexp import colour, images, masks, memory
-from nstexp.backbone import FeatureExtractor
+from nstexp import images
 from nstexp.errors import NstexpError
+from nstexp.network import memory
+from nstexp.network.backbone import FeatureExtractor
+from nstexp.run import colour, masks
 
 # Upscaling an input by more than this blurs it visibly: the run says so.
 UPSCALE_WARNING = 2.0

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from nstexp import images, losses
 
 if TYPE_CHECKING:
-    from nstexp.backbone import FeatureExtractor
+    from nstexp.network.backbone import FeatureExtractor
 
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 CONTENT_LAYER = "relu4_2"
@@ -130,7 +130,7 @@ def _sorted_rows(x: torch.Tensor) -> torch.Tensor:
 def _network(device: str) -> FeatureExtractor:
     """The metrics' network, loaded once per process and device (a sweep's jobs share it)."""
     # Imported here: torchvision costs seconds, and `nstexp compare` needs only BETTER.
-    from nstexp.backbone import FeatureExtractor
+    from nstexp.network.backbone import FeatureExtractor
 
     return FeatureExtractor("vgg19", "caffe", [*STYLE_LAYERS, CONTENT_LAYER]).to(device)
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from nstexp.job import shared_config
-from nstexp.runner import network_spec
+from nstexp.run.job import shared_config
+from nstexp.run.runner import network_spec
 
 MAX_JOBS = 16
 
@@ -77,9 +77,9 @@ def default_batch_size(cfg: DictConfig, jobs: int) -> int:
     """On a GPU, as many jobs as the memory estimate fits in 80% of what it has free (at most
     MAX_JOBS, and at least 1). On a CPU, 1: a CPU is busy with one image already, and batches
     measured slower there (`nstexp bench --sweep-jobs`; see the README)."""
-    from nstexp import hardware, memory
-    from nstexp.backbone import FeatureExtractor
-    from nstexp.runner import DEFAULT_SIZE, _weighted_layers
+    from nstexp.network import hardware, memory
+    from nstexp.network.backbone import FeatureExtractor
+    from nstexp.run.runner import DEFAULT_SIZE, weighted_layers
 
     device = hardware.resolve_device(cfg.device)
     if device.type == "cpu":
@@ -88,7 +88,7 @@ def default_batch_size(cfg: DictConfig, jobs: int) -> int:
     if have is None:
         return min(jobs, MAX_JOBS)
     line_search = cfg.optimizer.name == "lbfgs" and cfg.optimizer.line_search != "none"
-    layers = [k for part in _weighted_layers(cfg) for k in part]
+    layers = [k for part in weighted_layers(cfg) for k in part]
     # The network's structure is all the estimate needs: random weights, nothing loaded.
     shape = FeatureExtractor(cfg.backbone.arch, "random", layers,
                              precision=hardware.resolve_precision(cfg.precision, device, line_search),
@@ -124,7 +124,7 @@ def launch(launcher, job_overrides, initial_job_idx: int):
     from hydra.core.utils import JobStatus, configure_log, run_job, setup_globals
     from omegaconf import open_dict
 
-    from nstexp import cli
+    from nstexp.sweep import jobs
 
     setup_globals()
     configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
@@ -138,7 +138,7 @@ def launch(launcher, job_overrides, initial_job_idx: int):
             sweep_config.hydra.job.num = idx
         HydraConfig.instance().set_config(sweep_config)
         # Hydra's own job set-up (output folder, .hydra/ files, callbacks), with planning as the task.
-        ret = run_job(hydra_context=launcher.hydra_context, task_function=cli.plan_job, config=sweep_config,
+        ret = run_job(hydra_context=launcher.hydra_context, task_function=jobs.plan_job, config=sweep_config,
                       job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
         returns.append(ret)
         plans.append(ret.return_value if ret.status == JobStatus.COMPLETED else None)
@@ -153,8 +153,8 @@ def launch(launcher, job_overrides, initial_job_idx: int):
             for i in batch:
                 print(f"job {initial_job_idx + i}: not started, the sweep was stopped", file=sys.stderr)
             continue
-        statuses = cli.run_jobs([plans[i][0] for i in batch], stop_file)
-        cli._statuses.extend(statuses)
+        statuses = jobs.run_jobs([plans[i][0] for i in batch], stop_file)
+        jobs.statuses.extend(statuses)
         for i, status in zip(batch, statuses):
             returns[i].return_value = status
     return returns

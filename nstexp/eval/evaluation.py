@@ -1,4 +1,4 @@
-"""`nstexp evaluate`: the yardstick metrics (nstexp.metrics) of any images, made by nstexp or not.
+"""`nstexp evaluate`: the yardstick metrics (nstexp.eval.metrics) of any images, made by nstexp or not.
 
     nstexp evaluate RESULT [RESULT ...] --content C --style S [--size 256] [--out DIR]
 
@@ -16,18 +16,19 @@ import json
 import os
 import sys
 
-from nstexp import images, metrics
-from nstexp.compare import csv_cell, markdown_table
+from nstexp import images
 from nstexp.errors import NstexpError
+from nstexp.eval import metrics
+from nstexp.eval.tables import csv_cell, markdown_table
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
 def largest_multiple() -> int:
     """The largest multiple a run rounds its image's sides to: the total pooling before the
-    deepest layer a run can use (nstexp.inputs rounds to that of its own deepest layer)."""
-    from nstexp.backbone import layer_names, pools_before
+    deepest layer a run can use (nstexp.run.inputs rounds to that of its own deepest layer)."""
     from nstexp.config import ARCHS
+    from nstexp.network.backbone import layer_names, pools_before
 
     return max(2 ** pools_before(arch, layer) for arch in ARCHS for layer in layer_names(arch))
 

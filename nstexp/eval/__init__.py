@@ -1,0 +1,1 @@
+"""The yardstick: metrics of a result against its content and style, `nstexp evaluate`."""
