@@ -37,7 +37,6 @@ POOLING = ("max", "avg", "avg_scaled")
 PADDINGS = ("zeros", "reflect", "replicate")
 CONTENT_NORMALIZATIONS = ("gatys", "mean")
 STYLE_NORMALIZATIONS = ("gatys", "mean", "cosine")
-STYLE_LOSSES = ("gram", "w2", "sliced")
 STYLE_BALANCES = ("none", "content")
 COLOR_MODES = ("none", "luminance", "histogram", "swap")
 OPTIMIZERS = ("lbfgs", "adam")
@@ -73,6 +72,8 @@ class LayersConfig:
 class ContentConfig:
     image: str = "sample:chelsea"
     weight: float = 1.0
+    # A registered content loss (nstexp.losses.base.CONTENT_LOSSES): squared_error (Gatys et al., eq. 1).
+    loss: str = "squared_error"
     normalization: str = "gatys"
     # A mask image, white where the content is kept (grey is a partial weight); None: everywhere.
     mask: Optional[str] = None
@@ -101,7 +102,8 @@ class StyleConfig:
     # Longest side of the style image relative to the content image's.
     scale: float = 1.0
     weight: float = 1e3
-    # gram (Gatys et al.), w2 (Wasserstein-2 between Gaussian fits), sliced (Heitz et al.)
+    # A registered style loss (nstexp.losses.base.STYLE_LOSSES): gram (Gatys et al.), w2
+    # (Wasserstein-2 between Gaussian fits), sliced (Heitz et al.)
     loss: str = "gram"
     # Of the Gram matrices; the w2 and sliced losses have no normalization to choose.
     normalization: str = "gatys"

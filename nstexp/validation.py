@@ -24,7 +24,6 @@ from nstexp.config import (
     POOLING,
     PREPROCESSING,
     STYLE_BALANCES,
-    STYLE_LOSSES,
     STYLE_NORMALIZATIONS,
     WANDB_MODES,
     WEIGHTS,
@@ -57,6 +56,7 @@ def _at_least(key: str, value: float, low: float, strict: bool = False) -> None:
 
 def validate(cfg: DictConfig) -> None:
     """Check what the schema's types cannot; raise ConfigError with a one-line message."""
+    from nstexp.losses import CONTENT_LOSSES, STYLE_LOSSES  # the losses are those registered
     from nstexp.network.backbone import layer_names  # the layer names come from the network itself
 
     _check_finite(OmegaConf.to_container(cfg, resolve=True))
@@ -92,7 +92,8 @@ def validate(cfg: DictConfig) -> None:
 
     _choice("content.normalization", cfg.content.normalization, CONTENT_NORMALIZATIONS)
     _choice("style.normalization", cfg.style.normalization, STYLE_NORMALIZATIONS)
-    _choice("style.loss", cfg.style.loss, STYLE_LOSSES)
+    _choice("content.loss", cfg.content.loss, tuple(CONTENT_LOSSES))
+    _choice("style.loss", cfg.style.loss, tuple(STYLE_LOSSES))
     _choice("style.balance", cfg.style.balance, STYLE_BALANCES)
     for key in ("content.weight", "style.weight", "tv.weight"):
         _at_least(key, cfg[key.split(".")[0]].weight, 0)
@@ -115,8 +116,9 @@ def validate(cfg: DictConfig) -> None:
             f"style.masks has {len(cfg.style.masks)} images for {n_styles} style images "
             "(give one mask per style image, the first included, or none)"
         )
-    if cfg.style.masks and cfg.style.loss == "sliced":
-        raise ConfigError("style.masks works with style.loss=gram or w2, not sliced")
+    if cfg.style.masks and not STYLE_LOSSES[cfg.style.loss].guided:
+        guided = " or ".join(name for name, loss in STYLE_LOSSES.items() if loss.guided)
+        raise ConfigError(f"style.masks works with style.loss={guided}, not {cfg.style.loss}")
     _choice("color.preserve", cfg.color.preserve, COLOR_MODES)
     sc = cfg.style.scale_control
     for name in sc.fine_layers:

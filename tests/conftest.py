@@ -52,3 +52,15 @@ def tiny_cfg(*overrides):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=composition.CONFIG_DIR, version_base="1.3"):
         return compose(config_name="config", overrides=[*RUN_TINY, *overrides])
+
+
+def sections(content_layers, style_layers, content_weight=1.0, style_weight=1e3, tv_weight=0.0,
+             content=None, style=None, tv=None):
+    """Objective's config sections (layers, content, style, tv) for a test: the schema's defaults
+    with these layer weights, loss weights and options (e.g. style={"loss": "w2"})."""
+    from nstexp.config import ContentConfig, LayersConfig, StyleConfig, TVConfig
+
+    return (LayersConfig(content=dict(content_layers), style=dict(style_layers)),
+            ContentConfig(weight=content_weight, **(content or {})),
+            StyleConfig(weight=style_weight, **(style or {})),
+            TVConfig(weight=tv_weight, **(tv or {})))

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import TINY as CLI_TINY
+from conftest import TINY as CLI_TINY, sections
 from conftest import run_cli
 from conftest import tiny_cfg as _cfg
 from nstexp.run import colour, inputs, scale_control
@@ -128,7 +128,7 @@ def test_scale_control_keeps_the_coarse_layout_and_takes_the_fine_texture(coarse
     made = scale_control.fine_onto_coarse(extractor, coarse, fine, ["relu1_1", "relu2_1"], steps=60)
 
     def distance(layer, image, target):
-        obj = Objective(extractor, image, [target], {}, {layer: 1.0}, 0.0, 1.0, 0.0)
+        obj = Objective(extractor, image, [target], *sections({}, {layer: 1.0}, 0.0, 1.0, 0.0))
         with torch.no_grad():
             return obj(image).style.item()
 

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from conftest import sections
 from nstexp.optim.engine import optimize
 from nstexp.losses.objective import LossTerms
 from nstexp.config import AdamConfig
@@ -83,8 +84,8 @@ def _tiny_style_objective():
     torch.manual_seed(0)
     extractor = FeatureExtractor("vgg19", "caffe", ["relu1_1", "relu2_1"])
     content, style = torch.rand(1, 3, 24, 24), torch.rand(1, 3, 24, 24) ** 3
-    return Objective(extractor, content, [style], {"relu2_1": 1.0}, {"relu1_1": 1.0, "relu2_1": 1.0},
-                     1.0, 1e3, 0.0), content
+    return Objective(extractor, content, [style], *sections({"relu2_1": 1.0}, {"relu1_1": 1.0, "relu2_1": 1.0},
+                                                         1.0, 1e3, 0.0)), content
 
 
 def test_the_default_lbfgs_follows_torchs_lbfgs_with_the_clamp_correction(monkeypatch):

@@ -7,6 +7,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
+from conftest import sections
 from nstexp import composition
 from nstexp.run.runner import run
 from test_precision import RECIPES
@@ -37,8 +38,8 @@ def test_the_loop_never_waits_for_the_gpu_between_reads():
     layers = ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu4_2", "relu5_1"]
     extractor = FeatureExtractor("vgg19", "caffe", layers, precision="bf16", channels_last=True).cuda()
     content, style = torch.rand(1, 3, 128, 128, device="cuda"), torch.rand(1, 3, 128, 128, device="cuda")
-    objective = Objective(extractor, content, [style], {"relu4_2": 1.0}, {k: 0.2 for k in layers[:4] + ["relu5_1"]},
-                          1.0, 1e3, 0.0)
+    objective = Objective(extractor, content, [style], *sections({"relu4_2": 1.0}, {k: 0.2 for k in layers[:4] + ["relu5_1"]},
+                                                              1.0, 1e3, 0.0))
     for cfg in (LBFGSConfig(), AdamConfig()):
         reads = []
 
@@ -128,8 +129,8 @@ def test_fp16_gradient_follows_fp32_on_the_gpu():
     for name, network in [("fp32", {}), ("fp16", {"precision": "fp16"}),
                           ("fp16_ckpt_cl", {"precision": "fp16", "checkpoint": True, "channels_last": True})]:
         extractor = FeatureExtractor("vgg19", "caffe", layers, **network).cuda()
-        objective = Objective(extractor, content, [style], {"relu4_2": 1.0}, {k: 0.2 for k in layers if k != "relu4_2"},
-                              3e4, 3e5, 0.0)
+        objective = Objective(extractor, content, [style], *sections({"relu4_2": 1.0}, {k: 0.2 for k in layers if k != "relu4_2"},
+                                                                  3e4, 3e5, 0.0))
         x = start.clone().requires_grad_(True)
         total = objective(x).total
         norm.setdefault("value", total.detach())  # L-BFGS's normalized loss, as in the engine

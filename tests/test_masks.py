@@ -5,6 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import sections
 from nstexp import losses
 from nstexp.run import masks
 from nstexp.losses import guides
@@ -83,11 +84,11 @@ def extractor():
 def test_one_mask_over_everything_is_the_unmasked_objective(extractor, loss):
     gen = torch.Generator().manual_seed(0)
     content, style, image = (torch.rand(1, 3, 48, 64, generator=gen) for _ in range(3))
-    kwargs = dict(style_loss=loss)
-    plain = Objective(extractor, content, [style], {"relu4_2": 1.0}, STYLE, 1.0, 1e3, 0.0, **kwargs)
+    kwargs = dict(style={"loss": loss})
+    plain = Objective(extractor, content, [style], *sections({"relu4_2": 1.0}, STYLE, 1.0, 1e3, 0.0, **kwargs))
     ones = torch.ones(1, 1, 48, 64)
-    masked = Objective(extractor, content, [style], {"relu4_2": 1.0}, STYLE, 1.0, 1e3, 0.0, style_masks=[ones],
-                       content_mask=ones, **kwargs)
+    masked = Objective(extractor, content, [style], *sections({"relu4_2": 1.0}, STYLE, 1.0, 1e3, 0.0, **kwargs),
+                       style_masks=[ones], content_mask=ones)
     with torch.no_grad():
         a, b = plain(image), masked(image)
     assert torch.allclose(a.total, b.total, rtol=1e-5)
@@ -104,7 +105,7 @@ def test_each_style_is_matched_in_its_own_region_only(extractor):
     b[..., ::4, :] = 1.0  # stripes
     left = torch.zeros(1, 1, 48, 64)
     left[..., :32] = 1.0
-    obj = Objective(extractor, torch.cat([a, b], -1), [a, b], {}, STYLE, 0.0, 1.0, 0.0,
+    obj = Objective(extractor, torch.cat([a, b], -1), [a, b], *sections({}, STYLE, 0.0, 1.0, 0.0),
                     style_masks=[left, 1 - left])
     with torch.no_grad():
         right_way, mirrored = obj(torch.cat([a, b], -1)).style.item(), obj(torch.cat([b, a], -1)).style.item()

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from conftest import sections
 from nstexp.network.backbone import FeatureExtractor
 from nstexp.losses.objective import Objective
 
@@ -17,8 +18,8 @@ def extractor():
 
 
 def _objective(extractor, content, styles, loss, blend=None):
-    return Objective(extractor, content, styles, {"relu4_2": 1.0}, STYLE, 1.0, 1.0, 0.0,
-                     style_normalization=loss[1], blend_weights=blend, style_loss=loss[0])
+    return Objective(extractor, content, styles, *sections({"relu4_2": 1.0}, STYLE, 1.0, 1.0, 0.0, style=dict(
+        normalization=loss[1], blend_weights=blend or [], loss=loss[0])))
 
 
 def _texture(tiles: int) -> torch.Tensor:
@@ -70,7 +71,7 @@ def test_balance_makes_every_layer_count_by_its_weight_and_keeps_the_total(extra
     torch.manual_seed(0)
     content, style = torch.rand(1, 3, 64, 64), _texture(2)
     weights = {"relu1_1": 0.1, "relu2_1": 0.2, "relu3_1": 0.3, "relu4_1": 0.4}
-    obj = Objective(extractor, content, [style], {"relu4_2": 1.0}, weights, 1.0, 2.0, 0.0)
+    obj = Objective(extractor, content, [style], *sections({"relu4_2": 1.0}, weights, 1.0, 2.0, 0.0))
     with torch.no_grad():
         before = obj(content)
         factors = obj.balance_style(content)

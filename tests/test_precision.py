@@ -14,7 +14,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from conftest import run_cli, tiny_cfg
+from conftest import run_cli, sections, tiny_cfg
 from wandb_offline import find_runs
 from nstexp.network import backbone, hardware, loss_scaling
 from nstexp import composition, images
@@ -125,8 +125,8 @@ def _gradient(problem, content_weight=CONTENT_WEIGHT, normalizer=None, **network
     """The input gradient of the normalized loss; the normalizer is the loss itself unless given."""
     content, style, start = problem
     extractor = FeatureExtractor("vgg19", "caffe", LAYERS, **network)
-    objective = Objective(extractor, content, [style], {"relu4_2": 1.0}, {k: 0.2 for k in LAYERS if k != "relu4_2"},
-                          content_weight, STYLE_WEIGHT, 0.0)
+    objective = Objective(extractor, content, [style], *sections({"relu4_2": 1.0}, {k: 0.2 for k in LAYERS if k != "relu4_2"},
+                                                              content_weight, STYLE_WEIGHT, 0.0))
     x = start.clone().requires_grad_(True)
     total = objective(x).total
     (total / (total.detach() if normalizer is None else normalizer)).sum().backward()

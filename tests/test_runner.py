@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import tiny_cfg as _cfg
+from conftest import sections, tiny_cfg as _cfg
 from nstexp import images
 from nstexp.network.backbone import FeatureExtractor
 from nstexp.losses.objective import Objective
@@ -179,8 +179,8 @@ def test_objective_combines_weighted_terms():
     torch.manual_seed(0)
     ex = FeatureExtractor("vgg19", "random", ["relu1_1", "relu2_1"])
     content, style = torch.rand(1, 3, 16, 16), torch.rand(1, 3, 20, 20)
-    obj = Objective(ex, content, [style], {"relu2_1": 1.0}, {"relu1_1": 0.25, "relu2_1": 0.75},
-                    content_weight=2.0, style_weight=10.0, tv_weight=3.0)
+    obj = Objective(ex, content, [style], *sections({"relu2_1": 1.0}, {"relu1_1": 0.25, "relu2_1": 0.75},
+                                                content_weight=2.0, style_weight=10.0, tv_weight=3.0))
     x = torch.rand(2, 3, 16, 16)
     t = obj(x)
     assert t.total.shape == (2,)

@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-from conftest import tiny_cfg
+from conftest import sections, tiny_cfg
 from nstexp.network import hardware, memory
 from nstexp import images
 from nstexp.network.backbone import FeatureExtractor
@@ -27,8 +27,8 @@ def _photo(size=64):
 def _objective(**network):
     extractor = FeatureExtractor("vgg19", "caffe", LAYERS, **network)
     style = images.to_tensor(images.resize(images.load_image("sample:swirls"), (64, 64)))
-    return Objective(extractor, _photo(), [style], {"relu4_2": 1.0}, {k: 0.2 for k in LAYERS if k != "relu4_2"},
-                     1.0, 1e3, 0.0)
+    return Objective(extractor, _photo(), [style], *sections({"relu4_2": 1.0}, {k: 0.2 for k in LAYERS if k != "relu4_2"},
+                                                      1.0, 1e3, 0.0))
 
 
 def _loss_and_gradient(objective, image):

@@ -248,6 +248,23 @@ def test_resume_compares_the_whole_config_but_not_how_a_job_is_watched(tmp_path,
             resumable.check_configs(str(sweep), composition.compose_job)
 
 
+def test_resume_accepts_a_sweep_from_before_an_option_existed(tmp_path, _cut_off_sweep):
+    """A key added since the sweep ran (content.loss) is not in its jobs' configs: at its default it
+    changes nothing. A missing key whose value now is not its default still refuses."""
+    from nstexp.errors import NstexpError
+    from nstexp.sweep import resumable
+
+    sweep = _cut_off_sweep(tmp_path)
+    recorded = sweep / "0" / ".hydra" / "config.yaml"
+    original = recorded.read_text()
+    _edit_recorded_config(sweep / "0", lambda c: c["content"].pop("loss"))
+    resumable.check_configs(str(sweep), composition.compose_job)
+    recorded.write_text(original)
+    _edit_recorded_config(sweep / "0", lambda c: c.pop("steps"))  # the sweep runs steps=2, the default is 400
+    with pytest.raises(NstexpError, match=r"completed with steps=\"\(absent\)\", this command would run steps=2"):
+        resumable.check_configs(str(sweep), composition.compose_job)
+
+
 def test_resume_into_a_sweep_of_another_grid_is_refused(tmp_path, _cut_off_sweep):
     sweep = _cut_off_sweep(tmp_path)
     before = {p: p.read_bytes() for p in sweep.rglob("*") if p.is_file()}

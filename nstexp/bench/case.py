@@ -39,6 +39,7 @@ class Case:
     """The default recipe at one size, optimizer and precision, built as the runner builds it."""
 
     def __init__(self, cfg, device: torch.device):
+        from nstexp.losses.objective import weighted_layers
         from nstexp.network.backbone import pools_before
         from nstexp.run import runner
 
@@ -47,7 +48,7 @@ class Case:
         self.precision = hardware.resolve_precision(cfg.precision, device, line_search)
         self.channels_last = hardware.resolve_channels_last(cfg.channels_last, device)
         self.extractor = runner.network(cfg, device, self.precision, self.channels_last)
-        layers = {k for part in runner.weighted_layers(cfg) for k in part}
+        layers = {k for part in weighted_layers(cfg.layers) for k in part}
         deepest = {layer: pools_before(cfg.backbone.arch, layer) for layer in layers}
         summary: dict = {}
         check = inputs.memory_check(self.extractor, cfg, device, summary)

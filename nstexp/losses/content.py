@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import torch
 
+from nstexp.losses.base import ContentLoss, register
+
 
 def content_loss(features: torch.Tensor, target: torch.Tensor, normalization: str = "gatys",
                  mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -27,3 +29,17 @@ def content_loss(features: torch.Tensor, target: torch.Tensor, normalization: st
     if normalization == "mean":
         return sq.mean(1)
     raise ValueError(f"unknown content normalization {normalization!r}")
+
+
+@register
+class SquaredError(ContentLoss):
+    """content.loss=squared_error: the paper's eq. 1, normalized by `content.normalization`."""
+
+    name = "squared_error"
+
+    def __init__(self, content):
+        super().__init__(content)
+        self.normalization = content.normalization
+
+    def distance(self, f, target, guide=None):
+        return content_loss(f, target, self.normalization, guide)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import torch
 
+from nstexp.losses.base import StyleLoss, register
+
 
 class _OuterProduct(torch.autograd.Function):
     """f fᵀ with one matrix product in the backward pass, (dG + dGᵀ) f, where autograd would
@@ -71,3 +73,21 @@ def style_loss(gram: torch.Tensor, target_gram: torch.Tensor, n: int, normalizat
     if normalization in ("mean", "cosine"):
         return sq.mean(1)
     raise ValueError(f"unknown style normalization {normalization!r}")
+
+
+@register
+class Gram(StyleLoss):
+    """style.loss=gram: E_l between Gram matrices (Gatys et al., eq. 4), normalized by `style.normalization`."""
+
+    name = "gram"
+
+    def __init__(self, style, seed: int = 0):
+        super().__init__(style, seed)
+        self.normalization = style.normalization
+
+    def target(self, feats, shares):
+        # Blending averages the images' Gram matrices (each normalized by its own M).
+        return sum(w * gram_matrix(f, self.normalization) for f, w in zip(feats, shares))
+
+    def distance(self, f, target, guide=None):
+        return style_loss(gram_matrix(f, self.normalization, guide), target, f.shape[1], self.normalization)

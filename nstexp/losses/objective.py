@@ -9,8 +9,10 @@ from dataclasses import dataclass
 
 import torch
 
-from nstexp import losses
+from nstexp import losses  # noqa: F401  (registers every loss family)
+from nstexp.losses.base import CONTENT_LOSSES, STYLE_LOSSES
 from nstexp.losses.guides import to_layer
+from nstexp.losses.tv import tv_loss
 from nstexp.network.backbone import FeatureExtractor
 
 
@@ -54,58 +56,60 @@ class LossTerms:
         return out
 
 
+def weighted_layers(layers) -> tuple[dict[str, float], dict[str, float]]:
+    """Content and style layers of the config section `layers` with their weights; a layer
+    weighted 0 is left out (dict overrides merge with the preset, so this is how to drop one)."""
+    return ({k: v for k, v in layers.content.items() if v > 0},
+            {k: v for k, v in layers.style.items() if v > 0})
+
+
 class Objective:
-    """Callable image (B, 3, H, W) -> LossTerms, with fixed content and style targets."""
+    """Callable image (B, 3, H, W) -> LossTerms, with fixed content and style targets.
+
+    Built from the config sections `layers`, `content`, `style` and `tv` (a composed config's,
+    or the schema's dataclasses in nstexp.config): the style and content losses are the
+    registered classes that `style.loss` and `content.loss` name (nstexp.losses.base).
+    """
 
     def __init__(
         self,
         extractor: FeatureExtractor,
         content_image: torch.Tensor,
         style_images: list[torch.Tensor],
-        content_layers: dict[str, float],
-        style_layers: dict[str, float],
-        content_weight: float,
-        style_weight: float,
-        tv_weight: float,
-        content_normalization: str = "gatys",
-        style_normalization: str = "gatys",
-        blend_weights: list[float] | None = None,
-        style_loss: str = "gram",
+        layers,
+        content,
+        style,
+        tv,
         seed: int = 0,
-        tv_exponent: float = 1.0,
         style_masks: list[torch.Tensor] | None = None,
         content_mask: torch.Tensor | None = None,
     ):
         self.extractor = extractor
-        self.content_layers = dict(content_layers)
-        self.style_layers = dict(style_layers)
-        self.content_weight, self.style_weight, self.tv_weight = content_weight, style_weight, tv_weight
-        self.tv_exponent = tv_exponent
-        self.content_normalization = content_normalization
-        self.style_normalization = style_normalization  # of the Gram loss
-        self.style_loss = style_loss
-        # The sliced loss draws new directions at every evaluation: seeded, so runs repeat.
-        self.generator = torch.Generator().manual_seed(seed)
+        self.content_layers, self.style_layers = weighted_layers(layers)
+        self.content_weight, self.style_weight, self.tv_weight = content.weight, style.weight, tv.weight
+        self.tv_exponent = tv.exponent
+        self.content_loss = CONTENT_LOSSES[content.loss](content)
+        self.style_loss = STYLE_LOSSES[style.loss](style, seed)
         self.style_balance = {k: 1.0 for k in self.style_layers}  # see `balance_style`
 
         # Targets are constants: computed once, without a graph.
         with torch.no_grad():
             feats = extractor(content_image)
-            self.content_targets = {k: feats[k].detach() for k in self.content_layers}
-            blend = blend_weights or [1.0] * len(style_images)
+            self.content_targets = {k: self.content_loss.target(feats[k].detach()) for k in self.content_layers}
+            blend = list(style.blend_weights) or [1.0] * len(style_images)
             shares = [w / sum(blend) for w in blend]
             style_feats = [extractor(img) for img in style_images]
             # Masks at each layer's resolution (the generated image has the content's size).
             self.content_guides = {k: to_layer(content_mask, feats[k].shape[-2:])
                                    for k in self.content_layers} if content_mask is not None else {}
+            target = self.style_loss.target
             if style_masks is None:
                 self.regions = None
-                self.style_targets = {k: self._style_target([f[k] for f in style_feats], shares)
-                                      for k in self.style_layers}
+                self.style_targets = {k: target([f[k] for f in style_feats], shares) for k in self.style_layers}
             else:
                 # Spatial control: style i is matched inside its mask only, its term weighted by
                 # its blend share; a region that vanishes at a layer's resolution is left out there.
-                self.regions = {k: [(share, self._style_target([f[k]], [1.0]), guide)
+                self.regions = {k: [(share, target([f[k]], [1.0]), guide)
                                     for f, share, mask in zip(style_feats, shares, style_masks)
                                     if (guide := to_layer(mask, feats[k].shape[-2:])).sum() > 0]
                                 for k in self.style_layers}
@@ -129,43 +133,11 @@ class Objective:
         self.style_balance = {k: total / v for k, v in values.items()}
         return dict(self.style_balance)
 
-    def _style_target(self, feats: list[torch.Tensor], shares: list[float]):
-        """One layer's style target from each style image's features (1, N, H, W) and blend share.
-
-        Every statistic is taken over an image's own positions, so an image's size does not
-        weigh in: blending averages Gram matrices (gram), means and second moments (w2), or
-        mixes the feature distributions (sliced).
-        """
-        if self.style_loss == "gram":
-            return sum(w * losses.gram_matrix(f, self.style_normalization) for f, w in zip(feats, shares))
-        if self.style_loss == "w2":
-            stats = [losses.moments(f) for f in feats]
-            mean = sum(w * m for (m, _), w in zip(stats, shares))  # (1, N)
-            second = sum(w * s for (_, s), w in zip(stats, shares))  # (1, N, N)
-            cov = losses.covariance(mean, second)
-            return mean, cov, losses.sqrtm(cov)
-        if self.style_loss == "sliced":
-            points = torch.cat([f[0].flatten(1) for f in feats], dim=1)  # (N, sum of M_i)
-            weights = torch.cat([torch.full((f[0, 0].numel(),), w / f[0, 0].numel(), dtype=f.dtype, device=f.device)
-                                 for f, w in zip(feats, shares)])
-            return points, weights
-        raise ValueError(f"unknown style loss {self.style_loss!r}")
-
     def _style_term(self, layer: str, f: torch.Tensor) -> torch.Tensor:
         if self.regions is None:
-            return self._distance(f, self.style_targets[layer])
-        return sum((share * self._distance(f, target, guide) for share, target, guide in self.regions[layer]),
+            return self.style_loss.distance(f, self.style_targets[layer])
+        return sum((share * self.style_loss.distance(f, target, guide) for share, target, guide in self.regions[layer]),
                    f.new_zeros(f.shape[0]))
-
-    def _distance(self, f: torch.Tensor, target, guide: torch.Tensor | None = None) -> torch.Tensor:
-        """One layer's style loss between features f (B, N, H, W), inside `guide` if given, and a target."""
-        if self.style_loss == "gram":
-            gram = losses.gram_matrix(f, self.style_normalization, guide)
-            return losses.style_loss(gram, target, f.shape[1], self.style_normalization)
-        if self.style_loss == "w2":
-            return losses.w2_loss(f, *target, guide=guide)
-        n = f.shape[1]
-        return losses.sliced_loss(f, *target, losses.random_directions(n, n, self.generator, f))
 
     def __call__(self, image: torch.Tensor) -> LossTerms:
         return self.terms(self.extractor(image), image)
@@ -174,8 +146,7 @@ class Objective:
         """The loss terms of `image` (B, 3, H, W) whose features the extractor gave as `feats`."""
         zero = image.new_zeros(image.shape[0])
         content_layers = {
-            k: losses.content_loss(feats[k], self.content_targets[k], self.content_normalization,
-                                   self.content_guides.get(k))
+            k: self.content_loss.distance(feats[k], self.content_targets[k], self.content_guides.get(k))
             for k in self.content_layers
         }
         style_layers = {k: self._style_term(k, feats[k]) for k in self.style_layers}
@@ -184,7 +155,7 @@ class Objective:
             (w * content_layers[k] for k, w in self.content_layers.items()), zero
         )
         style = self.style_weight * sum((w * balanced[k] for k, w in self.style_layers.items()), zero)
-        tv = self.tv_weight * losses.tv_loss(image, self.tv_exponent) if self.tv_weight else zero
+        tv = self.tv_weight * tv_loss(image, self.tv_exponent) if self.tv_weight else zero
         return LossTerms(content + style + tv, content, style, tv, content_layers, style_layers)
 
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import torch
 
+from nstexp.losses.base import StyleLoss, register
+
 
 def random_directions(n: int, count: int, generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
     """`count` random unit vectors in R^n, (count, n), drawn on the CPU so every device sees the same."""
@@ -47,3 +49,27 @@ def sliced_loss(
     with torch.no_grad():
         target = quantiles(directions @ target_features, target_weights, h * w)  # (D, M)
     return (projected - target).pow(2).mean(dim=(1, 2))
+
+
+@register
+class Sliced(StyleLoss):
+    """style.loss=sliced: SW² along N random directions per layer, drawn anew at every
+    evaluation from a generator seeded with the run's seed (one generator for all layers)."""
+
+    name = "sliced"
+    guided = False  # the quantile match has no notion of a region
+
+    def __init__(self, style, seed: int = 0):
+        super().__init__(style, seed)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def target(self, feats, shares):
+        # Blending mixes the images' positions: each carries its image's share over its own M.
+        points = torch.cat([f[0].flatten(1) for f in feats], dim=1)  # (N, sum of M_i)
+        weights = torch.cat([torch.full((f[0, 0].numel(),), w / f[0, 0].numel(), dtype=f.dtype, device=f.device)
+                             for f, w in zip(feats, shares)])
+        return points, weights
+
+    def distance(self, f, target, guide=None):
+        n = f.shape[1]
+        return sliced_loss(f, *target, random_directions(n, n, self.generator, f))

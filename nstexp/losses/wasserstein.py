@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import torch
 
+from nstexp.losses.base import StyleLoss, register
+
 # Added to every covariance's diagonal, as crowsonkb does: Σ_s^½ and the eigenvalues below
 # it stay away from 0. Negligible next to VGG activations (variances of 1e2 to 1e6).
 EPS = 1e-4
@@ -89,3 +91,21 @@ def w2_loss(
     trace = cov.diagonal(dim1=1, dim2=2).sum(1) + target_cov.diagonal(dim1=1, dim2=2).sum(1)
     w2 = (mean.double() - target_mean).pow(2).sum(1) + trace - 2 * trace_sqrt(cross)
     return w2.to(features.dtype)
+
+
+@register
+class W2(StyleLoss):
+    """style.loss=w2: W2² between Gaussian fits of the features (crowsonkb/style-transfer-pytorch's loss)."""
+
+    name = "w2"
+
+    def target(self, feats, shares):
+        # Blending mixes the images' first and second moments: a Gaussian fit of the mixture.
+        stats = [moments(f) for f in feats]
+        mean = sum(w * m for (m, _), w in zip(stats, shares))  # (1, N)
+        second = sum(w * s for (_, s), w in zip(stats, shares))  # (1, N, N)
+        cov = covariance(mean, second)
+        return mean, cov, sqrtm(cov)
+
+    def distance(self, f, target, guide=None):
+        return w2_loss(f, *target, guide=guide)

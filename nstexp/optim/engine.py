@@ -15,14 +15,8 @@ from typing import Callable
 import torch
 
 from nstexp.losses.objective import LossTerms
+from nstexp.optim import optimizers
 from nstexp.optim.lbfgs import BatchedLBFGS
-from nstexp.optim.optimizers import (
-    IterateAverage,
-    adam,
-    build_optimizer,
-    tell_lbfgs_the_clamped_step,
-    uses_batched_lbfgs,
-)
 
 
 @dataclass
@@ -113,7 +107,7 @@ def optimize(
     batch = image.shape[0]
     cfgs = list(optimizer_cfg) if isinstance(optimizer_cfg, (list, tuple)) else [optimizer_cfg] * batch
     cfg = cfgs[0]
-    batched = uses_batched_lbfgs(cfg)
+    batched = optimizers.uses_batched_lbfgs(cfg)
     if batched:
         x = image.detach().clone().contiguous().requires_grad_(True)
         parts = [x]
@@ -122,9 +116,9 @@ def optimize(
         # Adam: a leaf per sample, so that each is a parameter group with its own settings.
         parts = [image[b:b + 1].detach().clone().requires_grad_(True) for b in range(batch)]
         if cfg.name == "adam":
-            optimizer = adam(parts, cfgs)
+            optimizer = optimizers.adam(parts, cfgs)
         elif batch == 1:
-            optimizer = build_optimizer(parts, cfg)
+            optimizer = optimizers.build_optimizer(parts, cfg)
         else:
             raise ValueError("torch's L-BFGS (a line search, or max_iter > 1) optimizes one sample at a time")
         if optimizer_state is not None:
@@ -134,7 +128,7 @@ def optimize(
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     decay = float(getattr(cfg, "ema", 0.0) or 0.0)
-    average = IterateAverage(current(), decay) if decay else None
+    average = optimizers.IterateAverage(current(), decay) if decay else None
     evals = 0
     first: dict = {}  # losses of the first evaluation in the current step
     # Per sample: the first loss, when the optimizer works on normalized losses.
@@ -254,7 +248,7 @@ def optimize(
                 for p in parts:
                     p.clamp_(0.0, 1.0)
             if before is not None and len(parts) == 1:
-                tell_lbfgs_the_clamped_step(optimizer, parts[0], before)
+                optimizers.tell_lbfgs_the_clamped_step(optimizer, parts[0], before)
         pending = (step, evals, time.perf_counter() - t0, shown(), pairs())
         if step % check_every == 0:
             read()

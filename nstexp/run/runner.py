@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from nstexp.errors import NstexpError
 from nstexp.eval import metrics
-from nstexp.losses.objective import Objective, batch_objective
+from nstexp.losses.objective import Objective, batch_objective, weighted_layers
 from nstexp.network import hardware, memory
 from nstexp.network.backbone import FeatureExtractor, pools_before
 from nstexp.optim import pyramid
@@ -34,18 +34,11 @@ DEFAULT_STEPS = {"cpu": 400, "gpu": 500}
 DEFAULT_LOG_EVERY = {"cpu": 1, "gpu": 10}
 
 
-def weighted_layers(cfg: DictConfig) -> tuple[dict[str, float], dict[str, float]]:
-    """Content and style layers with their weights; a layer weighted 0 is left out (dict
-    overrides merge with the preset, so this is how to drop one)."""
-    return ({k: v for k, v in cfg.layers.content.items() if v > 0},
-            {k: v for k, v in cfg.layers.style.items() if v > 0})
-
-
 def network_spec(cfg: DictConfig) -> dict:
     """What the run's frozen VGG is built from: FeatureExtractor's arguments, but for the
     precision and memory format, which follow from the device. Jobs share a network (and a
     batch) only if these are equal."""
-    layers = {k: v for part in weighted_layers(cfg) for k, v in part.items()}
+    layers = {k: v for part in weighted_layers(cfg.layers) for k, v in part.items()}
     control = cfg.style.scale_control
     fine_layers = list(control.fine_layers) if control.fine_image else []
     b = cfg.backbone
@@ -63,25 +56,8 @@ def network(cfg: DictConfig, device: torch.device, precision: str, channels_last
 
 def build_objective(cfg: DictConfig, extractor: FeatureExtractor, inp: inputs.Inputs, summary: dict) -> Objective:
     """The loss for the inputs at one size (a coarse-to-fine level's)."""
-    content_layers, style_layers = weighted_layers(cfg)
-    objective = Objective(
-        extractor,
-        inp.content,
-        inp.styles,
-        content_layers,
-        style_layers,
-        cfg.content.weight,
-        cfg.style.weight,
-        cfg.tv.weight,
-        cfg.content.normalization,
-        cfg.style.normalization,
-        list(cfg.style.blend_weights) or None,
-        style_loss=cfg.style.loss,
-        seed=cfg.seed,
-        tv_exponent=cfg.tv.exponent,
-        style_masks=inp.style_masks,
-        content_mask=inp.content_mask,
-    )
+    objective = Objective(extractor, inp.content, inp.styles, cfg.layers, cfg.content, cfg.style, cfg.tv, cfg.seed,
+                          style_masks=inp.style_masks, content_mask=inp.content_mask)
     if cfg.style.balance == "content":
         try:
             summary["style_balance"] = objective.balance_style(inp.content)
@@ -147,7 +123,7 @@ def _run(jobs: list[Job], stop: StopRequest) -> None:
             job.tracker.start()
 
         # The sets of layers (not their weights) are the network's, the same in every job.
-        layers = {k: v for part in weighted_layers(jobs[0].cfg) for k, v in part.items()}
+        layers = {k: v for part in weighted_layers(jobs[0].cfg.layers) for k, v in part.items()}
         deepest = {layer: pools_before(cfg.backbone.arch, layer) for layer in layers}
         control = cfg.style.scale_control
         extractor = network(jobs[0].cfg, device, precision, channels_last)

@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from nstexp import images
-from nstexp.config import LBFGSConfig, ScaleControlConfig
+from nstexp.config import ContentConfig, LayersConfig, LBFGSConfig, ScaleControlConfig, StyleConfig, TVConfig
 from nstexp.losses.objective import Objective
 from nstexp.network.backbone import FeatureExtractor
 from nstexp.optim.engine import optimize
@@ -39,8 +39,9 @@ def fine_onto_coarse(extractor: FeatureExtractor, coarse: torch.Tensor, fine: to
     """
     # The network runs only up to the deepest fine layer.
     shallow = functools.partial(extractor, layers=fine_layers)
-    objective = Objective(shallow, coarse, [fine], content_layers={}, style_layers=dict.fromkeys(fine_layers, 1.0),
-                          content_weight=0.0, style_weight=1.0, tv_weight=0.0)
+    layers = LayersConfig(content={}, style=dict.fromkeys(fine_layers, 1.0))
+    objective = Objective(shallow, coarse, [fine], layers, ContentConfig(weight=0.0), StyleConfig(weight=1.0),
+                          TVConfig(weight=0.0))
     return optimize(coarse, objective, LBFGSConfig(), steps, "every_step", should_stop=should_stop).image
 
 

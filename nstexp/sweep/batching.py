@@ -77,9 +77,10 @@ def default_batch_size(cfg: DictConfig, jobs: int) -> int:
     """On a GPU, as many jobs as the memory estimate fits in 80% of what it has free (at most
     MAX_JOBS, and at least 1). On a CPU, 1: a CPU is busy with one image already, and batches
     measured slower there (`nstexp bench --sweep-jobs`; see the README)."""
+    from nstexp.losses.objective import weighted_layers
     from nstexp.network import hardware, memory
     from nstexp.network.backbone import FeatureExtractor
-    from nstexp.run.runner import DEFAULT_SIZE, weighted_layers
+    from nstexp.run.runner import DEFAULT_SIZE
 
     device = hardware.resolve_device(cfg.device)
     if device.type == "cpu":
@@ -88,7 +89,7 @@ def default_batch_size(cfg: DictConfig, jobs: int) -> int:
     if have is None:
         return min(jobs, MAX_JOBS)
     line_search = cfg.optimizer.name == "lbfgs" and cfg.optimizer.line_search != "none"
-    layers = [k for part in weighted_layers(cfg) for k in part]
+    layers = [k for part in weighted_layers(cfg.layers) for k in part]
     # The network's structure is all the estimate needs: random weights, nothing loaded.
     shape = FeatureExtractor(cfg.backbone.arch, "random", layers,
                              precision=hardware.resolve_precision(cfg.precision, device, line_search),

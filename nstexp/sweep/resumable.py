@@ -139,13 +139,21 @@ def differences(old, new, prefix: str = "") -> list[tuple[str, object, object]]:
     return [] if old == new else [(prefix.rstrip("."), old, new)]
 
 
+def _at(config: dict, dotted: str):
+    node = config
+    for part in dotted.split("."):
+        node = node.get(part, _ABSENT) if isinstance(node, dict) else _ABSENT
+    return node
+
+
 def check_configs(sweep_dir: str, compose: Callable[[list[str]], DictConfig]) -> None:
     """Refuse to resume when a completed job's folder ran another config than the job would now.
 
     What a job ran is its folder's .hydra/config.yaml (Hydra writes it as the job starts, so
     it is read here, before any job of this attempt starts); what it would run is its
     overrides composed now (`compose`), which a changed sweep file or preset makes different
-    even when the overrides are the same. NOT_RESULTS do not count. Raises NstexpError.
+    even when the overrides are the same. NOT_RESULTS do not count, nor a key the job's config
+    lacks that is now at its default (an option added since). Raises NstexpError.
     """
     recorded = _recorded(Path(sweep_dir))
     if recorded is None:
@@ -163,6 +171,12 @@ def check_configs(sweep_dir: str, compose: Callable[[list[str]], DictConfig]) ->
                               "so what it ran is unknown; run without resume=true to start a new sweep")
         new = yaml.safe_load(OmegaConf.to_yaml(compose(jobs[num])))
         changed = differences(_without(old), _without(new))
+        if any(was == _ABSENT for _, was, _ in changed):
+            # A key added to nstexp since the job ran, at its default: the default keeps what
+            # older versions did, so the job ran this config.
+            defaults = _without(yaml.safe_load(OmegaConf.to_yaml(compose([]))))
+            changed = [(k, was, now) for k, was, now in changed
+                       if not (was == _ABSENT and now == _at(defaults, k))]
         if changed:
             key, was, now = changed[0]
             more = f"; {len(changed) - 1} more keys differ" if len(changed) > 1 else ""

@@ -1,0 +1,72 @@
+"""What a style or a content loss is, and the registries that name each under its config key.
+
+A loss has a target, computed once from the reference images' features without a graph, and
+a distance from a generated image's features to that target, one value per sample. The
+objective (nstexp.losses.objective) sums the distances over layers; it knows no loss by name.
+
+Adding a loss: a class in the family's file (or a new file imported by nstexp/losses/__init__.py),
+decorated with `@register` under the name `style.loss=<name>` (or `content.loss=<name>`) selects;
+the options it reads from its config section documented in conf/ and docs/config.md; its tests.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+
+
+class StyleLoss:
+    """One layer's style loss. Built once per objective from the config section `style` (it
+    reads the options it needs, e.g. `style.normalization`) and the run's seed, which seeds
+    any randomness of the loss so that runs repeat."""
+
+    name: ClassVar[str]
+    # Whether the loss can be restricted to a region (style.masks, Gatys et al. 2017).
+    guided: ClassVar[bool] = True
+
+    def __init__(self, style: Any, seed: int = 0):
+        self.options = style
+
+    def target(self, feats: list[torch.Tensor], shares: list[float]) -> Any:
+        """The target of one layer from each style image's features (1, N, H_i, W_i) and blend
+        share (the shares sum to 1). Statistics are taken over each image's own positions, so
+        an image's size does not weigh in."""
+        raise NotImplementedError
+
+    def distance(self, f: torch.Tensor, target: Any, guide: torch.Tensor | None = None) -> torch.Tensor:
+        """The loss of features f (B, N, H, W) against `target`, inside `guide` (1, 1, H, W)
+        weights in [0, 1] when given -> (B,)."""
+        raise NotImplementedError
+
+
+class ContentLoss:
+    """One layer's content loss, built once per objective from the config section `content`."""
+
+    name: ClassVar[str]
+
+    def __init__(self, content: Any):
+        self.options = content
+
+    def target(self, p: torch.Tensor) -> Any:
+        """The target of one layer from the content image's features P (1, N, H, W)."""
+        return p
+
+    def distance(self, f: torch.Tensor, target: Any, guide: torch.Tensor | None = None) -> torch.Tensor:
+        """The loss of features F (B, N, H, W) against `target`, weighted by `guide` (1, 1, H, W) -> (B,)."""
+        raise NotImplementedError
+
+
+STYLE_LOSSES: dict[str, type[StyleLoss]] = {}
+CONTENT_LOSSES: dict[str, type[ContentLoss]] = {}
+
+
+def register(cls: type) -> type:
+    """Class decorator: the loss becomes the option `style.loss=<cls.name>` (or `content.loss`)."""
+    table = STYLE_LOSSES if issubclass(cls, StyleLoss) else CONTENT_LOSSES if issubclass(cls, ContentLoss) else None
+    if table is None:
+        raise TypeError(f"{cls.__name__} is neither a StyleLoss nor a ContentLoss")
+    if cls.name in table:
+        raise ValueError(f"two losses are named {cls.name!r}: {table[cls.name].__name__} and {cls.__name__}")
+    table[cls.name] = cls
+    return cls

@@ -1,0 +1,91 @@
+"""Losses behind one interface: each registered under its config name, the objective knowing none by name."""
+
+import pytest
+import torch
+
+from conftest import sections, tiny_cfg
+from nstexp import losses
+from nstexp.errors import ConfigError
+from nstexp.losses.base import CONTENT_LOSSES, STYLE_LOSSES, ContentLoss, StyleLoss, register
+from nstexp.losses.objective import Objective
+from nstexp.validation import validate
+
+
+class _Means(StyleLoss):
+    """A toy style loss for these tests: squared distance between channel means, (B,)."""
+
+    name = "test_means"
+
+    def target(self, feats, shares):
+        return sum(w * f.mean(dim=(2, 3)) for f, w in zip(feats, shares))  # (1, N)
+
+    def distance(self, f, target, guide=None):
+        return (f.mean(dim=(2, 3)) - target).pow(2).sum(1)
+
+
+@pytest.fixture
+def registered():
+    register(_Means)
+    yield _Means
+    del STYLE_LOSSES[_Means.name]
+
+
+def test_the_config_names_are_the_registered_classes():
+    assert {k: v.__name__ for k, v in STYLE_LOSSES.items()} == {"gram": "Gram", "w2": "W2", "sliced": "Sliced"}
+    assert {k: v.__name__ for k, v in CONTENT_LOSSES.items()} == {"squared_error": "SquaredError"}
+    for name, cls in {**STYLE_LOSSES, **CONTENT_LOSSES}.items():
+        assert cls.name == name
+
+
+def test_a_new_loss_needs_no_change_to_the_objective(registered):
+    # Identity "network": the features are the image itself, so the loss is computable by hand.
+    def extractor(x):
+        return {"relu1_1": x, "relu4_2": x}
+
+    content = torch.zeros(1, 3, 4, 4)
+    a, b = torch.full((1, 3, 4, 4), 1.0), torch.full((1, 3, 4, 4), 3.0)
+    obj = Objective(extractor, content, [a, b], *sections({}, {"relu1_1": 1.0}, 0.0, 2.0, 0.0,
+                                                              style={"loss": "test_means", "blend_weights": [1, 3]}))
+    image = torch.full((2, 3, 4, 4), 0.5)
+    image[1] = 2.5  # blended target: (1 * 1 + 3 * 3) / 4 = 2.5 per channel
+    terms = obj(image)
+    # Sample 0: 3 channels, each (0.5 - 2.5)² = 4, times style.weight 2; sample 1 on target.
+    assert terms.style.tolist() == [24.0, 0.0]
+    assert terms.style_layers["relu1_1"].tolist() == [12.0, 0.0]
+
+
+def test_validation_allows_exactly_the_registered_names(registered):
+    validate(tiny_cfg("style.loss=test_means"))  # a registered name is an option at once
+    names = ", ".join(STYLE_LOSSES)
+    assert names.endswith(", test_means")
+    with pytest.raises(ConfigError, match=rf"style.loss.*allowed: {names}\)"):
+        validate(tiny_cfg("style.loss=nope"))
+    with pytest.raises(ConfigError, match=r"content.loss.*allowed: squared_error"):
+        validate(tiny_cfg("content.loss=nope"))
+
+
+def test_masks_need_a_guided_loss(registered):
+    registered.guided = False
+    try:
+        with pytest.raises(ConfigError, match="style.masks works with style.loss=gram or w2, not test_means"):
+            validate(tiny_cfg("style.loss=test_means", "style.masks=[sample:coffee_saucer]"))
+    finally:
+        registered.guided = True
+
+
+def test_register_refuses_a_second_loss_of_one_name_and_a_non_loss():
+    class Twin(StyleLoss):
+        name = "gram"
+
+    with pytest.raises(ValueError, match="two losses are named 'gram'"):
+        register(Twin)
+    with pytest.raises(TypeError, match="neither a StyleLoss nor a ContentLoss"):
+        register(type("Other", (), {"name": "other"}))
+    assert STYLE_LOSSES["gram"] is losses.gram.Gram
+
+
+def test_the_default_content_loss_is_the_papers_eq_1():
+    loss = CONTENT_LOSSES["squared_error"](sections({}, {})[1])
+    f, p = torch.tensor([[[[1.0, 2.0]]]]), torch.tensor([[[[0.0, 0.0]]]])
+    assert loss.distance(f, loss.target(p)).tolist() == [2.5]  # ½ (1² + 2²)
+    assert isinstance(loss, ContentLoss)
