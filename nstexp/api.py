@@ -81,10 +81,10 @@ def stylize(content, style, out_dir: str | None = None, **overrides) -> tuple[Im
 def evaluate(result, content, style, size: int | None = None) -> dict[str, float]:
     """The `eval/...` metrics (nstexp.eval.metrics) of `result` against `content` and `style` (paths,
     `sample:<name>` or PIL images)."""
-    from nstexp.eval import evaluation, metrics
+    from nstexp.eval import evaluation, rules
 
     with tempfile.TemporaryDirectory() as tmp:
         paths = [_spec(img, tmp, name) for img, name in ((result, "result"), (content, "content"), (style, "style"))]
-        (row,) = evaluation.evaluate([paths[0]], paths[1], paths[2], size or metrics.REFERENCE_SIZE)
+        (row,) = evaluation.evaluate([paths[0]], paths[1], paths[2], size or rules.REFERENCE_SIZE)
     del row["image"]
     return row

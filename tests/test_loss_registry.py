@@ -89,3 +89,14 @@ def test_the_default_content_loss_is_the_papers_eq_1():
     f, p = torch.tensor([[[[1.0, 2.0]]]]), torch.tensor([[[[0.0, 0.0]]]])
     assert loss.distance(f, loss.target(p)).tolist() == [2.5]  # ½ (1² + 2²)
     assert isinstance(loss, ContentLoss)
+
+
+def test_validation_reads_the_registered_losses_off_their_source(registered):
+    """Validation names the losses without importing them (no torch); the registries are the truth.
+    A loss registered at run time only (this test's) is not in any source file, so it is left out."""
+    from nstexp.validation import losses_in_source
+
+    declared = losses_in_source()
+    assert declared["style"] == {name: cls.guided for name, cls in STYLE_LOSSES.items() if cls is not registered}
+    assert declared["content"] == {name: True for name in CONTENT_LOSSES}
+    assert list(declared["style"]) == [n for n in STYLE_LOSSES if n != registered.name]  # the options' order

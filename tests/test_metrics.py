@@ -11,7 +11,7 @@ from PIL import Image
 import nstexp
 from conftest import run_cli
 from nstexp import images
-from nstexp.eval import metrics
+from nstexp.eval import metrics, rules
 from nstexp.network.backbone import FeatureExtractor
 from nstexp.errors import NstexpError
 
@@ -71,7 +71,7 @@ def test_a_noisier_image_has_more_total_variation_and_less_ssim(chelsea_swirls):
 
 
 def test_each_metric_ranks_first_the_image_it_measures_closeness_to(chelsea_swirls):
-    """Every metric's ranking rule (metrics.better) against images whose order is known: the photo
+    """Every metric's ranking rule (rules.better) against images whose order is known: the photo
     is the best content fidelity and the best total variation (a blurred copy has too little,
     a noisy one too much); the style image is the best style distance."""
     content, style, evaluator = chelsea_swirls
@@ -89,10 +89,10 @@ def test_each_metric_ranks_first_the_image_it_measures_closeness_to(chelsea_swir
                      for layer in metrics.STYLE_LAYERS})
     assert set(expected) == set(scores["photo"])  # every key the evaluator gives is checked
     for key, best in expected.items():
-        rule = metrics.better(key)
-        assert min(scores, key=lambda name: metrics.badness(rule, scores[name][key])) == best, key
+        rule = rules.better(key)
+        assert min(scores, key=lambda name: rules.badness(rule, scores[name][key])) == best, key
     # The smoothed image is not ranked above the photo for being lower (what "lower is better" would do).
-    assert metrics.badness("closer to 1", 0.2) > metrics.badness("closer to 1", 1.02)
+    assert rules.badness("closer to 1", 0.2) > rules.badness("closer to 1", 1.02)
 
 
 def test_metrics_do_not_depend_on_the_size_or_the_seed_much(chelsea_swirls, net):
@@ -214,3 +214,24 @@ def test_the_api_takes_images_in_deep_modes(tmp_path):
     reference, _ = nstexp.stylize(gray, gray, out_dir=str(tmp_path / "gray"), **run)
     assert summary["status"] == "completed"
     assert np.array_equal(np.asarray(result), np.asarray(reference))
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 64, 48), (2, 3, 37, 29), (1, 1, 16, 16)])
+def test_ssim_is_torchmetrics_ssim(shape):
+    """The reference: torchmetrics' structural_similarity_index_measure with its defaults."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    from nstexp.eval.ssim import ssim
+
+    gen = torch.Generator().manual_seed(sum(shape))
+    x = torch.rand(shape, generator=gen)
+    y = (0.7 * x + 0.3 * torch.rand(shape, generator=gen)).clamp(0, 1)
+    ours = ssim(x, y)
+    for b in range(shape[0]):
+        reference = structural_similarity_index_measure(x[b:b + 1], y[b:b + 1], data_range=1.0)
+        assert ours[b].item() == pytest.approx(reference.item(), abs=1e-6)
+    assert ssim(x, x).tolist() == pytest.approx([1.0] * shape[0], abs=1e-6)
+    photo = images.to_tensor(images.load_image("sample:chelsea"))
+    noisy = (photo + 0.1 * torch.randn(photo.shape, generator=gen)).clamp(0, 1)
+    assert ssim(photo, noisy).item() == pytest.approx(
+        structural_similarity_index_measure(photo, noisy, data_range=1.0).item(), abs=1e-5)

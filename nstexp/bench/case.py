@@ -40,7 +40,7 @@ class Case:
 
     def __init__(self, cfg, device: torch.device):
         from nstexp.losses.objective import weighted_layers
-        from nstexp.network.backbone import pools_before
+        from nstexp.network.layout import pools_before
         from nstexp.run import runner
 
         self.cfg, self.device = cfg, device

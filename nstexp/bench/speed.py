@@ -31,6 +31,7 @@ from nstexp.bench.case import CONTENT, STYLE, WARMUP, Case, config_for, fp32_los
 from nstexp.bench.peer import peer
 from nstexp.bench.report import line, markdown
 from nstexp.bench.sweep import sweep_throughput
+from nstexp.config import PRECISIONS
 from nstexp.errors import NstexpError
 from nstexp.network import hardware
 
@@ -122,23 +123,49 @@ def _quality(cfg, device, run: dict, at: int, reference: tuple[float, float]) ->
             "time_to_quality_s": run["times"][reached] if reached is not None else None}
 
 
+def _startup(out_dir: str, repeats: int) -> None:
+    from nstexp.bench import startup
+
+    if repeats < 1:
+        print(f"error: bench: --repeats must be >= 1 (got {repeats})", file=sys.stderr)
+        sys.exit(2)
+    rows = startup.startup(repeats)
+    machine = hardware.describe(hardware.resolve_device("cpu"))
+    flags = ", ".join(machine["cpu_bf16"]) or "no AVX-512 bf16"
+    where = f"{machine['cpu']} ({flags}), {os.cpu_count()} cores; torch {machine['torch']}"
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "startup.json"), "w") as f:
+        json.dump({"machine": machine, "rows": rows}, f, indent=2)
+    with open(os.path.join(out_dir, "startup.md"), "w") as f:
+        f.write(startup.markdown(rows, where))
+    print()
+    print(startup.markdown(rows, where))
+    print(f"wrote {os.path.join(out_dir, 'startup.json')} and startup.md")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="nstexp bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", help="longest sides (default: 256 512 on a CPU, "
                         "512 1024 2048 4096 on a GPU)")
     parser.add_argument("--steps", type=int, default=None, help="measured steps (default: 30 on a CPU, 100 on a GPU)")
     parser.add_argument("--optimizers", nargs="+", default=["lbfgs", "adam"], choices=["lbfgs", "adam"])
-    parser.add_argument("--precision", nargs="+", default=None, choices=list(hardware.PRECISIONS),
+    parser.add_argument("--precision", nargs="+", default=None, choices=list(PRECISIONS),
                         help="default: fp32 and what auto picks here")
     parser.add_argument("--no-peer", action="store_true", help="skip pastiche")
     parser.add_argument("--sweep-jobs", type=int, default=0, help="also time a sweep of this many jobs at "
                         "--sweep-size, batched vs one after another (0: skip)")
     parser.add_argument("--sweep-size", type=int, default=256)
     parser.add_argument("--sweep-steps", type=int, default=10, help="steps of each sweep job")
+    parser.add_argument("--startup", action="store_true", help="time the command's start instead (help, a refusal, "
+                        "a default run's first step) against `import torch`; writes startup.json and startup.md")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each --startup case (the median counts)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default=".", help="folder for bench.json and bench.md")
     parser.add_argument("overrides", nargs="*", help="config overrides for every case, e.g. layers=tensorflow_blog")
     args = parser.parse_args(argv)
+    if args.startup:
+        _startup(args.out, args.repeats)
+        return
     try:
         device = hardware.resolve_device(args.device)
         gpu = device.type == "cuda"

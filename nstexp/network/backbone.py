@@ -6,17 +6,17 @@ happens inside the extractor, so no other code needs to know about it.
 
 from __future__ import annotations
 
-from functools import lru_cache, partial
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
-from torchvision.models.vgg import cfgs, make_layers
 
 from nstexp.network import loss_scaling
 from nstexp.network import weights as weights_module
 from nstexp.network.hardware import DTYPES
+from nstexp.network.layout import LAYOUTS, POOL, layer_names
 
 # Caffe's VGG was trained on BGR images in 0..255 with this mean pixel (B, G, R) subtracted.
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
@@ -28,51 +28,26 @@ CALIBRATION_SAMPLES = ("chelsea", "swirls")
 # Average pooling factors by (arch, weights, padding, preprocessing, seed): see FeatureExtractor.
 _CALIBRATIONS: dict[tuple, list[float]] = {}
 
-# torchvision's layer configurations: "D" is VGG-16, "E" VGG-19.
-_CONFIGS = {"vgg19": "E", "vgg16": "D"}
-
-
-def name_layers(features: nn.Sequential) -> list[str]:
-    """The paper's names for the modules of a VGG `features` stack, read off its structure."""
-    names, block, conv = [], 1, 0
-    for module in features:
-        if isinstance(module, nn.Conv2d):
-            conv += 1
-            names.append(f"conv{block}_{conv}")
-        elif isinstance(module, nn.ReLU):
-            names.append(f"relu{block}_{conv}")
-        elif isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
-            names.append(f"pool{block}")
-            block, conv = block + 1, 0
-        else:
-            raise ValueError(f"unexpected module in VGG features: {module}")
-    return names
-
-
-@lru_cache(maxsize=None)
-def layer_names(arch: str) -> tuple[str, ...]:
-    """All addressable layer names of an architecture, in forward order."""
-    return tuple(name_layers(vgg_features(arch)))
-
-
 def vgg_features(arch: str) -> nn.Sequential:
-    """torchvision's VGG `features` stack, initialized with torchvision's scheme.
+    """VGG's `features` stack for `arch`, module for module as torchvision builds it (so state
+    dicts and seeded random weights carry over), initialized with torchvision's scheme.
 
     Built without the classifier, which holds 85% of VGG's parameters (about 0.5 GB and a
     second of random initialization that style transfer never uses).
     """
-    features = make_layers(cfgs[_CONFIGS[arch]])
+    modules, channels = [], 3
+    for item in LAYOUTS[arch]:
+        if item == POOL:
+            modules.append(nn.MaxPool2d(kernel_size=2, stride=2))
+        else:
+            modules += [nn.Conv2d(channels, item, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
+            channels = item
+    features = nn.Sequential(*modules)
     for m in features.modules():
         if isinstance(m, nn.Conv2d):  # as in torchvision.models.VGG.__init__
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             nn.init.constant_(m.bias, 0)
     return features
-
-
-def pools_before(arch: str, layer: str) -> int:
-    """How many 2x poolings an image passes through before reaching `layer`."""
-    names = layer_names(arch)
-    return sum(1 for n in names[: names.index(layer)] if n.startswith("pool"))
 
 
 class ScaledAvgPool2d(nn.Module):
@@ -133,7 +108,7 @@ class FeatureExtractor(nn.Module):
         if state is not None:
             features.load_state_dict(state)
 
-        names = name_layers(features)
+        names = layer_names(arch)
         depth = max(names.index(n) for n in layers) + 1
         modules = []
         for module in list(features)[:depth]:

@@ -17,7 +17,6 @@ import torch
 
 from nstexp.errors import NstexpError
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -110,7 +109,9 @@ def configure(device: torch.device, deterministic: bool = False, record: Iterabl
     algorithms only (bit-identical reruns on one GPU with the same software). TF32 stays on then:
     it rounds the same way every time, so it costs reproducibility nothing.
     """
-    torch.use_deterministic_algorithms(deterministic)
+    if torch.are_deterministic_algorithms_enabled() != deterministic:
+        # Only on a change: the call imports torch._dynamo, seconds on a CPU.
+        torch.use_deterministic_algorithms(deterministic)
     if device.type == "cuda":
         if deterministic and os.environ.get("CUBLAS_WORKSPACE_CONFIG") not in CUBLAS_DETERMINISTIC:
             os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_DETERMINISTIC[0]

@@ -10,17 +10,15 @@ import re
 
 import torch
 from torch import nn
-from torchvision import models
 
 from nstexp.errors import NstexpError
 
 # The named sources (config.WEIGHTS lists them for validation); any other value is a file path.
 SOURCES = ("caffe", "imagenet", "random")
 CAFFE_WEIGHTS_FILE = "vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin"
-_TORCHVISION_WEIGHTS = {
-    "vgg19": models.VGG19_Weights.IMAGENET1K_V1,
-    "vgg16": models.VGG16_Weights.IMAGENET1K_V1,
-}
+# torchvision's ImageNet weights, by the name of their enum in torchvision.models (imported
+# only when they are used: torchvision takes seconds to import).
+_TORCHVISION_WEIGHTS = {"vgg19": "VGG19_Weights", "vgg16": "VGG16_Weights"}
 
 
 def caffe_weights_path() -> str:
@@ -59,7 +57,9 @@ def state_dict_for(arch: str, weights: str, features: nn.Sequential) -> dict | N
     if weights == "caffe":
         return load_caffe_state_dict(features)
     if weights == "imagenet":
-        spec = _TORCHVISION_WEIGHTS[arch]
+        from torchvision import models
+
+        spec = getattr(models, _TORCHVISION_WEIGHTS[arch]).IMAGENET1K_V1
         try:
             full = spec.get_state_dict(progress=False)
         except Exception as exc:  # no network, proxy, corrupt cache: all end the same way

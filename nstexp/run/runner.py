@@ -19,7 +19,8 @@ from nstexp.errors import NstexpError
 from nstexp.eval import metrics
 from nstexp.losses.objective import Objective, batch_objective, weighted_layers
 from nstexp.network import hardware, memory
-from nstexp.network.backbone import FeatureExtractor, pools_before
+from nstexp.network.backbone import FeatureExtractor
+from nstexp.network.layout import pools_before
 from nstexp.optim import pyramid
 from nstexp.optim.engine import StepEvent, optimize
 from nstexp.optim.optimizers import select_adam_state

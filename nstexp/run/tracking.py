@@ -7,14 +7,16 @@ import netrc
 import os
 import shutil
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-import torch
 from PIL import Image
 
 from nstexp.errors import NstexpError
 from nstexp.images import save_image, to_pil
+
+if TYPE_CHECKING:
+    import torch
 
 
 def wandb_credentials_configured() -> bool:

@@ -25,7 +25,7 @@ import os
 import sys
 
 from nstexp.errors import NstexpError
-from nstexp.eval import metrics
+from nstexp.eval import rules
 from nstexp.eval.tables import csv_cell, markdown_table
 from nstexp.sweep import plots
 from nstexp.sweep.contact_sheet import CELL, contact_sheet, input_images
@@ -80,10 +80,10 @@ def table(jobs: list[Job], sweep_dir: str, every_eval: bool = False) -> tuple[li
 
 
 def ranking_rule(key: str) -> str | None:
-    """Which way summary number `key` is better (see metrics.BETTER); None where nothing says."""
+    """Which way summary number `key` is better (see rules.BETTER); None where nothing says."""
     if key.startswith("final/loss/") or key in COSTS:
-        return metrics.LOWER
-    return metrics.better(key)
+        return rules.LOWER
+    return rules.better(key)
 
 
 def sort_jobs(jobs: list[Job], key: str) -> list[Job]:
@@ -94,13 +94,13 @@ def sort_jobs(jobs: list[Job], key: str) -> list[Job]:
     rule = ranking_rule(key)
     if rule is None:
         raise NstexpError(f"cannot sort by {key}: no rule says which way it is better (sortable: "
-                          f"{', '.join(metrics.BETTER)}, their per-layer keys, final/loss/..., {', '.join(COSTS)})")
+                          f"{', '.join(rules.BETTER)}, their per-layer keys, final/loss/..., {', '.join(COSTS)})")
 
     def rank(job: Job) -> tuple[int, float]:
         value = (job.summary or {}).get(key)
         if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value):
             return (1, 0.0)
-        return (0, metrics.badness(rule, value))
+        return (0, rules.badness(rule, value))
 
     if all(rank(job)[0] for job in jobs):
         raise NstexpError(f"cannot sort by {key}: no job's summary.json has a number for it")

@@ -9,17 +9,19 @@ import signal
 import sys
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from nstexp.errors import NstexpError
-from nstexp.run.job import JobSpec
-from nstexp.run.runner import run_batch
 from nstexp.run.tracking import sweep_group
 from nstexp.sweep import callbacks, resumable
 from nstexp.sweep.results import display_value
+
+if TYPE_CHECKING:
+    from nstexp.run.job import JobSpec
 
 # Outcomes of the jobs this process ran (a single run, or a sweep under the basic or batched launcher).
 statuses: list[str] = []
@@ -64,6 +66,8 @@ def plan_job(cfg: DictConfig) -> tuple[JobSpec, Path | None] | None:
                 print(f"job {hc.job.num}: already completed, skipped", file=sys.stderr)
                 return None
             resumable.clear_attempt(out_dir)
+    from nstexp.run.job import JobSpec  # here: the command starts, and refuses bad input, without torch
+
     spec = JobSpec(cfg, str(out_dir), name=_run_name(cfg, hc), group=_group(cfg, hc),
                    record={"overrides": resumable.job_key(hc.overrides.task)})
     return spec, stop_file
@@ -72,6 +76,8 @@ def plan_job(cfg: DictConfig) -> tuple[JobSpec, Path | None] | None:
 def run_jobs(specs: list[JobSpec], stop_file: Path | None) -> list[str]:
     """Jobs that share one batch (one job, except under the batched launcher); never raises, so
     a failure cannot take a sweep's other jobs or its report along. Returns their statuses."""
+    from nstexp.run.runner import run_batch
+
     try:
         summaries = run_batch(specs, stop_file=stop_file)
     except NstexpError as exc:

@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import math
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-
-from nstexp.eval import metrics
+from nstexp.eval import rules
 from nstexp.sweep.results import Job
 
 LOSSES = ("loss/total", "loss/content", "loss/style")
@@ -24,8 +21,8 @@ X_AXES = (("evals", "evals"), ("time_s", "wall time (s)"))
 
 
 def axis_label(what: str, key: str) -> str:
-    """`what: key (... is better)`, the way metric `key` ranks (metrics.better); no claim for a key no rule covers."""
-    rule = metrics.better(key)
+    """`what: key (... is better)`, the way metric `key` ranks (rules.better); no claim for a key no rule covers."""
+    rule = rules.better(key)
     return f"{what}: {key}" + (f" ({rule} is better)" if rule else "")
 
 
@@ -57,7 +54,11 @@ def points(job: Job, x_key: str, key: str, keep=_finite) -> list[tuple[float, fl
     return [(m[x_key], m[key]) for m in job.metrics if x_key in m and keep(m.get(key))]
 
 
-def _figure(width: float, height: float) -> Figure:
+def _figure(width: float, height: float):
+    # Imported here: matplotlib takes a while to import, and only drawing needs it.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     return fig
