@@ -58,6 +58,7 @@ def test_luminance_mode_optimizes_a_grey_image_from_noise():
     assert torch.equal(coloured, noise) and not torch.allclose(coloured, luma, atol=0.05)
 
 
+@pytest.mark.slow  # 100 steps: a long end-to-end run
 def test_two_masks_put_each_style_on_its_side(tmp_path):
     """Swirls (blue over red) left, mosaic (red over blue) right, on a flat grey photo."""
     Image.new("RGB", (64, 48), (128, 128, 128)).save(tmp_path / "grey.png")
@@ -119,6 +120,7 @@ def _correlation(a, b):
     return float(np.corrcoef(a.numpy(), b.numpy())[0, 1])
 
 
+@pytest.mark.slow  # hundreds of L-BFGS steps at the fine layers: a long end-to-end run
 @pytest.mark.parametrize("coarse_name,fine_name", [("swirls", "mosaic"), ("mosaic", "swirls")])
 def test_scale_control_keeps_the_coarse_layout_and_takes_the_fine_texture(coarse_name, fine_name):
     extractor = FeatureExtractor("vgg19", "caffe", ["relu1_1", "relu2_1"])

@@ -89,13 +89,13 @@ def _tiny_style_objective():
 
 
 def test_the_default_lbfgs_follows_torchs_lbfgs_with_the_clamp_correction(monkeypatch):
-    from nstexp.optim import engine
+    from nstexp.optim import optimizers
     from nstexp.config import LBFGSConfig
 
     objective, content = _tiny_style_objective()
     ours, theirs = [], []
     optimize(content, objective, LBFGSConfig(history_size=4), steps=12, on_step=ours.append)
-    monkeypatch.setattr(engine, "uses_batched_lbfgs", lambda cfg: False)  # torch.optim.LBFGS instead
+    monkeypatch.setattr(optimizers, "uses_batched_lbfgs", lambda cfg: False)  # torch.optim.LBFGS instead
     optimize(content, objective, LBFGSConfig(history_size=4), steps=12, on_step=theirs.append)
     assert ours[-1].terms.total.item() < 0.5 * ours[0].terms.total.item()  # it optimizes, and clamps bite:
     assert (ours[-1].image == 0).any() or (ours[-1].image == 1).any()

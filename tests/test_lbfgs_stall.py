@@ -54,9 +54,12 @@ def _distinct(cases):
 
 CASES = _distinct([[f"loss={n}"] for n in _names("loss")] + [[f"layers={n}"] for n in _names("layers")]
                   + [[f"experiment={n}"] for n in _lbfgs_recipes()])
+# The default suite checks the default preset; every other preset and recipe runs in the slow
+# suite (`pytest -m slow`, which .ci/run runs too): each case is a long end-to-end comparison.
+PARAMS = [pytest.param(o, id=" ".join(o), marks=() if o == ["loss=gatys"] else pytest.mark.slow) for o in CASES]
 
 
-@pytest.mark.parametrize("overrides", CASES, ids=lambda o: " ".join(o))
+@pytest.mark.parametrize("overrides", PARAMS)
 def test_the_normalized_loss_makes_at_least_half_the_raw_losss_progress(tmp_path, overrides):
     # The recipes' own sizes and coarse-to-fine levels give way to one level at 64 px; a recipe
     # that ships the raw loss (pytorch_tutorial) is checked with the normalized one.

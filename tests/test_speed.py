@@ -201,3 +201,26 @@ def test_bench_refuses_bad_arguments_in_one_line(capsys):
     assert info.value.code == 2
     assert capsys.readouterr().err.strip() == (
         "error: precision=fp16 needs a CUDA device, not cpu (allowed here: auto, fp32, bf16)")
+
+
+@pytest.mark.slow
+def test_bench_startup_times_every_case_against_import_torch(tmp_path, capsys, wandb_env):
+    from nstexp.bench import speed, startup
+
+    speed.main(["--startup", "--repeats", "1", "--out", str(tmp_path)])
+    report = json.loads((tmp_path / "startup.json").read_text())
+    assert set(report["rows"]) == {*startup.CASES, startup.FIRST_STEP}
+    floor = report["rows"]["import torch (floor)"]["s"]
+    for name, row in report["rows"].items():
+        assert row["s"] > 0 and row["vs_torch"] == pytest.approx(row["s"] / floor), name
+    table = (tmp_path / "startup.md").read_text()
+    assert "| default run, first step |" in table and "× `import torch`" in table
+
+
+def test_bench_startup_refuses_bad_repeats_in_one_line(capsys):
+    from nstexp.bench import speed
+
+    with pytest.raises(SystemExit) as exit_info:
+        speed.main(["--startup", "--repeats", "0"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == "error: bench: --repeats must be >= 1 (got 0)"
