@@ -319,3 +319,13 @@ def test_imagenet_weights_fail_fast_when_not_cached(tmp_path, monkeypatch):
     checkpoints = tmp_path / "hub" / "checkpoints"
     assert str(checkpoints) in str(info.value)
     assert not checkpoints.exists() or not any(checkpoints.iterdir())
+
+
+def test_the_caffe_weights_are_read_once_and_no_network_can_change_them():
+    first = FeatureExtractor("vgg19", "caffe", ["relu1_1"])
+    reference = first.features[0].weight.detach().clone()
+    with torch.no_grad():
+        first.features[0].weight.add_(1.0)  # a network changed in place
+    second = FeatureExtractor("vgg19", "caffe", ["relu1_1"])
+    assert torch.equal(second.features[0].weight, reference)
+    assert weights._caffe_state.cache_info().hits >= 1  # the second network did not read the file again

@@ -4,6 +4,7 @@ torchvision's VGG `features`."""
 
 from __future__ import annotations
 
+import functools
 import importlib.resources
 import os
 import re
@@ -37,18 +38,25 @@ def caffe_weights_path() -> str:
 def load_caffe_state_dict(features: nn.Sequential) -> dict[str, torch.Tensor]:
     """The original VGG-19 weights as a state dict for torchvision's `features`.
 
-    The file stores each kernel quantized to 256 centroids: weight = table[index].
+    The file stores each kernel quantized to 256 centroids: weight = table[index]. Read once
+    per process: a sweep's jobs, the metrics' network and every run of a test session share it
+    (load_state_dict copies the tensors, so no network can change them).
     """
-    raw = torch.load(caffe_weights_path(), map_location="cpu", weights_only=True)
+    return dict(_caffe_state(caffe_weights_path(), tuple(type(m).__name__ for m in features)))
+
+
+@functools.lru_cache(maxsize=2)
+def _caffe_state(path: str, kinds: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    raw = torch.load(path, map_location="cpu", weights_only=True)
     state, block, conv = {}, 1, 0
-    for idx, module in enumerate(features):
-        if isinstance(module, nn.Conv2d):
+    for idx, kind in enumerate(kinds):
+        if kind == "Conv2d":
             conv += 1
             key = f"block{block}_conv{conv}"
             weight = raw[f"{key}_W_table"][raw[f"{key}_W_q"].long()]  # (O, I, 3, 3)
             state[f"{idx}.weight"] = weight
             state[f"{idx}.bias"] = raw[f"{key}_b"]
-        elif isinstance(module, nn.MaxPool2d):
+        elif kind == "MaxPool2d":
             block, conv = block + 1, 0
     return state
 
