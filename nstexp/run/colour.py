@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import torch
 
-MODES = ("none", "luminance", "histogram", "swap")
-
 # NTSC YIQ (FCC): Y is Rec. 601 luma; the I and Q rows sum to 0, so grey has no chrominance.
 RGB_TO_YIQ = torch.tensor([
     [0.299, 0.587, 0.114],
