@@ -1,3 +1,6 @@
+import contextlib
+import io
+import logging
 import os
 import subprocess
 import sys
@@ -5,8 +8,9 @@ import sys
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Small enough for a 2-core CPU (the metrics too, at 64 px): every CLI run in the suite uses these.
-TINY = ["size=48", "steps=2", "progress=false", "snapshot_every=1", "eval.size=64"]
+# Small enough for a 2-core CPU: every CLI run in the suite uses these. The yardstick metrics are
+# off (tests of them turn them on, at eval.size=64).
+TINY = ["size=48", "steps=2", "progress=false", "snapshot_every=1", "eval.enabled=false", "eval.size=64"]
 
 
 @pytest.fixture
@@ -29,17 +33,68 @@ def wandb_env(tmp_path, monkeypatch):
     return env
 
 
-def run_cli(args, cwd, env=None, timeout=None, module=True):
-    cmd = [sys.executable, "-m", "nstexp", *args] if module else [
-        os.path.join(os.path.dirname(sys.executable), "nstexp"), *args]
-    full_env = {**os.environ, **(env or {})}
-    return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+def run_cli(args, cwd, env=None, timeout=None, module=True, process=False):
+    """`nstexp ARGS` run from `cwd` with `env` added -> CompletedProcess (returncode, stdout, stderr).
+
+    In this process, through the same entry point (`nstexp.cli.main`) the command calls, unless
+    `process`: a test process has imported torch and wandb already, which a new process would take
+    seconds to do. A subprocess for what only one shows: signals, the installed console script
+    (module=False), Hydra's launchers that start processes, code planted through sitecustomize.
+    """
+    if process or not module:
+        cmd = [sys.executable, "-m", "nstexp", *args] if module else [
+            os.path.join(os.path.dirname(sys.executable), "nstexp"), *args]
+        full_env = {**os.environ, **(env or {})}
+        return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+    return _run_in_process(list(args), cwd, env or {})
+
+
+def _run_in_process(args, cwd, env):
+    """main() as the command runs it, with everything it changes put back afterwards: the working
+    directory, sys.argv, the environment, Hydra's global state, the logging handlers Hydra sets up,
+    and the statuses the command reads its exit status from."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from nstexp import cli
+    from nstexp.sweep import callbacks, jobs
+
+    saved_env, saved_argv, saved_cwd = dict(os.environ), sys.argv, os.getcwd()
+    loggers = [logging.getLogger()] + [v for v in logging.Logger.manager.loggerDict.values()
+                                       if isinstance(v, logging.Logger)]
+    saved_logging = {lg: (lg.handlers[:], lg.level, lg.propagate, lg.disabled) for lg in loggers}
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    try:
+        os.chdir(cwd)
+        os.environ.update(env)
+        sys.argv = ["nstexp", *args]
+        jobs.statuses.clear()
+        callbacks.sweep_outcome.clear()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                cli.main()
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+    finally:
+        os.chdir(saved_cwd)
+        sys.argv = saved_argv
+        os.environ.clear()
+        os.environ.update(saved_env)
+        GlobalHydra.instance().clear()
+        for lg in [logging.getLogger()] + [v for v in logging.Logger.manager.loggerDict.values()
+                                           if isinstance(v, logging.Logger)]:
+            handlers, level, propagate, disabled = saved_logging.get(lg, ([], logging.NOTSET, True, False))
+            for h in lg.handlers:
+                if h not in handlers:
+                    h.close()
+            lg.handlers[:], lg.level, lg.propagate, lg.disabled = handlers, level, propagate, disabled
+    return subprocess.CompletedProcess(["nstexp", *args], code, out.getvalue(), err.getvalue())
 
 
 # In-process runs (`runner.run`), pinned to the CPU: reproducibility and the numbers tests compare are the CPU's.
 # fp32: the CPU that runs the tests may or may not compute bf16 natively (precision=auto).
 RUN_TINY = ["size=48", "steps=2", "progress=false", "snapshot_every=0", "wandb.mode=disabled", "device=cpu",
-            "precision=fp32", "eval.size=64"]
+            "precision=fp32", "eval.enabled=false", "eval.size=64"]
 
 
 def tiny_cfg(*overrides):

@@ -23,7 +23,9 @@ def _jsonl(path):
 
 def test_two_step_run_writes_outputs_and_offline_wandb_run(tmp_path, wandb_env):
     out = tmp_path / "run"
-    r = run_cli([*TINY, "optimizer=lbfgs", "style.weight=1e6", f"hydra.run.dir={out}"], cwd=tmp_path)
+    # The yardstick metrics on, as in a user's run.
+    r = run_cli([*TINY, "eval.enabled=true", "optimizer=lbfgs", "style.weight=1e6", f"hydra.run.dir={out}"],
+                cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "wandb sync" in r.stderr  # the offline hint
 
@@ -54,6 +56,7 @@ def test_two_step_run_writes_outputs_and_offline_wandb_run(tmp_path, wandb_env):
     for key in ("wall_time_s", "time_per_eval_s", "peak_memory_mb", "device", "image_size", "versions"):
         assert summary[key] is not None, key
     assert summary["device"] == "cpu"
+    assert 0 < summary["eval/ssim"] <= 1 and [m["step"] for m in metrics if "eval/style_sw" in m] == [0, 1, 2]
 
     (run,) = find_runs(str(out))
     assert run.finished and run.exit_code == 0
@@ -69,6 +72,7 @@ def test_two_step_run_writes_outputs_and_offline_wandb_run(tmp_path, wandb_env):
     assert {"inputs/content", "inputs/style", "snapshot", "final"} <= set(images)
     assert os.path.isfile(run.media(images["final"]["path"]))
     assert run.summary["status"] == "completed"
+    assert run.summary["eval/ssim"] == pytest.approx(summary["eval/ssim"])
 
 
 def test_multirun_gives_distinct_finished_runs_in_one_group(tmp_path, wandb_env):

@@ -18,7 +18,8 @@ EXPERIMENT_DIR = os.path.join(composition.CONFIG_DIR, "experiment")
 RECIPES = sorted(f[:-5] for f in os.listdir(EXPERIMENT_DIR) if f.endswith(".yaml"))
 PAPER_STYLE = {f"relu{i}_1": 0.2 for i in range(1, 6)}
 EQUAL_STYLE = {f"relu{i}_1": 1.0 for i in range(1, 6)}
-TINY = ["size=32", "steps=1", "wandb.mode=disabled", "progress=false", "snapshot_every=0", "eval.size=64"]
+TINY = ["size=32", "steps=1", "wandb.mode=disabled", "progress=false", "snapshot_every=0", "eval.enabled=false",
+        "eval.size=64"]
 
 
 def _compose(overrides):

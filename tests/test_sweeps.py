@@ -23,7 +23,7 @@ from wandb_offline import find_runs
 
 SWEEPS = composition.sweep_names()
 # A 2x2 grid that runs in seconds.
-TINY = ["size=32", "steps=1", "progress=false", "snapshot_every=0", "eval.size=64"]
+TINY = ["size=32", "steps=1", "progress=false", "snapshot_every=0", "eval.enabled=false", "eval.size=64"]
 GRID = ["optimizer=adam,lbfgs", "style.weight=1e5,1e6"]
 
 
@@ -107,7 +107,7 @@ def test_two_by_two_sweep_basic_launcher(tmp_path, wandb_env):
 def test_two_by_two_sweep_joblib_two_workers(tmp_path, wandb_env):
     sweep = tmp_path / "sweep"
     r = run_cli(["-m", *TINY, *GRID, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-                 f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+                 f"hydra.sweep.dir={sweep}"], cwd=tmp_path, process=True)
     assert r.returncode == 0, r.stderr
     _check_sweep(sweep)
 
@@ -124,7 +124,7 @@ def test_shipped_sweep_runs_tiny_and_command_line_replaces_a_swept_key(tmp_path,
 def test_submitit_local_launcher(tmp_path, wandb_env):
     sweep = tmp_path / "sweep"
     r = run_cli(["-m", *TINY, "optimizer=adam,lbfgs", "hydra/launcher=submitit_local", f"hydra.sweep.dir={sweep}"],
-                cwd=tmp_path, timeout=None)
+                cwd=tmp_path, process=True)
     assert r.returncode == 0, r.stderr
     _check_sweep(sweep, n_jobs=2)
 
@@ -296,7 +296,7 @@ def test_every_combination_is_checked_before_any_job(tmp_path):
                                       ["hydra/launcher=submitit_local"]])
 def test_every_launcher_exits_1_when_jobs_fail(tmp_path, launcher):
     r = run_cli(["-m", *TINY, "wandb.mode=disabled", "seed=0,1", "content.image=missing.png", *launcher,
-                 f"hydra.sweep.dir={tmp_path}/s"], cwd=tmp_path, timeout=None)
+                 f"hydra.sweep.dir={tmp_path}/s"], cwd=tmp_path, process=bool(launcher))
     assert r.returncode == 1, r.stderr
     rows = list(csv.DictReader(open(tmp_path / "s" / "comparison.csv")))
     assert [row["status"] for row in rows] == ["failed", "failed"]
@@ -320,12 +320,13 @@ nstexp.run.inputs.initial_image = crash_for_seed_0
 
 @pytest.mark.parametrize("launcher", [[], ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]])
 def test_a_crashing_job_leaves_the_others_and_the_report(tmp_path, wandb_env, launcher):
-    # A bug that shows up in one job only, planted through sitecustomize in every process.
+    # A bug that shows up in one job only, planted through sitecustomize in every process (so the
+    # command runs in its own process even under the basic launcher).
     (tmp_path / "plant").mkdir()
     (tmp_path / "plant" / "sitecustomize.py").write_text(CRASH_SEED_0)
     env = {"PYTHONPATH": os.pathsep.join([str(tmp_path / "plant"), os.environ.get("PYTHONPATH", "")])}
     sweep = tmp_path / "s"
-    r = run_cli(["-m", *TINY, "seed=0,1", *launcher, f"hydra.sweep.dir={sweep}"], cwd=tmp_path, env=env)
+    r = run_cli(["-m", *TINY, "seed=0,1", *launcher, f"hydra.sweep.dir={sweep}"], cwd=tmp_path, env=env, process=True)
     assert r.returncode == 1, r.stderr
     assert "Traceback" not in r.stderr
     (line,) = [x for x in r.stderr.splitlines() if x.startswith("error:")]
