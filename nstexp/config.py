@@ -31,7 +31,9 @@ SWEEPS_DIR = _data_dir("sweeps", "seeds.yaml")
 
 
 ARCHS = ("vgg19", "vgg16")
-WEIGHTS = ("caffe", "imagenet", "random")  # or a path to a state dict file
+WEIGHTS = ("caffe", "caffe_normalized", "imagenet", "random")  # or a path to a state dict file
+# The weights that exist only for VGG-19 and take Caffe's preprocessing.
+CAFFE_WEIGHTS = ("caffe", "caffe_normalized")
 PREPROCESSING = ("auto", "caffe", "imagenet")
 POOLING = ("max", "avg", "avg_scaled")
 PADDINGS = ("zeros", "reflect", "replicate")
@@ -50,7 +52,7 @@ WANDB_MODES = ("auto", "online", "offline", "disabled")
 @dataclass
 class BackboneConfig:
     arch: str = "vgg19"
-    # caffe | imagenet | random | path to a state dict file
+    # caffe | caffe_normalized (Gatys et al.'s rescaled VGG-19) | imagenet | random | path to a state dict file
     weights: str = "caffe"
     # auto: the preprocessing the weights were trained with
     preprocessing: str = "auto"

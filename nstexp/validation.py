@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from nstexp.config import (
     ARCHS,
+    CAFFE_WEIGHTS,
     CLAMPS,
     COLOR_MODES,
     CONTENT_NORMALIZATIONS,
@@ -108,9 +109,9 @@ def validate(cfg: DictConfig) -> None:
             f"backbone.weights={b.weights!r} is neither a known source nor a file "
             f"(allowed: {', '.join(WEIGHTS)}, or a path to a state dict file)"
         )
-    if b.weights == "caffe" and b.arch != "vgg19":
+    if b.weights in CAFFE_WEIGHTS and b.arch != "vgg19":
         raise ConfigError(
-            f"backbone.weights=caffe exists only for vgg19, not {b.arch} "
+            f"backbone.weights={b.weights} exists only for vgg19, not {b.arch} "
             "(use backbone.weights=imagenet|random|<path>)"
         )
     _choice("backbone.preprocessing", b.preprocessing, PREPROCESSING)

@@ -51,7 +51,7 @@ def _recipes_offline() -> list[str]:
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=composition.CONFIG_DIR, version_base="1.3"):
         return [n for n in names if compose(config_name="config", overrides=[f"experiment={n}"]).backbone.weights
-                in ("caffe", "random")]
+                in ("caffe", "caffe_normalized", "random")]
 
 
 RECIPES = _recipes_offline()

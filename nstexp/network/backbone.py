@@ -132,7 +132,7 @@ class FeatureExtractor(nn.Module):
         self.blocks = [(a, b) for a, b in self.blocks if b > a]
 
         if preprocessing == "auto":
-            preprocessing = "caffe" if weights == "caffe" else "imagenet"
+            preprocessing = "caffe" if weights in weights_module.CAFFE_SOURCES else "imagenet"
         self.preprocessing = preprocessing
         if preprocessing == "caffe":
             mean, scale = torch.tensor(CAFFE_MEAN_BGR), torch.ones(3)

