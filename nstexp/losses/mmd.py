@@ -140,7 +140,7 @@ class MMDLinear(StyleLoss):
     name = "mmd_linear"
 
     def target(self, feats, shares):
-        return mixture_moments(feats, shares)[0].float()
+        return mixture_moments(feats, shares)[0].to(feats[0].dtype)
 
     def distance(self, f, target, guide=None):
         return mmd_linear_loss(f, target, guide)
@@ -153,7 +153,7 @@ class MMDPoly(StyleLoss):
     name = "mmd_poly"
 
     def target(self, feats, shares):
-        mean = mixture_moments(feats, shares)[0].float()
+        mean = mixture_moments(feats, shares)[0].to(feats[0].dtype)
         return mean, sum(w * gram_matrix(f, "gatys") for f, w in zip(feats, shares))
 
     def distance(self, f, target, guide=None):
@@ -184,6 +184,7 @@ class MMDGaussian(StyleLoss):
         if self.samples:
             k = min(self.samples, h * w)
             x = x[:, :, torch.randperm(h * w, generator=self.generator)[:k].to(f.device)]
+            k = min(self.samples, sum(p.shape[1] for p in points))
             y = sample_style(points, shares, k, self.generator).unsqueeze(0).to(f.dtype)
             return gaussian_mmd2_exact(x, y, self.gamma)
         pairs = h * w // 2
@@ -200,7 +201,7 @@ class BN(StyleLoss):
 
     def target(self, feats, shares):
         mean, second = mixture_moments(feats, shares)
-        return mean.float(), (second - mean.pow(2)).clamp_min(0).add(EPS).sqrt().float()
+        return mean.to(feats[0].dtype), (second - mean.pow(2)).clamp_min(0).add(EPS).sqrt().to(feats[0].dtype)
 
     def distance(self, f, target, guide=None):
         return bn_loss(f, *target, guide=guide)

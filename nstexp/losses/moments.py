@@ -72,7 +72,7 @@ class CMD(StyleLoss):
 
     def target(self, feats, shares):
         squashed = [torch.sigmoid(f / self.scale) for f in feats]
-        return [m.float() for m in mixture_central_moments(squashed, shares, self.order)]
+        return [m.to(feats[0].dtype) for m in mixture_central_moments(squashed, shares, self.order)]
 
     def distance(self, f, target, guide=None):
         return cmd_loss(torch.sigmoid(f / self.scale), target, guide)
