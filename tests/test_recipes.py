@@ -164,8 +164,9 @@ FACTS = {
     },
     "cmd": {
         "backbone.weights": "caffe", "style.loss": "cmd", "style.cmd.order": 5, "style.cmd.scale": 57.6,
-        "layers.style": {f"conv{i}_1": 1e3 / n**2 for i, n in zip(range(1, 6), (64, 128, 256, 512, 512))},
-        "layers.content": {"relu4_1": 1.0}, "content.weight": 0.0, "optimizer.name": "adam",
+        "layers.style": {**{f"conv{i}_1": 1e3 / n**2 for i, n in zip(range(1, 6), (64, 128, 256, 512, 512))},
+                         **{f"relu{i}_1": 0.0 for i in range(1, 6)}},
+        "layers.content": {"relu4_1": 1.0, "relu4_2": 0.0}, "content.weight": 0.0, "optimizer.name": "adam",
         "optimizer.lr": 0.0226, "init.kind": "content", "steps": 1000, "size": 720,
     },
     "histogram": {
