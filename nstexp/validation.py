@@ -182,7 +182,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"style.masks works with style.loss={guided} (every loss of a mix), not {unguided[0]}")
     _at_least("style.mmd.c", cfg.style.mmd.c, 0)
     if cfg.style.mmd.gamma is not None:
-        _at_least("style.mmd.gamma (null: the paper's rule)", cfg.style.mmd.gamma, 0, strict=True)
+        _at_least("style.mmd.gamma", cfg.style.mmd.gamma, 0, strict=True)
     if cfg.style.mmd.samples < 0 or cfg.style.mmd.samples == 1:
         raise ConfigError(f"style.mmd.samples={cfg.style.mmd.samples} must be 0 (the linear-time estimator) or >= 2")
     _at_least("style.cmd.order", cfg.style.cmd.order, 1)
