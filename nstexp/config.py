@@ -96,6 +96,29 @@ class ScaleControlConfig:
 
 
 @dataclass
+class MMDConfig:
+    # mmd_poly: the kernel (xᵀy + c)² (Li et al. 2017 use c = 0; d = 2, the degree with a closed form).
+    c: float = 0.0
+    # mmd_gaussian: γ of exp(−γ‖x − y‖²); None: the paper's rule, 1 / the mean squared distance
+    # of the pairs compared (held constant in the gradient), at every evaluation.
+    gamma: Optional[float] = None
+    # mmd_gaussian: 0: the linear-time estimator over all positions (disjoint random pairs,
+    # Gretton et al.'s MMD²_l, as Li et al.'s code); k > 0: the exact unbiased MMD²_u on k random
+    # positions of each image (cost k² N per layer).
+    samples: int = 0
+
+
+@dataclass
+class CMDConfig:
+    # Central moments up to this order (Kalischek et al. use 5); order 1 is the mean alone.
+    order: int = 5
+    # Pre-ReLU features are divided by this before the sigmoid. The sigmoid's scale is
+    # torchvision's network's, whose inputs are (x − mean) / std (std ≈ 0.226) where the Caffe
+    # network's are 255 (x − mean): 255 × 0.226 = 57.6. Use 1 with backbone.weights=imagenet.
+    scale: float = 57.6
+
+
+@dataclass
 class StyleConfig:
     image: str = "sample:swirls"
     # Extra style images whose Gram matrices are blended with the first one's.
@@ -106,8 +129,10 @@ class StyleConfig:
     scale: float = 1.0
     weight: float = 1e3
     # A registered style loss (nstexp.losses.base.STYLE_LOSSES): gram (Gatys et al.), w2
-    # (Wasserstein-2 between Gaussian fits), sliced (Heitz et al.)
-    loss: str = "gram"
+    # (Wasserstein-2 between Gaussian fits), sliced (Heitz et al.), mmd_linear, mmd_poly,
+    # mmd_gaussian, bn (Li et al. 2017), cmd (Kalischek et al. 2021), histogram (Risser et al.
+    # 2017); or a weighted mix, a mapping name -> weight: {gram: 1, histogram: 0.5}.
+    loss: Any = "gram"
     # Of the Gram matrices; the w2 and sliced losses have no normalization to choose.
     normalization: str = "gatys"
     # none: the equations as written; content: each layer's term divided by its value on the
@@ -117,6 +142,8 @@ class StyleConfig:
     # style applies: each style's target is matched inside its region only. Empty: no masks.
     masks: List[str] = field(default_factory=list)
     scale_control: ScaleControlConfig = field(default_factory=ScaleControlConfig)
+    mmd: MMDConfig = field(default_factory=MMDConfig)
+    cmd: CMDConfig = field(default_factory=CMDConfig)
 
 
 @dataclass
@@ -130,6 +157,14 @@ class TVConfig:
     weight: float = 0.0
     # TV = sum ((Δx)² + (Δy)²)^exponent; 1 is the plain sum of squares, seed 000 uses 1.25.
     exponent: float = 1.0
+
+
+@dataclass
+class LaplacianConfig:
+    # Li et al. (ACM MM 2017): weight × mean((L(pool(x)) − L(pool(c)))²), L the 3×3 Laplacian
+    # summed over RGB, pool a 2^pool average pooling, on the RGB image in [0, 1]; 0 = off.
+    weight: float = 0.0
+    pool: int = 2
 
 
 @dataclass
@@ -205,6 +240,7 @@ class Config:
     style: StyleConfig = field(default_factory=StyleConfig)
     color: ColorConfig = field(default_factory=ColorConfig)
     tv: TVConfig = field(default_factory=TVConfig)
+    laplacian: LaplacianConfig = field(default_factory=LaplacianConfig)
     # Typed by the schema of the chosen optimizer/ option.
     optimizer: Any = MISSING
     init: InitConfig = field(default_factory=InitConfig)

@@ -94,6 +94,26 @@ def losses_in_source() -> dict[str, dict[str, bool]]:
     return found
 
 
+def _style_mix(loss: Any, allowed: dict[str, bool]) -> dict[str, float]:
+    """{name: weight} of `style.loss`, a registered name or a mapping name -> weight (a mix)."""
+    if isinstance(loss, str):
+        _choice("style.loss", loss, tuple(allowed))
+        return {loss: 1.0}
+    if not isinstance(loss, (dict, DictConfig)) or not loss:
+        raise ConfigError(f"style.loss={loss!r} must be a style loss name or a mapping name -> weight "
+                          f"(allowed names: {', '.join(allowed)})")
+    mix = {}
+    for name, weight in loss.items():
+        if name not in allowed:
+            raise ConfigError(f"style.loss: unknown loss {name!r} in the mix (allowed: {', '.join(allowed)})")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+            raise ConfigError(f"style.loss.{name}={weight!r} must be a finite number >= 0 (a weight of the mix)")
+        mix[name] = float(weight)
+    if not any(w > 0 for w in mix.values()):
+        raise ConfigError("style.loss: every weight of the mix is 0 (give at least one loss a weight > 0)")
+    return {k: w for k, w in mix.items() if w > 0}
+
+
 def validate(cfg: DictConfig) -> None:
     """Check what the schema's types cannot; raise ConfigError with a one-line message."""
     from nstexp.network.layout import layer_names
@@ -134,7 +154,7 @@ def validate(cfg: DictConfig) -> None:
     _choice("content.normalization", cfg.content.normalization, CONTENT_NORMALIZATIONS)
     _choice("style.normalization", cfg.style.normalization, STYLE_NORMALIZATIONS)
     _choice("content.loss", cfg.content.loss, tuple(declared["content"]))
-    _choice("style.loss", cfg.style.loss, tuple(declared["style"]))
+    mix = _style_mix(cfg.style.loss, declared["style"])
     _choice("style.balance", cfg.style.balance, STYLE_BALANCES)
     for key in ("content.weight", "style.weight", "tv.weight"):
         _at_least(key, cfg[key.split(".")[0]].weight, 0)
@@ -157,9 +177,22 @@ def validate(cfg: DictConfig) -> None:
             f"style.masks has {len(cfg.style.masks)} images for {n_styles} style images "
             "(give one mask per style image, the first included, or none)"
         )
-    if cfg.style.masks and not declared["style"][cfg.style.loss]:
+    unguided = [name for name in mix if not declared["style"][name]]
+    if cfg.style.masks and unguided:
         guided = " or ".join(name for name, takes_masks in declared["style"].items() if takes_masks)
-        raise ConfigError(f"style.masks works with style.loss={guided}, not {cfg.style.loss}")
+        raise ConfigError(f"style.masks works with style.loss={guided} (every loss of a mix), not {unguided[0]}")
+    _at_least("style.mmd.c", cfg.style.mmd.c, 0)
+    if cfg.style.mmd.gamma is not None:
+        _at_least("style.mmd.gamma", cfg.style.mmd.gamma, 0, strict=True)
+    if cfg.style.mmd.samples < 0 or cfg.style.mmd.samples == 1:
+        raise ConfigError(f"style.mmd.samples={cfg.style.mmd.samples} must be 0 (the linear-time estimator) or >= 2")
+    _at_least("style.cmd.order", cfg.style.cmd.order, 1)
+    _at_least("style.cmd.scale", cfg.style.cmd.scale, 0, strict=True)
+    _at_least("laplacian.weight", cfg.laplacian.weight, 0)
+    _at_least("laplacian.pool", cfg.laplacian.pool, 0)
+    if cfg.laplacian.weight > 0 and cfg.content.mask:
+        raise ConfigError("laplacian.weight > 0 does not take content.mask (the Laplacian term has no region; "
+                          "set laplacian.weight=0 or drop the mask)")
     _choice("color.preserve", cfg.color.preserve, COLOR_MODES)
     sc = cfg.style.scale_control
     for name in sc.fine_layers:

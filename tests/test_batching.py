@@ -56,7 +56,7 @@ PER_JOB_CASES = {
     # (Not cosine: a channel that is dead on the content image turns into a unit vector when the
     # last bit of a convolution makes it positive, so that loss is not continuous there.)
     "style.normalization": [["style.normalization=mean"]],
-    "style.loss": [["style.loss=w2"], ["style.loss=sliced"]],
+    "style.loss": [["style.loss=w2"], ["style.loss=sliced"], ["style.loss={gram:1,histogram:0.5}"]],
     "style.balance": [["style.balance=content"]],
     "style.blend_weights": [["style.blend_weights=[1,4]"]],
     "tv.weight": [["tv.weight=1e15"]],

@@ -31,7 +31,9 @@ def registered():
 
 
 def test_the_config_names_are_the_registered_classes():
-    assert {k: v.__name__ for k, v in STYLE_LOSSES.items()} == {"gram": "Gram", "w2": "W2", "sliced": "Sliced"}
+    assert {k: v.__name__ for k, v in STYLE_LOSSES.items()} == {
+        "gram": "Gram", "w2": "W2", "sliced": "Sliced", "mmd_linear": "MMDLinear", "mmd_poly": "MMDPoly",
+        "mmd_gaussian": "MMDGaussian", "bn": "BN", "cmd": "CMD", "histogram": "Histogram"}
     assert {k: v.__name__ for k, v in CONTENT_LOSSES.items()} == {"squared_error": "SquaredError"}
     for name, cls in {**STYLE_LOSSES, **CONTENT_LOSSES}.items():
         assert cls.name == name
@@ -67,8 +69,12 @@ def test_validation_allows_exactly_the_registered_names(registered):
 def test_masks_need_a_guided_loss(registered):
     registered.guided = False
     try:
-        with pytest.raises(ConfigError, match="style.masks works with style.loss=gram or w2, not test_means"):
+        with pytest.raises(ConfigError, match=r"style.masks works with style.loss=gram or w2 or mmd_linear or mmd_poly "
+                                              r"or bn or cmd \(every loss of a mix\), not test_means"):
             validate(tiny_cfg("style.loss=test_means", "style.masks=[sample:coffee_saucer]"))
+        # In a mix, every loss must be guided.
+        with pytest.raises(ConfigError, match=r"\(every loss of a mix\), not histogram$"):
+            validate(tiny_cfg("style.loss={gram:1,histogram:0.5}", "style.masks=[sample:coffee_saucer]"))
     finally:
         registered.guided = True
 

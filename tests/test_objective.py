@@ -9,7 +9,9 @@ from nstexp.losses.objective import Objective
 
 STYLE = {"relu1_1": 0.25, "relu2_1": 0.25, "relu3_1": 0.25, "relu4_1": 0.25}
 # Every style loss, the Gram loss with each of its normalizations: (style loss, normalization).
-LOSSES = [("gram", "gatys"), ("gram", "mean"), ("gram", "cosine"), ("w2", "gatys"), ("sliced", "gatys")]
+LOSSES = [("gram", "gatys"), ("gram", "mean"), ("gram", "cosine"), ("w2", "gatys"), ("sliced", "gatys"),
+          ("mmd_linear", "gatys"), ("mmd_poly", "gatys"), ("mmd_gaussian", "gatys"), ("bn", "gatys"),
+          ("cmd", "gatys"), ("histogram", "gatys"), ({"gram": 1.0, "histogram": 0.5}, "gatys")]
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +60,9 @@ def test_style_image_size_leaves_the_target_per_position_unchanged(extractor, lo
     # Against the 128 px target the 64 px image scores about as well as against its own, far
     # better than another colour (at relu1_1: a receptive field small enough for the interior
     # to dominate). The old `gatys` target of the 128 px image was 4x as large.
-    assert abs(a) < 1e-3 * other and b < 0.01 * other and ab < 0.01 * other
+    # mmd_gaussian's is a random estimate of MMD² (unbiased, so it can fall below 0): its spread.
+    own = 1e-2 if loss[0] == "mmd_gaussian" else 1e-3
+    assert abs(a) < own * other and b < 0.01 * other and ab < 0.01 * other
     if loss[0] == "gram":
         ratio = (objectives[1].style_targets["relu1_1"].norm() / objectives[0].style_targets["relu1_1"].norm()).item()
         assert 0.95 < ratio < 1.05, ratio

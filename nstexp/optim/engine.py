@@ -71,7 +71,7 @@ def _detach(terms: LossTerms) -> LossTerms:
     return LossTerms(
         d(terms.total), d(terms.content), d(terms.style), d(terms.tv),
         {k: d(v) for k, v in terms.content_layers.items()},
-        {k: d(v) for k, v in terms.style_layers.items()},
+        {k: d(v) for k, v in terms.style_layers.items()}, d(terms.laplacian),
     )
 
 

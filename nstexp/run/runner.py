@@ -58,7 +58,7 @@ def network(cfg: DictConfig, device: torch.device, precision: str, channels_last
 def build_objective(cfg: DictConfig, extractor: FeatureExtractor, inp: inputs.Inputs, summary: dict) -> Objective:
     """The loss for the inputs at one size (a coarse-to-fine level's)."""
     objective = Objective(extractor, inp.content, inp.styles, cfg.layers, cfg.content, cfg.style, cfg.tv, cfg.seed,
-                          style_masks=inp.style_masks, content_mask=inp.content_mask)
+                          style_masks=inp.style_masks, content_mask=inp.content_mask, laplacian_config=cfg.laplacian)
     if cfg.style.balance == "content":
         try:
             summary["style_balance"] = objective.balance_style(inp.content)
