@@ -228,7 +228,7 @@ def test_a_pipe_is_read_once_for_every_level_and_the_metrics(tmp_path):
         data = f.read()
     writer = threading.Thread(target=lambda: pipe.write_bytes(data))
     writer.start()
-    summary = run(_cfg(f"content.image={pipe}", "scales.min=32"), str(tmp_path / "out"))
+    summary = run(_cfg(f"content.image={pipe}", "scales.min=32", "eval.enabled=true"), str(tmp_path / "out"))
     writer.join(timeout=30)
     assert summary["status"] == "completed" and len(summary["levels"]) == 2
     assert 0 < summary["eval/ssim"] < 1

@@ -203,6 +203,33 @@ def test_bench_refuses_bad_arguments_in_one_line(capsys):
         "error: precision=fp16 needs a CUDA device, not cpu (allowed here: auto, fp32, bf16)")
 
 
+def test_bench_losses_times_each_preset_against_the_gram_loss(tmp_path, capsys):
+    from nstexp.bench import speed
+
+    speed.main(["--losses", "w2", "histogram", "--sizes", "32", "--steps", "2", "--optimizers", "adam",
+                "--out", str(tmp_path)])
+    report = json.loads((tmp_path / "losses.json").read_text())
+    rows = report["rows"]
+    # The baseline first, measured though not listed; each row's ratio is its time over the baseline's.
+    assert [(r["preset"], r["style_loss"]) for r in rows] == [("gatys", "gram"), ("w2", "w2"),
+                                                              ("histogram", "histogram")]
+    assert all(r["time_per_eval_s"] > 0 and r["size"] == 32 and r["precision"] == "fp32" for r in rows)
+    assert [r["vs_gram"] for r in rows] == pytest.approx([r["time_per_eval_s"] / rows[0]["time_per_eval_s"]
+                                                          for r in rows])
+    assert "| histogram | histogram | 32 | adam | fp32 |" in (tmp_path / "losses.md").read_text()
+    assert "× gram" in capsys.readouterr().out
+
+
+def test_bench_losses_refuses_an_unknown_preset_in_one_line(capsys):
+    from nstexp.bench import speed
+
+    with pytest.raises(SystemExit) as info:
+        speed.main(["--losses", "gram2", "--sizes", "32", "--steps", "2"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: bench: --losses gram2: not a loss preset (allowed: ") and "gatys" in err
+
+
 @pytest.mark.slow
 def test_bench_startup_times_every_case_against_import_torch(tmp_path, capsys, wandb_env):
     from nstexp.bench import speed, startup

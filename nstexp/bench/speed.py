@@ -2,6 +2,8 @@
 
     nstexp bench [--sizes 256 512] [--steps N] [--optimizers lbfgs adam] [--precision fp32 bf16]
                  [--no-peer] [--sweep-jobs 8] [--out DIR] [--device auto] [override ...]
+    nstexp bench --losses [PRESET ...]   each loss preset's time per step against gatys's
+    nstexp bench --startup               the command's start-up against `import torch`
 
 For every image size, optimizer and precision it runs the default recipe (chelsea in the style
 of swirls) through the real engine and reports:
@@ -143,6 +145,34 @@ def _startup(out_dir: str, repeats: int) -> None:
     print(f"wrote {os.path.join(out_dir, 'startup.json')} and startup.md")
 
 
+def _losses(presets: list[str], args, precision: str) -> None:
+    from nstexp import composition
+    from nstexp.bench import losses
+
+    known = composition.group_options("loss")
+    presets = presets or known
+    unknown = [p for p in presets if p not in known]
+    if unknown:
+        raise NstexpError(f"bench: --losses {unknown[0]}: not a loss preset (allowed: {', '.join(known)})")
+    size = (args.sizes or [256])[0]
+    steps = args.steps or 30
+    device = hardware.resolve_device(args.device)
+    machine = hardware.describe(device)
+    print(f"bench --losses on {machine.get('gpu', machine['cpu'])} ({device}), {machine['threads']} threads")
+    rows = losses.loss_costs(presets, size, steps, args.optimizers[0], precision, args.device, args.overrides)
+    where = machine.get("gpu") or f"{machine['cpu']}, {machine['threads']} threads"
+    text = "\n".join([f"Machine: {where}; torch {machine['torch']}; {steps} steps after {WARMUP} warm-up steps.",
+                      "", *losses.markdown(rows)]) + "\n"
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "losses.json"), "w") as f:
+        json.dump({"machine": machine, "steps": steps, "warmup": WARMUP, "rows": rows}, f, indent=2)
+    with open(os.path.join(args.out, "losses.md"), "w") as f:
+        f.write(text)
+    print()
+    print(text)
+    print(f"wrote {os.path.join(args.out, 'losses.json')} and losses.md")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="nstexp bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", help="longest sides (default: 256 512 on a CPU, "
@@ -159,6 +189,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--startup", action="store_true", help="time the command's start instead (help, a refusal, "
                         "a default run's first step) against `import torch`; writes startup.json and startup.md")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each --startup case (the median counts)")
+    parser.add_argument("--losses", nargs="*", default=None, metavar="PRESET",
+                        help="time each loss preset (default: all of conf/loss/) per step against gatys's Gram "
+                        "loss instead, at the first --sizes and --optimizers; writes losses.json and losses.md")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default=".", help="folder for bench.json and bench.md")
     parser.add_argument("overrides", nargs="*", help="config overrides for every case, e.g. layers=tensorflow_blog")
@@ -167,6 +200,9 @@ def main(argv: list[str] | None = None) -> None:
         _startup(args.out, args.repeats)
         return
     try:
+        if args.losses is not None:
+            _losses(args.losses, args, (args.precision or ["fp32"])[0])
+            return
         device = hardware.resolve_device(args.device)
         gpu = device.type == "cuda"
         sizes = args.sizes or ([512, 1024, 2048, 4096] if gpu else [256, 512])

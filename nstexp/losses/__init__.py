@@ -17,7 +17,7 @@ from nstexp.losses.gram import gram_matrix, style_loss
 from nstexp.losses.wasserstein import centered_covariance, covariance, moments, sqrtm, trace_sqrt, w2_loss
 from nstexp.losses.sliced import quantiles, random_directions, sliced_loss
 from nstexp.losses.mmd import bn_loss, gaussian_mmd2_exact, gaussian_mmd2_linear, mmd_linear_loss, mmd_poly_loss
-from nstexp.losses.moments import central_moments, cmd_loss
+from nstexp.losses.cmd import central_moments, cmd_loss
 from nstexp.losses.histogram import histogram_loss, histogram_remap
 from nstexp.losses.tv import tv_loss
 from nstexp.losses.laplacian import laplacian, laplacian_loss
