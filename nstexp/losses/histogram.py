@@ -22,16 +22,36 @@ import torch
 from nstexp.losses.base import StyleLoss, register
 
 
-def style_quantiles(feats: list[torch.Tensor], shares: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The style mixture's values per channel, sorted, (N, K), and their cumulative levels (N, K):
-    the midpoint of each value's probability mass, where a quantile function passes through it."""
+class Quantiles:
+    """The style mixture's quantile function per channel: its values sorted, (N, K), and their
+    cumulative levels, (N, K), the midpoint of each value's probability mass, where a quantile
+    function passes through it. `at_ranks(M)` reads it at the M levels (r + ½) / M of a generated
+    image's ranks, once per M: a run's image keeps its size, so each step only sorts."""
+
+    def __init__(self, ordered: torch.Tensor, levels: torch.Tensor):
+        self.ordered, self.levels = ordered, levels
+        self._at: dict[tuple[int, torch.dtype], torch.Tensor] = {}
+
+    def at_ranks(self, m: int, dtype: torch.dtype) -> torch.Tensor:
+        """Q_s,j((r + ½) / M) for r = 0 .. M-1, per channel: (N, M)."""
+        key = (m, dtype)
+        if key not in self._at:
+            n = self.ordered.shape[0]
+            at = ((torch.arange(m, device=self.ordered.device, dtype=self.ordered.dtype) + 0.5) / m).expand(n, m)
+            self._at[key] = interpolate(at, self.levels, self.ordered).to(dtype)
+        return self._at[key]
+
+
+def style_quantiles(feats: list[torch.Tensor], shares: list[float]) -> Quantiles:
+    """The quantile function of the style images' features (1, N, H_i, W_i), each image weighed
+    by its blend share over its own positions."""
     values = torch.cat([f[0].flatten(1) for f in feats], dim=1)  # (N, K)
     mass = torch.cat([torch.full((f[0, 0].numel(),), w / f[0, 0].numel(), dtype=torch.float64, device=f.device)
                       for f, w in zip(feats, shares)])  # (K,)
     ordered, order = values.sort(dim=1)
     m = mass[order]  # (N, K)
     levels = m.cumsum(1) - m / 2
-    return ordered.double(), levels  # float64: the levels of a large style stay distinct
+    return Quantiles(ordered.double(), levels)  # float64: the levels of a large style stay distinct
 
 
 def interpolate(levels: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
@@ -44,21 +64,19 @@ def interpolate(levels: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> tor
     return y0 + t * (y1 - y0)
 
 
-def histogram_remap(features: torch.Tensor, target: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+def histogram_remap(features: torch.Tensor, target: Quantiles) -> torch.Tensor:
     """R(F): features (B, N, H, W) remapped per channel onto the style's distribution, no graph."""
-    ordered, levels = target
     b, n, h, w = features.shape
     m = h * w
     with torch.no_grad():
         f = features.reshape(b, n, m)
         order = f.argsort(dim=2)  # (B, N, M): the positions in increasing order
-        at = ((torch.arange(m, device=f.device, dtype=ordered.dtype) + 0.5) / m).expand(n, m)
-        sorted_target = interpolate(at, levels, ordered)  # (N, M); the style's own sizes: its values
-        remap = torch.empty_like(f, dtype=ordered.dtype).scatter_(2, order, sorted_target.unsqueeze(0).expand(b, n, m))
-    return remap.reshape(b, n, h, w).to(features.dtype)
+        sorted_target = target.at_ranks(m, features.dtype)  # (N, M); the style's own sizes: its values
+        remap = torch.empty_like(f).scatter_(2, order, sorted_target.unsqueeze(0).expand(b, n, m))
+    return remap.reshape(b, n, h, w)
 
 
-def histogram_loss(features: torch.Tensor, target: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+def histogram_loss(features: torch.Tensor, target: Quantiles) -> torch.Tensor:
     """MSE between features (B, N, H, W) and their remap R(F) -> (B,)."""
     return (features - histogram_remap(features, target)).pow(2).flatten(1).mean(1)
 
