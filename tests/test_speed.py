@@ -216,6 +216,7 @@ def test_bench_losses_times_each_preset_against_the_gram_loss(tmp_path, capsys):
     assert all(r["time_per_eval_s"] > 0 and r["size"] == 32 and r["precision"] == "fp32" for r in rows)
     assert [r["vs_gram"] for r in rows] == pytest.approx([r["time_per_eval_s"] / rows[0]["time_per_eval_s"]
                                                           for r in rows])
+    assert rows[0]["vs_gram"] == 1.0 and rows[0]["drift"] > 0  # timed first and last, the mean counts
     assert "| histogram | histogram | 32 | adam | fp32 |" in (tmp_path / "losses.md").read_text()
     assert "× gram" in capsys.readouterr().out
 
