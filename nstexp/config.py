@@ -119,6 +119,18 @@ class CMDConfig:
 
 
 @dataclass
+class MRFConfig:
+    # mrf (Li & Wand 2016): k x k neural patches, every `stride` positions on the result and the style
+    # alike (the last row and column always); the paper's stride 1, CNNMRF's code 2.
+    patch_size: int = 3
+    stride: int = 1
+    # Style patches also from each style image rotated by these angles (degrees, counter-clockwise),
+    # and each of those scaled by these factors: CNNMRF's are ±7.5 and 1.05^±1.
+    rotations: List[float] = field(default_factory=list)
+    scales: List[float] = field(default_factory=list)
+
+
+@dataclass
 class StyleConfig:
     image: str = "sample:swirls"
     # Extra style images whose Gram matrices are blended with the first one's.
@@ -131,7 +143,7 @@ class StyleConfig:
     # A registered style loss (nstexp.losses.base.STYLE_LOSSES): gram (Gatys et al.), w2
     # (Wasserstein-2 between Gaussian fits), sliced (Heitz et al.), mmd_linear, mmd_poly,
     # mmd_gaussian, bn (Li et al. 2017), cmd (Kalischek et al. 2021), histogram (Risser et al.
-    # 2017); or a weighted mix, a mapping name -> weight: {gram: 1, histogram: 0.5}.
+    # 2017), mrf (Li & Wand 2016); or a weighted mix, a mapping name -> weight: {gram: 1, histogram: 0.5}.
     loss: Any = "gram"
     # Of the Gram matrices; the w2 and sliced losses have no normalization to choose.
     normalization: str = "gatys"
@@ -144,6 +156,7 @@ class StyleConfig:
     scale_control: ScaleControlConfig = field(default_factory=ScaleControlConfig)
     mmd: MMDConfig = field(default_factory=MMDConfig)
     cmd: CMDConfig = field(default_factory=CMDConfig)
+    mrf: MRFConfig = field(default_factory=MRFConfig)
 
 
 @dataclass

@@ -188,6 +188,21 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"style.mmd.samples={cfg.style.mmd.samples} must be 0 (the linear-time estimator) or >= 2")
     _at_least("style.cmd.order", cfg.style.cmd.order, 1)
     _at_least("style.cmd.scale", cfg.style.cmd.scale, 0, strict=True)
+    mrf = cfg.style.mrf
+    _at_least("style.mrf.patch_size", mrf.patch_size, 1)
+    _at_least("style.mrf.stride", mrf.stride, 1)
+    if mrf.stride > mrf.patch_size:
+        raise ConfigError(f"style.mrf.stride={mrf.stride} must be <= style.mrf.patch_size={mrf.patch_size} "
+                          "(a larger stride leaves positions between the patches out)")
+    for angle in mrf.rotations:
+        if not -180 <= angle <= 180:
+            raise ConfigError(f"style.mrf.rotations: {angle} must be in [-180, 180] (degrees)")
+    for factor in mrf.scales:
+        if not 0 < factor <= 4:
+            raise ConfigError(f"style.mrf.scales: {factor} must be in (0, 4]")
+    if (mrf.rotations or mrf.scales) and "mrf" in mix and len(mix) > 1:
+        raise ConfigError("style.mrf.rotations and style.mrf.scales take style.loss=mrf alone, not in a mix "
+                          "(the losses of a mix share one set of style images)")
     _at_least("laplacian.weight", cfg.laplacian.weight, 0)
     _at_least("laplacian.pool", cfg.laplacian.pool, 0)
     if cfg.laplacian.weight > 0 and cfg.content.mask:

@@ -19,6 +19,7 @@ from nstexp.losses.sliced import quantiles, random_directions, sliced_loss
 from nstexp.losses.mmd import bn_loss, gaussian_mmd2_exact, gaussian_mmd2_linear, mmd_linear_loss, mmd_poly_loss
 from nstexp.losses.cmd import central_moments, cmd_loss
 from nstexp.losses.histogram import histogram_loss, histogram_remap
+from nstexp.losses.mrf import mrf_loss
 from nstexp.losses.tv import tv_loss
 from nstexp.losses.laplacian import laplacian, laplacian_loss
 # isort: on
@@ -28,5 +29,5 @@ __all__ = [
     "centered_covariance", "content_loss", "covariance", "gram_matrix", "moments", "quantiles",
     "random_directions", "sliced_loss", "sqrtm", "style_loss", "trace_sqrt", "tv_loss", "w2_loss",
     "bn_loss", "central_moments", "cmd_loss", "gaussian_mmd2_exact", "gaussian_mmd2_linear", "histogram_loss",
-    "histogram_remap", "laplacian", "laplacian_loss", "mmd_linear_loss", "mmd_poly_loss",
+    "histogram_remap", "laplacian", "laplacian_loss", "mmd_linear_loss", "mmd_poly_loss", "mrf_loss",
 ]

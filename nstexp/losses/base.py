@@ -39,6 +39,18 @@ class StyleLoss:
         weights in [0, 1] when given -> (B,)."""
         raise NotImplementedError
 
+    def views(self, image: torch.Tensor) -> list[torch.Tensor]:
+        """The images (1, 3, H, W) whose features make up one style image's part of the target:
+        the image itself, or more (mrf adds rotated and scaled copies). Each view gets an equal
+        part of its image's blend share."""
+        return [image]
+
+    def working_bytes(self, result: tuple[int, int, int], styles: list[tuple[int, int, int]], batch: int = 1) -> int:
+        """Bytes one layer's target and distance hold at their peak beyond the features, for the
+        result's features (N, H, W) and each style image's (N, H_i, W_i): 0 for statistics of the
+        size of a Gram matrix; the memory estimate adds the rest (nstexp.run.inputs)."""
+        return 0
+
 
 class ContentLoss:
     """One layer's content loss, built once per objective from the config section `content`."""

@@ -17,7 +17,8 @@ def components(loss) -> dict[str, float]:
 
 class Mix(StyleLoss):
     """Σ_k a_k E_k of several registered style losses, each with its own target; a component
-    weighted 0 is left out. Guided only if every component is (validation refuses the rest)."""
+    weighted 0 is left out. Guided only if every component is (validation refuses the rest). Its
+    components share the style images themselves as views (validation refuses mrf's copies)."""
 
     name = "mix"
 
@@ -32,6 +33,9 @@ class Mix(StyleLoss):
 
     def distance(self, f, target, guide=None):
         return sum(w * loss.distance(f, t, guide) for (w, loss), t in zip(self.parts, target))
+
+    def working_bytes(self, result, styles, batch=1):
+        return sum(loss.working_bytes(result, styles, batch) for _, loss in self.parts)
 
 
 def style_loss_for(style, seed: int = 0) -> StyleLoss:

@@ -114,19 +114,22 @@ class Objective:
             self.content_targets = {k: self.content_loss.target(feats[k].detach()) for k in self.content_layers}
             blend = list(style.blend_weights) or [1.0] * len(style_images)
             shares = [w / sum(blend) for w in blend]
-            style_feats = [extractor(img) for img in style_images]
+            # Each style image's views (itself, or with copies: mrf), an equal part of its share each.
+            style_feats = [[extractor(view) for view in self.style_loss.views(img)] for img in style_images]
             # Masks at each layer's resolution (the generated image has the content's size).
             self.content_guides = {k: to_layer(content_mask, feats[k].shape[-2:])
                                    for k in self.content_layers} if content_mask is not None else {}
             target = self.style_loss.target
             if style_masks is None:
                 self.regions = None
-                self.style_targets = {k: target([f[k] for f in style_feats], shares) for k in self.style_layers}
+                parts = [share / len(views) for views, share in zip(style_feats, shares) for _ in views]
+                self.style_targets = {k: target([f[k] for views in style_feats for f in views], parts)
+                                      for k in self.style_layers}
             else:
                 # Spatial control: style i is matched inside its mask only, its term weighted by
                 # its blend share; a region that vanishes at a layer's resolution is left out there.
-                self.regions = {k: [(share, target([f[k]], [1.0]), guide)
-                                    for f, share, mask in zip(style_feats, shares, style_masks)
+                self.regions = {k: [(share, target([f[k] for f in views], [1.0 / len(views)] * len(views)), guide)
+                                    for views, share, mask in zip(style_feats, shares, style_masks)
                                     if (guide := to_layer(mask, feats[k].shape[-2:])).sum() > 0]
                                 for k in self.style_layers}
 

@@ -42,6 +42,19 @@ def _outputs(extractor, height: int, width: int, batch: int) -> list[tuple[str, 
     return out
 
 
+def feature_shapes(extractor, height: int, width: int) -> dict[str, tuple[int, int, int]]:
+    """(channels, height, width) of each of the extractor's layers for an input height x width."""
+    out, channels = {}, 3
+    for name, module in zip(extractor.names, extractor.features):
+        if isinstance(module, nn.Conv2d):
+            channels = module.out_channels
+        elif name.startswith("pool"):
+            height, width = height // 2, width // 2
+        if name in extractor.layers:
+            out[name] = (channels, height, width)
+    return out
+
+
 def activation_bytes(extractor, height: int, width: int, batch: int = 1) -> tuple[int, int]:
     """(activations kept for the backward pass, the largest one) in bytes for an input of
     height x width. With checkpointing only each block's input and the requested features are
@@ -59,9 +72,10 @@ def activation_bytes(extractor, height: int, width: int, batch: int = 1) -> tupl
     return kept + recompute + fp32_copies, largest
 
 
-def estimate_bytes(extractor, height: int, width: int, optimizer_cfg, batch: int = 1) -> int:
+def estimate_bytes(extractor, height: int, width: int, optimizer_cfg, batch: int = 1, extra=None) -> int:
     """Peak bytes of one evaluation of an image height x width with `extractor` (its layers,
-    precision and checkpointing), plus the optimizer's state."""
+    precision and checkpointing), plus the optimizer's state, plus `extra(height, width)` bytes
+    when given (the style loss's own: mrf's patches and similarity matrices)."""
     acts, largest = activation_bytes(extractor, height, width, batch)
     weights = sum(p.numel() * p.element_size() for p in extractor.features.parameters())
     image = batch * 3 * height * width * BYTES
@@ -70,10 +84,10 @@ def estimate_bytes(extractor, height: int, width: int, optimizer_cfg, batch: int
     else:
         state = 3 * image  # Adam's two moments and the gradient
     factor = CHECKPOINT_FACTOR if extractor.checkpoint else AUTOGRAD_FACTOR
-    return int(factor * acts + 2 * largest + weights + state)
+    return int(factor * acts + 2 * largest + weights + state + (extra(height, width) if extra else 0))
 
 
-def largest_fitting(extractor, height: int, width: int, optimizer_cfg, have: int, batch: int = 1) -> int:
+def largest_fitting(extractor, height: int, width: int, optimizer_cfg, have: int, batch: int = 1, extra=None) -> int:
     """The largest longest side, a multiple of 16 with height:width kept, whose estimate fits in
     `have` bytes (0 when not even 16 px fits). Sides are rounded to multiples of 16 as a run
     rounds them, so the size named is one that runs."""
@@ -81,7 +95,7 @@ def largest_fitting(extractor, height: int, width: int, optimizer_cfg, have: int
 
     def fits(side: int) -> bool:
         h, w = (max(16, round(x * side / longest / 16) * 16) for x in (height, width))
-        return estimate_bytes(extractor, h, w, optimizer_cfg, batch) <= have
+        return estimate_bytes(extractor, h, w, optimizer_cfg, batch, extra) <= have
 
     lo, hi = 0, longest // 16
     while lo < hi:  # the estimate grows with the size

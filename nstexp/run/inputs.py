@@ -15,6 +15,8 @@ from PIL import Image
 
 from nstexp import images
 from nstexp.errors import NstexpError
+from nstexp.losses.mix import style_loss_for
+from nstexp.losses.objective import weighted_layers
 from nstexp.network import memory
 from nstexp.network.backbone import FeatureExtractor
 from nstexp.run import colour, masks
@@ -97,16 +99,25 @@ def memory_check(extractor: FeatureExtractor, cfg, device: torch.device, summary
     """A `check_memory` for `load` that refuses what cannot fit and records the estimate (of a
     batch of `batch` jobs)."""
 
+    loss, style_layers = style_loss_for(cfg.style, cfg.seed), weighted_layers(cfg.layers)[1]
+
     def check(content_wh: tuple[int, int], style_whs: list[tuple[int, int]]) -> None:
         w, h = content_wh
-        need = memory.estimate_bytes(extractor, h, w, cfg.optimizer, batch)
+
+        def loss_bytes(hh: int, ww: int) -> int:  # the style loss's own, the style images scaled with the content
+            result = memory.feature_shapes(extractor, hh, ww)
+            styles = [memory.feature_shapes(extractor, round(sh * hh / h), round(sw * hh / h)) for sw, sh in style_whs]
+            return sum(loss.working_bytes(result[k], [s[k] for s in styles], batch)
+                       for k in style_layers if k in result)
+
+        need = memory.estimate_bytes(extractor, h, w, cfg.optimizer, batch, loss_bytes)
         for sw, sh in style_whs:  # style images pass once, without a graph: about their largest activations
             need = max(need, 3 * memory.activation_bytes(extractor, sh, sw)[1])
         # The largest of the sizes checked (a coarse-to-fine run checks each level).
         summary["memory_estimate_mb"] = max(summary.get("memory_estimate_mb", 0.0), need / 2**20)
         have = memory.available_bytes(device)
         if have is not None and need > have:
-            fits = memory.largest_fitting(extractor, h, w, cfg.optimizer, have, batch)
+            fits = memory.largest_fitting(extractor, h, w, cfg.optimizer, have, batch, loss_bytes)
             hint = f"size={fits} would fit" if fits else "no size fits"
             if not extractor.checkpoint:
                 hint += ", more with checkpoint=true"

@@ -1,0 +1,187 @@
+"""The neural-patch (MRF) style loss of CNNMRF (Li & Wand, "Combining Markov Random Fields and
+Convolutional Neural Networks for Image Synthesis", CVPR 2016; code: chuanli11/CNNMRF,
+mylib/mrf.lua and transfer_CNNMRF_wrapper.lua).
+
+A layer's k × k neural patches Ψ_i (every position's N × k × k block of features, k =
+`style.mrf.patch_size`, sampled every `style.mrf.stride` positions) are matched to the style's:
+each of the result's m patches to the style patch of highest normalized cross-correlation,
+
+    NN(i) = argmax_j  Ψ_i · Ψ^s_j / (‖Ψ_i‖ ‖Ψ^s_j‖),
+
+the matching held constant (no gradient through it, as in the paper and its code). The loss is
+the mean squared distance to the matched patches,
+
+    L = 1 / (m D) · Σ_i ‖Ψ_i − Ψ^s_NN(i)‖²,   D = N k²,
+
+the paper's E_s = Σ_i ‖Ψ_i − Ψ^s_NN(i)‖² divided by m D, so that the image size does not change
+its strength (a mean, as every nstexp style loss is). ‖Ψ_i‖ does not change the argmax, so only
+the style patches are normalized. The search runs over chunks of the result's patches, at most
+CHUNK_ELEMENTS similarities at a time (chunk × K for K style patches), as matrix products.
+
+The style patches are those of every style image whose blend share is > 0: a nearest neighbour
+has no weights to mix, so the shares select images and otherwise do not count. `views` adds
+copies of each style image rotated by `style.mrf.rotations` (degrees) and scaled by
+`style.mrf.scales` (the paper's and CNNMRF's augmentation; it is done on the image, not the
+features, which do not rotate with it). With a guide (style.masks), each result patch's squared
+distance is weighed by the guide's T² averaged over the patch, normalized to sum 1.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from nstexp.errors import NstexpError
+from nstexp.losses.base import StyleLoss, register
+
+CHUNK_ELEMENTS = 2**24  # similarities held at once (64 MiB in fp32); the chunk of result patches is this / K
+EPS = 1e-8  # in a style patch's norm: a flat (all-zero) patch matches nothing better than any other
+
+
+def grid(size: int, patch: int, stride: int) -> list[int]:
+    """The first rows (or columns) of the patches along a side of `size` positions: every
+    `stride`-th, then the last one if the stride skipped it, so every position is covered (as
+    CNNMRF's computegrid with flag_all)."""
+    starts = list(range(0, size - patch + 1, stride))
+    if starts and starts[-1] != size - patch:
+        starts.append(size - patch)
+    return starts
+
+
+def extract(f: torch.Tensor, patch: int, stride: int) -> torch.Tensor:
+    """The k × k patches of features (B, N, H, W) on the grid -> (B, m, D), D = N k² ordered (N, k, k)."""
+    b, n, h, w = f.shape
+    rows = torch.tensor(grid(h, patch, stride), device=f.device)
+    cols = torch.tensor(grid(w, patch, stride), device=f.device)
+    windows = f.unfold(2, patch, 1).unfold(3, patch, 1)  # (B, N, H', W', k, k), a view
+    picked = windows.index_select(2, rows).index_select(3, cols)  # (B, N, r, c, k, k)
+    return picked.permute(0, 2, 3, 1, 4, 5).reshape(b, len(rows) * len(cols), n * patch * patch)
+
+
+class Patches:
+    """A layer's style patches (K, D) and the inverse of their norms (K,)."""
+
+    def __init__(self, patches: torch.Tensor):
+        self.patches = patches
+        self.inverse_norms = 1.0 / (patches.norm(dim=1) + EPS)
+
+    def __len__(self) -> int:
+        return self.patches.shape[0]
+
+
+def nearest(x: torch.Tensor, target: Patches, chunk: int | None = None) -> torch.Tensor:
+    """For result patches x (B, m, D): the index of each one's style patch of highest
+    normalized cross-correlation, (B, m), no graph; `chunk` result patches at a time (None:
+    as many as keep chunk × K within CHUNK_ELEMENTS)."""
+    b, m, d = x.shape
+    k = len(target)
+    rows = chunk or max(1, CHUNK_ELEMENTS // k)
+    flat = x.detach().reshape(b * m, d)
+    style = target.patches.to(flat.dtype)
+    out = torch.empty(b * m, dtype=torch.long, device=x.device)
+    with torch.no_grad():
+        for start in range(0, b * m, rows):
+            similarity = flat[start:start + rows] @ style.T  # (chunk, K)
+            out[start:start + rows] = (similarity * target.inverse_norms.to(similarity.dtype)).argmax(1)
+    return out.reshape(b, m)
+
+
+def patch_weights(guide: torch.Tensor, patch: int, stride: int) -> torch.Tensor:
+    """Each patch's weight (B or 1, m) from a guide (B or 1, 1, H, W): T² averaged over the patch,
+    normalized to sum 1 (the guided Gram matrix's T² / Σ T², per patch)."""
+    t2 = extract(guide.to(torch.float32).pow(2), patch, stride).mean(2)  # (B, m)
+    return t2 / t2.sum(1, keepdim=True).clamp_min(1e-30)
+
+
+def mrf_loss(f: torch.Tensor, target: Patches, patch: int, stride: int, guide: torch.Tensor | None = None,
+             chunk: int | None = None) -> torch.Tensor:
+    """1 / (m D) Σ_i ‖Ψ_i − Ψ^s_NN(i)‖² of features f (B, N, H, W) against the style's patches -> (B,)."""
+    h, w = f.shape[-2:]
+    if h < patch or w < patch:
+        raise NstexpError(f"style.loss=mrf: a style layer's features are {h}x{w} positions, smaller than "
+                          f"style.mrf.patch_size={patch} (raise size or scales.min, or drop the deepest style layer)")
+    x = extract(f, patch, stride)  # (B, m, D)
+    matched = target.patches[nearest(x, target, chunk)].to(x.dtype)  # (B, m, D), constants
+    d = (x - matched).pow(2).mean(2)  # (B, m)
+    if guide is None:
+        return d.mean(1)
+    return (d * patch_weights(guide, patch, stride).to(d.dtype)).sum(1)
+
+
+def rotate(image: torch.Tensor, degrees: float) -> torch.Tensor:
+    """An image (B, C, H, W) rotated counter-clockwise about its centre by `degrees`, bilinearly,
+    and cropped to the largest centred rectangle of its aspect ratio inside the rotated one, so
+    that no blank corner enters the style (CNNMRF crops too, its computeBB)."""
+    h, w = image.shape[-2:]
+    a = math.radians(degrees)
+    c, s = abs(math.cos(a)), abs(math.sin(a))
+    keep = min(w / (w * c + h * s), h / (w * s + h * c))  # the crop's sides over the image's
+    ho, wo = max(1, math.floor(h * keep)), max(1, math.floor(w * keep))
+    # Output pixel (X, Y) from the centre (in pixels, y downwards) samples the input at
+    # (cos X − sin Y, sin X + cos Y): content turns counter-clockwise on the screen, as torch.rot90.
+    cos, sin = math.cos(a), math.sin(a)
+    theta = torch.tensor([[cos * wo / w, -sin * ho / w, 0.0], [sin * wo / h, cos * ho / h, 0.0]],
+                         dtype=image.dtype, device=image.device)
+    grid_ = F.affine_grid(theta.expand(image.shape[0], 2, 3), [image.shape[0], image.shape[1], ho, wo],
+                          align_corners=False)
+    return F.grid_sample(image, grid_, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def rescale(image: torch.Tensor, factor: float) -> torch.Tensor:
+    """An image (B, C, H, W) resized by `factor` (bilinear, antialiased when shrinking)."""
+    h, w = image.shape[-2:]
+    size = (max(1, round(h * factor)), max(1, round(w * factor)))
+    return F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=factor < 1)
+
+
+def augmented(image: torch.Tensor, rotations, scales) -> list[torch.Tensor]:
+    """The image, and its copies for every rotation × every scale (each rotation also unscaled,
+    each scale also unrotated), as CNNMRF rotates, crops, then scales."""
+    out = []
+    for r in dict.fromkeys([0.0, *map(float, rotations)]):
+        turned = rotate(image, r) if r else image
+        out.extend(rescale(turned, s) if s != 1 else turned for s in dict.fromkeys([1.0, *map(float, scales)]))
+    return out
+
+
+@register
+class MRF(StyleLoss):
+    """style.loss=mrf: each result patch's squared distance to its most correlated style patch."""
+
+    name = "mrf"
+
+    def __init__(self, style, seed: int = 0):
+        super().__init__(style, seed)
+        o = style.mrf
+        self.patch, self.stride = int(o.patch_size), int(o.stride)
+        self.rotations, self.scales = list(o.rotations), list(o.scales)
+        self.chunk: int | None = None  # result patches per chunk of the search; None: CHUNK_ELEMENTS / K
+
+    def views(self, image):
+        return augmented(image, self.rotations, self.scales)
+
+    def target(self, feats, shares):
+        fits = [f for f, share in zip(feats, shares) if share > 0 and min(f.shape[-2:]) >= self.patch]
+        if not fits:
+            sizes = ", ".join("x".join(map(str, f.shape[-2:])) for f in feats)
+            raise NstexpError(f"style.loss=mrf: the style's features ({sizes} positions) are smaller than "
+                              f"style.mrf.patch_size={self.patch} (raise size or style.scale)")
+        return Patches(torch.cat([extract(f, self.patch, self.stride)[0] for f in fits]))
+
+    def distance(self, f, target, guide=None):
+        return mrf_loss(f, target, self.patch, self.stride, guide, self.chunk)
+
+    def working_bytes(self, result, styles, batch=1):
+        """The style patches K × D kept as the target, the similarities of one chunk, and the
+        result's patches: extracted, matched, and their difference (kept for the backward pass)."""
+        n, h, w = result
+        d = n * self.patch**2
+        def count(hh, ww):
+            return len(grid(hh, self.patch, self.stride)) * len(grid(ww, self.patch, self.stride))
+
+        copies = (1 + len(self.rotations)) * sum(s * s for s in [1.0, *self.scales])  # crops make rotations smaller
+        k = int(copies * sum(count(hh, ww) for _, hh, ww in styles))
+        m = batch * count(h, w)
+        return 4 * (k * (d + 1) + min(m, max(1, CHUNK_ELEMENTS // max(k, 1))) * k + 3 * m * d)
