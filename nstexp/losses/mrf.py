@@ -91,7 +91,7 @@ def nearest(x: torch.Tensor, target: Patches, chunk: int | None = None) -> torch
 def patch_weights(guide: torch.Tensor, patch: int, stride: int) -> torch.Tensor:
     """Each patch's weight (B or 1, m) from a guide (B or 1, 1, H, W): T² averaged over the patch,
     normalized to sum 1 (the guided Gram matrix's T² / Σ T², per patch)."""
-    t2 = extract(guide.to(torch.float32).pow(2), patch, stride).mean(2)  # (B, m)
+    t2 = extract(guide.pow(2), patch, stride).mean(2)  # (B, m)
     return t2 / t2.sum(1, keepdim=True).clamp_min(1e-30)
 
 
@@ -107,7 +107,7 @@ def mrf_loss(f: torch.Tensor, target: Patches, patch: int, stride: int, guide: t
     d = (x - matched).pow(2).mean(2)  # (B, m)
     if guide is None:
         return d.mean(1)
-    return (d * patch_weights(guide, patch, stride).to(d.dtype)).sum(1)
+    return (d * patch_weights(guide.to(d.dtype), patch, stride)).sum(1)
 
 
 def rotate(image: torch.Tensor, degrees: float) -> torch.Tensor:

@@ -95,20 +95,22 @@ def load(cfg: DictConfig, size: int, deepest: dict[str, int], device: torch.devi
     return content, styles
 
 
-def memory_check(extractor: FeatureExtractor, cfg, device: torch.device, summary: dict, batch: int = 1):
+def memory_check(extractor: FeatureExtractor, cfg, device: torch.device, summary: dict, batch: int = 1,
+                 job_cfgs: list | None = None):
     """A `check_memory` for `load` that refuses what cannot fit and records the estimate (of a
-    batch of `batch` jobs)."""
-
-    loss, style_layers = style_loss_for(cfg.style, cfg.seed), weighted_layers(cfg.layers)[1]
+    batch of `batch` jobs, whose own configs `job_cfgs` name each job's style loss and layers;
+    None: `cfg`'s, for every job)."""
+    # The style losses' own memory (mrf's patches and similarities): per job, as they are per-job settings.
+    losses = [(style_loss_for(c.style), weighted_layers(c.layers)[1]) for c in job_cfgs or [cfg] * batch]
 
     def check(content_wh: tuple[int, int], style_whs: list[tuple[int, int]]) -> None:
         w, h = content_wh
 
-        def loss_bytes(hh: int, ww: int) -> int:  # the style loss's own, the style images scaled with the content
+        def loss_bytes(hh: int, ww: int) -> int:  # the style images scaled with the content
             result = memory.feature_shapes(extractor, hh, ww)
             styles = [memory.feature_shapes(extractor, round(sh * hh / h), round(sw * hh / h)) for sw, sh in style_whs]
-            return sum(loss.working_bytes(result[k], [s[k] for s in styles], batch)
-                       for k in style_layers if k in result)
+            return sum(loss.working_bytes(result[k], [s[k] for s in styles]) for loss, layers in losses
+                       for k in layers if k in result)
 
         need = memory.estimate_bytes(extractor, h, w, cfg.optimizer, batch, loss_bytes)
         for sw, sh in style_whs:  # style images pass once, without a graph: about their largest activations

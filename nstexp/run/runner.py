@@ -128,7 +128,8 @@ def _run(jobs: list[Job], stop: StopRequest) -> None:
         deepest = {layer: pools_before(cfg.backbone.arch, layer) for layer in layers}
         control = cfg.style.scale_control
         extractor = network(jobs[0].cfg, device, precision, channels_last)
-        check = inputs.memory_check(extractor, cfg, device, jobs[0].summary, batch=len(jobs))
+        check = inputs.memory_check(extractor, cfg, device, jobs[0].summary, batch=len(jobs),
+                                    job_cfgs=[job.cfg for job in jobs])
         style_image = None  # scale control's, made at the full size and resized for each level
         if control.fine_image:
             t0 = time.perf_counter()
