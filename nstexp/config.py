@@ -40,6 +40,7 @@ PADDINGS = ("zeros", "reflect", "replicate")
 CONTENT_NORMALIZATIONS = ("gatys", "mean")
 STYLE_NORMALIZATIONS = ("gatys", "mean", "cosine")
 STYLE_BALANCES = ("none", "content")
+MRF_REDUCTIONS = ("mean", "sum")
 COLOR_MODES = ("none", "luminance", "histogram", "swap")
 OPTIMIZERS = ("lbfgs", "adam")
 LINE_SEARCHES = ("none", "strong_wolfe")
@@ -120,12 +121,13 @@ class CMDConfig:
 
 @dataclass
 class MRFConfig:
-    # mrf (Li & Wand 2016): k x k neural patches, every `stride` positions on the result and the style
-    # alike (the last row and column always); the paper's stride 1, CNNMRF's code 2.
+    # mrf (Li & Wand 2016): k x k patches every `stride` positions of result and style, and the last
+    # row and column (paper: stride 1, CNNMRF: 2); the squared distances' mean per value, or the paper's sum.
     patch_size: int = 3
     stride: int = 1
-    # Style patches also from each style image rotated by these angles (degrees, counter-clockwise),
-    # and each of those scaled by these factors: CNNMRF's are ±7.5 and 1.05^±1.
+    reduction: str = "mean"
+    # Also patches of each style image rotated by these angles (degrees, counter-clockwise), and of
+    # each of those scaled by these factors (CNNMRF's: ±7.5 and 1.05^±1).
     rotations: List[float] = field(default_factory=list)
     scales: List[float] = field(default_factory=list)
 

@@ -24,6 +24,7 @@ from nstexp.config import (
     CONTENT_NORMALIZATIONS,
     INITS,
     LINE_SEARCHES,
+    MRF_REDUCTIONS,
     OPTIMIZERS,
     PADDINGS,
     POOLING,
@@ -191,6 +192,7 @@ def validate(cfg: DictConfig) -> None:
     mrf = cfg.style.mrf
     _at_least("style.mrf.patch_size", mrf.patch_size, 1)
     _at_least("style.mrf.stride", mrf.stride, 1)
+    _choice("style.mrf.reduction", mrf.reduction, MRF_REDUCTIONS)
     if mrf.stride > mrf.patch_size:
         raise ConfigError(f"style.mrf.stride={mrf.stride} must be <= style.mrf.patch_size={mrf.patch_size} "
                           "(a larger stride leaves positions between the patches out)")

@@ -55,6 +55,42 @@ def test_the_matching_is_a_brute_force_search_by_normalized_cross_correlation(k,
     assert _value(x, [y], patch_size=k, stride=stride).item() == pytest.approx(value, rel=1e-12)
 
 
+def test_the_sum_is_the_papers_energy():
+    x, y = _feats(0, h=7, w=6), _feats(1, h=8, w=9)
+    best, _ = _brute_force(x, y, 3, 2)
+    px, py = _numpy_patches(x, 3, 2), _numpy_patches(y, 3, 2)
+    energy = np.sum((px - py[best]) ** 2)  # E_s = Σ_i ‖Ψ_i − Ψ^s_NN(i)‖²
+    assert _value(x, [y], stride=2, reduction="sum").item() == pytest.approx(energy, rel=1e-12)
+    assert _value(x, [y], stride=2).item() == pytest.approx(energy / px.size, rel=1e-12)
+    loss = _loss(stride=2, reduction="sum")
+    t = loss.target([y], [1.0])
+    assert loss.distance(x, t, torch.ones(1, 1, 7, 6)).item() == pytest.approx(energy, rel=1e-12)
+
+
+def test_the_recipes_weight_gives_cnnmrfs_gradient_on_average():
+    """CNNMRF's gradient at a position is 1e-4 (F − T̄), T̄ the mean of the matches of the patches
+    covering it (mylib/mrf.lua, by loops here). A flat style makes every match the same patch; the
+    recipe's weight times the sum's gradient agrees with it on average over the positions of
+    relu3_1 at 384 x 256 px, and by the coverage (4, 2 or 1 patches at stride 2) at each."""
+    from nstexp.losses.mrf import grid
+
+    v = torch.randn(4, dtype=torch.float64)
+    style = v.view(1, 4, 1, 1).expand(1, 4, 20, 20).contiguous()
+    f = _feats(0, h=64, w=96).requires_grad_()
+    weight = 2.2222e-5  # conf/experiment/cnnmrf.yaml
+    loss = _loss(stride=2, reduction="sum")
+    (weight * loss.distance(f, loss.target([style], [1.0]))).sum().backward()
+    count = np.zeros((64, 96))
+    for i in grid(64, 3, 2):
+        for j in grid(96, 3, 2):
+            count[i:i + 3, j:j + 3] += 1
+    theirs = 1e-4 * (f.detach() - v.view(1, 4, 1, 1)).numpy()  # every position is covered
+    ratio = f.grad.numpy() / theirs
+    assert ratio.mean() == pytest.approx(1.0, rel=1e-3)
+    assert np.allclose(ratio, (count / count.mean())[None, None], rtol=1e-3)
+    assert sorted(np.unique(count)) == [1, 2, 4]
+
+
 def test_the_match_is_by_correlation_not_by_euclidean_distance():
     """1x1 patches: each result position is a positive multiple of one style position; the
     nearest style point by distance is another one, the most correlated is its own."""
@@ -196,6 +232,7 @@ def test_the_memory_estimate_counts_the_patches_and_similarities():
     ("style.mrf.stride=4", "style.mrf.stride=4 must be <= style.mrf.patch_size=3"),
     ("style.mrf.scales=[0]", "style.mrf.scales: 0"),
     ("style.mrf.rotations=[200]", "style.mrf.rotations: 200"),
+    ("style.mrf.reduction=max", "style.mrf.reduction='max' is not allowed (allowed: mean, sum)"),
 ])
 def test_a_bad_option_is_refused_in_one_line(tmp_path, override, needle):
     r = run_cli(["style.loss=mrf", override, *TINY, f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path)

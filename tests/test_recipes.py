@@ -183,7 +183,7 @@ FACTS = {
     },
     "cnnmrf": {
         "backbone.weights": "caffe", "backbone.pooling": "max", "style.loss": "mrf", "style.mrf.patch_size": 3,
-        "style.mrf.stride": 2, "style.mrf.rotations": [], "style.mrf.scales": [],
+        "style.mrf.stride": 2, "style.mrf.reduction": "sum", "style.mrf.rotations": [], "style.mrf.scales": [],
         "layers.content": {"relu4_2": 1.0}, "content.normalization": "mean", "content.weight": 20.0,
         "tv.weight": 32.768, "optimizer.name": "lbfgs", "optimizer.history_size": 25, "init.kind": "content",
         "clamp": "at_end", "steps": 100, "size": 384, "scales.min": 96, "scales.factor": 2.0,
@@ -217,12 +217,12 @@ def test_recipe_sets_what_its_comment_claims(name):
             assert value == expected, key
 
 
-def test_cnnmrf_folds_the_mrf_weight_into_the_layer_weights():
-    # Their gradient 1e-4 (F - T) is on average that of 1e-4 N H W / 2 times nstexp's mean over
-    # patches; at 384 x 256 px relu3_1 is 256 x 96 x 64 and relu4_1 512 x 48 x 32.
+def test_cnnmrf_style_weight_is_their_gradient_over_the_mean_coverage():
+    # Their gradient 1e-4 (F - T) per position; the sum's is 2 c (F - T), c = 9/4 on average at stride 2.
     cfg = _recipe("cnnmrf")
-    got = {k: cfg.style.weight * w for k, w in cfg.layers.style.items() if w > 0}
-    assert got == pytest.approx({"relu3_1": 1e-4 * 256 * 96 * 64 / 2, "relu4_1": 1e-4 * 512 * 48 * 32 / 2}, rel=1e-4)
+    assert cfg.style.mrf.reduction == "sum" and cfg.style.mrf.stride == 2
+    assert {k: w for k, w in cfg.layers.style.items() if w > 0} == {"relu3_1": 1.0, "relu4_1": 1.0}
+    assert cfg.style.weight == pytest.approx(1e-4 / (2 * 9 / 4), rel=1e-4)
 
 
 def test_crowsonkb_layer_weights_are_his_over_the_channel_counts():

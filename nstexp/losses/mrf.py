@@ -8,13 +8,14 @@ each of the result's m patches to the style patch of highest normalized cross-co
 
     NN(i) = argmax_j  Ψ_i · Ψ^s_j / (‖Ψ_i‖ ‖Ψ^s_j‖),
 
-the matching held constant (no gradient through it, as in the paper and its code). The loss is
-the mean squared distance to the matched patches,
+the matching held constant (no gradient through it, as in the paper and its code). The loss
+(`style.mrf.reduction=mean`, the default) is the mean squared distance to the matched patches,
 
     L = 1 / (m D) · Σ_i ‖Ψ_i − Ψ^s_NN(i)‖²,   D = N k²,
 
 the paper's E_s = Σ_i ‖Ψ_i − Ψ^s_NN(i)‖² divided by m D, so that the image size does not change
-its strength (a mean, as every nstexp style loss is). ‖Ψ_i‖ does not change the argmax, so only
+its strength (a mean, as every nstexp style loss is); `reduction=sum` is E_s itself, whose
+strength grows with the number of patches, as CNNMRF's does. ‖Ψ_i‖ does not change the argmax, so only
 the style patches are normalized. The search runs over chunks of the result's patches, at most
 CHUNK_ELEMENTS similarities at a time (chunk × K for K style patches), as matrix products.
 
@@ -23,7 +24,7 @@ has no weights to mix, so the shares select images and otherwise do not count. `
 copies of each style image rotated by `style.mrf.rotations` (degrees) and scaled by
 `style.mrf.scales` (the paper's and CNNMRF's augmentation; it is done on the image, not the
 features, which do not rotate with it). With a guide (style.masks), each result patch's squared
-distance is weighed by the guide's T² averaged over the patch, normalized to sum 1.
+distance is weighed by the guide's T² averaged over the patch (normalized to sum 1 for the mean).
 """
 
 from __future__ import annotations
@@ -53,11 +54,12 @@ def grid(size: int, patch: int, stride: int) -> list[int]:
 def extract(f: torch.Tensor, patch: int, stride: int) -> torch.Tensor:
     """The k × k patches of features (B, N, H, W) on the grid -> (B, m, D), D = N k² ordered (N, k, k)."""
     b, n, h, w = f.shape
-    rows = torch.tensor(grid(h, patch, stride), device=f.device)
-    cols = torch.tensor(grid(w, patch, stride), device=f.device)
-    windows = f.unfold(2, patch, 1).unfold(3, patch, 1)  # (B, N, H', W', k, k), a view
-    picked = windows.index_select(2, rows).index_select(3, cols)  # (B, N, r, c, k, k)
-    return picked.permute(0, 2, 3, 1, 4, 5).reshape(b, len(rows) * len(cols), n * patch * patch)
+    rows, cols = grid(h, patch, stride), grid(w, patch, stride)
+    if (h - patch) % stride == 0 and (w - patch) % stride == 0:  # a regular grid: im2col takes it as it is
+        return F.unfold(f, patch, stride=stride).transpose(1, 2)
+    # Else im2col at every position, then the grid's (unfold's own is faster than a strided view's selection).
+    at = torch.tensor(rows, device=f.device)[:, None] * (w - patch + 1) + torch.tensor(cols, device=f.device)
+    return F.unfold(f, patch).index_select(2, at.flatten()).transpose(1, 2)
 
 
 class Patches:
@@ -89,25 +91,29 @@ def nearest(x: torch.Tensor, target: Patches, chunk: int | None = None) -> torch
 
 
 def patch_weights(guide: torch.Tensor, patch: int, stride: int) -> torch.Tensor:
-    """Each patch's weight (B or 1, m) from a guide (B or 1, 1, H, W): T² averaged over the patch,
-    normalized to sum 1 (the guided Gram matrix's T² / Σ T², per patch)."""
-    t2 = extract(guide.pow(2), patch, stride).mean(2)  # (B, m)
-    return t2 / t2.sum(1, keepdim=True).clamp_min(1e-30)
+    """Each patch's weight (B or 1, m) from a guide (B or 1, 1, H, W): T² averaged over the patch."""
+    return extract(guide.pow(2), patch, stride).mean(2)
 
 
 def mrf_loss(f: torch.Tensor, target: Patches, patch: int, stride: int, guide: torch.Tensor | None = None,
-             chunk: int | None = None) -> torch.Tensor:
-    """1 / (m D) Σ_i ‖Ψ_i − Ψ^s_NN(i)‖² of features f (B, N, H, W) against the style's patches -> (B,)."""
+             chunk: int | None = None, reduction: str = "mean") -> torch.Tensor:
+    """The squared distances of the patches of features f (B, N, H, W) to their matches -> (B,):
+    reduction mean, 1 / (m D) Σ_i ‖Ψ_i − Ψ^s_NN(i)‖²; sum, Σ_i ‖Ψ_i − Ψ^s_NN(i)‖² (the paper's E_s).
+    A guide weighs patch i by w_i, its T²: normalized to sum 1 (mean), or as it is (sum)."""
     h, w = f.shape[-2:]
     if h < patch or w < patch:
         raise NstexpError(f"style.loss=mrf: a style layer's features are {h}x{w} positions, smaller than "
                           f"style.mrf.patch_size={patch} (raise size or scales.min, or drop the deepest style layer)")
     x = extract(f, patch, stride)  # (B, m, D)
     matched = target.patches[nearest(x, target, chunk)].to(x.dtype)  # (B, m, D), constants
-    d = (x - matched).pow(2).mean(2)  # (B, m)
+    sq = (x - matched).pow(2)
+    d = sq.mean(2) if reduction == "mean" else sq.sum(2)  # (B, m)
     if guide is None:
-        return d.mean(1)
-    return (d * patch_weights(guide.to(d.dtype), patch, stride)).sum(1)
+        return d.mean(1) if reduction == "mean" else d.sum(1)
+    weights = patch_weights(guide.to(d.dtype), patch, stride)
+    if reduction == "mean":
+        weights = weights / weights.sum(1, keepdim=True).clamp_min(1e-30)
+    return (d * weights).sum(1)
 
 
 def rotate(image: torch.Tensor, degrees: float) -> torch.Tensor:
@@ -155,7 +161,7 @@ class MRF(StyleLoss):
     def __init__(self, style, seed: int = 0):
         super().__init__(style, seed)
         o = style.mrf
-        self.patch, self.stride = int(o.patch_size), int(o.stride)
+        self.patch, self.stride, self.reduction = int(o.patch_size), int(o.stride), o.reduction
         self.rotations, self.scales = list(o.rotations), list(o.scales)
         self.chunk: int | None = None  # result patches per chunk of the search; None: CHUNK_ELEMENTS / K
 
@@ -171,7 +177,7 @@ class MRF(StyleLoss):
         return Patches(torch.cat([extract(f, self.patch, self.stride)[0] for f in fits]))
 
     def distance(self, f, target, guide=None):
-        return mrf_loss(f, target, self.patch, self.stride, guide, self.chunk)
+        return mrf_loss(f, target, self.patch, self.stride, guide, self.chunk, self.reduction)
 
     def working_bytes(self, result, styles, batch=1):
         """The style patches K × D kept as the target, the similarities of one chunk, and the
