@@ -15,9 +15,11 @@ the matching held constant (no gradient through it, as in the paper and its code
 
 the paper's E_s = Σ_i ‖Ψ_i − Ψ^s_NN(i)‖² divided by m D, so that the image size does not change
 its strength (a mean, as every nstexp style loss is); `reduction=sum` is E_s itself, whose
-strength grows with the number of patches, as CNNMRF's does. ‖Ψ_i‖ does not change the argmax, so only
-the style patches are normalized. The search runs over chunks of the result's patches, at most
-CHUNK_ELEMENTS similarities at a time (chunk × K for K style patches), as matrix products.
+strength grows with the number of patches, as CNNMRF's does. ‖Ψ_i‖ does not change the argmax,
+so only the style patches are normalized (a result patch of norm 0, all zeros after a ReLU,
+correlates with none and takes the first style patch, as CNNMRF's max does). The search runs
+over chunks of the result's patches, at most CHUNK_ELEMENTS similarities at a time (chunk × K
+for K style patches), as matrix products.
 
 The style patches are those of every style image whose blend share is > 0: a nearest neighbour
 has no weights to mix, so the shares select images and otherwise do not count. `views` adds
@@ -29,6 +31,7 @@ distance is weighed by the guide's T² averaged over the patch (normalized to su
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -53,20 +56,26 @@ def grid(size: int, patch: int, stride: int) -> list[int]:
 
 def extract(f: torch.Tensor, patch: int, stride: int) -> torch.Tensor:
     """The k × k patches of features (B, N, H, W) on the grid -> (B, m, D), D = N k² ordered (N, k, k)."""
-    b, n, h, w = f.shape
-    rows, cols = grid(h, patch, stride), grid(w, patch, stride)
+    h, w = f.shape[-2:]
     if (h - patch) % stride == 0 and (w - patch) % stride == 0:  # a regular grid: im2col takes it as it is
         return F.unfold(f, patch, stride=stride).transpose(1, 2)
     # Else im2col at every position, then the grid's (unfold's own is faster than a strided view's selection).
-    at = torch.tensor(rows, device=f.device)[:, None] * (w - patch + 1) + torch.tensor(cols, device=f.device)
-    return F.unfold(f, patch).index_select(2, at.flatten()).transpose(1, 2)
+    return F.unfold(f, patch).index_select(2, grid_positions(h, w, patch, stride, f.device)).transpose(1, 2)
+
+
+@functools.lru_cache(maxsize=64)
+def grid_positions(h: int, w: int, patch: int, stride: int, device: torch.device) -> torch.Tensor:
+    """The grid's patches among every position's, in im2col's order (row-major), on `device`: made
+    once per size, so that a step copies nothing from the host."""
+    rows, cols = grid(h, patch, stride), grid(w, patch, stride)
+    return (torch.tensor(rows)[:, None] * (w - patch + 1) + torch.tensor(cols)).flatten().to(device)
 
 
 class Patches:
     """A layer's style patches (K, D) and the inverse of their norms (K,)."""
 
     def __init__(self, patches: torch.Tensor):
-        self.patches = patches
+        self.patches = patches.contiguous()
         self.inverse_norms = 1.0 / (patches.norm(dim=1) + EPS)
 
     def __len__(self) -> int:
