@@ -259,9 +259,9 @@ class Config:
     # Typed by the schema of the chosen optimizer/ option.
     optimizer: Any = MISSING
     init: InitConfig = field(default_factory=InitConfig)
-    # None: 400 on CPU, 500 on a GPU.
+    # None: 100 on CPU, 200 on a GPU (per coarse-to-fine level).
     steps: Optional[int] = None
-    # Longest side of the content image in pixels. None: 384 on CPU, 512 on a GPU.
+    # Longest side of the content image in pixels. None: 256 on CPU, 512 on a GPU.
     size: Optional[int] = None
     # Coarse-to-fine levels; `steps` counts within each.
     scales: ScalesConfig = field(default_factory=ScalesConfig)
