@@ -217,10 +217,10 @@ class InitConfig:
 
 @dataclass
 class ScalesConfig:
-    # Smallest longest side in pixels; None: one level, at `size`.
-    min: Optional[int] = None
-    # Each level's longest side is `factor` times the previous one's (crowsonkb's √2).
-    factor: float = 1.4142135623730951
+    # Smallest longest side in pixels; None: one level at `size` (docs/default.md for 128).
+    min: Optional[int] = 128
+    # Each level's longest side is `factor` times the previous one's (crowsonkb uses √2).
+    factor: float = 2.0
     # Steps at the first level (None: `steps`, as at every other level).
     first_steps: Optional[int] = None
 

@@ -244,9 +244,7 @@ def validate(cfg: DictConfig) -> None:
     if cfg.size is not None:
         _at_least("size", cfg.size, 16)  # the upper limit is the memory: see nstexp.network.memory
     if cfg.scales.min is not None:
-        _at_least("scales.min", cfg.scales.min, 16)
-        if cfg.size is not None and cfg.scales.min > cfg.size:
-            raise ConfigError(f"scales.min={cfg.scales.min} must be <= size={cfg.size}")
+        _at_least("scales.min", cfg.scales.min, 16)  # above `size`: one level (the default's 128 at small sizes)
     _at_least("scales.factor", cfg.scales.factor, 1, strict=True)
     if cfg.scales.first_steps is not None:
         _at_least("scales.first_steps", cfg.scales.first_steps, 0)

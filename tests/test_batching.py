@@ -81,8 +81,9 @@ ADAM_CASES = {
 # A batched convolution differs from a single one in the last bits (about 3e-7 of a feature).
 # L-BFGS at lr 0.1 keeps that at that size; at lr 1 its first quasi-Newton steps on a 32 px
 # image, and Adam's first sign-like steps on the sliced loss's gradient, amplify it beyond 1e-5.
-BASE = {"lbfgs": ["optimizer.lr=0.1", "size=32", "steps=3", "eval.enabled=false", "eval.size=32"],
-        "adam": ["optimizer=adam", "size=32", "steps=3", "eval.enabled=false", "eval.size=32"]}
+# The cases vary the paper's loss (loss=gatys), whose content and style normalizations are `gatys`.
+BASE = {"lbfgs": ["loss=gatys", "optimizer.lr=0.1", "size=32", "steps=3", "eval.enabled=false", "eval.size=32"],
+        "adam": ["loss=gatys", "optimizer=adam", "size=32", "steps=3", "eval.enabled=false", "eval.size=32"]}
 # What a setting's base job adds to BASE, for the setting to mean something.
 CASE_BASE = {"style.blend_weights": ("style.blend_images=[sample:mosaic]", "style.blend_weights=[1,1]"),
              "tv.exponent": ("tv.weight=1e15",)}

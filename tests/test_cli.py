@@ -24,7 +24,7 @@ def _jsonl(path):
 def test_two_step_run_writes_outputs_and_offline_wandb_run(tmp_path, wandb_env):
     out = tmp_path / "run"
     # The yardstick metrics on, as in a user's run.
-    r = run_cli([*TINY, "eval.enabled=true", "optimizer=lbfgs", "style.weight=1e6", f"hydra.run.dir={out}"],
+    r = run_cli([*TINY, "eval.enabled=true", "loss=gatys", "optimizer=lbfgs", "style.weight=1e6", f"hydra.run.dir={out}"],
                 cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "wandb sync" in r.stderr  # the offline hint

@@ -89,3 +89,11 @@ def test_balance_makes_every_layer_count_by_its_weight_and_keeps_the_total(extra
     # ... the weighted style loss is unchanged, and the logged per-layer values stay raw.
     assert after.style.item() == pytest.approx(before.style.item(), rel=1e-5)
     assert {k: v.item() for k, v in after.style_layers.items()} == raw
+
+
+def test_balance_on_an_image_with_the_styles_own_statistics_keeps_factor_1(extractor):
+    """The default balances the layers: a photo stylized with itself has nothing to balance."""
+    torch.manual_seed(0)
+    image = torch.rand(1, 3, 64, 64)
+    obj = Objective(extractor, image, [image], *sections({"relu4_2": 1.0}, {"relu1_1": 0.5, "relu2_1": 0.5}, 1.0, 2.0, 0.0))
+    assert obj.balance_style(image) == {"relu1_1": 1.0, "relu2_1": 1.0}

@@ -20,6 +20,12 @@ def test_levels_go_up_by_the_factor_to_the_size():
     assert pyramid.levels(512, 200, 2.0) == [256, 512]
     assert pyramid.levels(384, None, 2**0.5) == [384]
     assert pyramid.levels(384, 384, 2**0.5) == [384]
+    # The default (128, factor 2): two levels at the CPU's 256 px, three at the GPU's 512, one
+    # level below 256 and wherever `scales.min` is above `size`.
+    assert pyramid.levels(256, 128, 2.0) == [128, 256]
+    assert pyramid.levels(512, 128, 2.0) == [128, 256, 512]
+    assert pyramid.levels(250, 128, 2.0) == [250]
+    assert pyramid.levels(48, 128, 2.0) == [48]
 
 
 def test_upsampling_keeps_a_flat_image_flat_and_in_range():
@@ -47,7 +53,8 @@ def test_adam_continues_where_it_stopped():
 
 @pytest.mark.parametrize("optimizer", ["adam", "lbfgs"])
 def test_a_run_across_levels(tmp_path, optimizer):
-    summary = run(_cfg("size=64", "steps=3", "scales.min=32", "scales.first_steps=4", f"optimizer={optimizer}",
+    summary = run(_cfg("size=64", "steps=3", "scales.min=32", "scales.factor=1.4142135623730951", "scales.first_steps=4",
+                       f"optimizer={optimizer}",
                        "snapshot_every=2"), str(tmp_path))
     assert summary["status"] == "completed" and summary["levels"] == [32, 45, 64]
     assert summary["steps"] == 4 + 3 + 3

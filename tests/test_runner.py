@@ -207,7 +207,7 @@ def test_distribution_style_losses_run_lower_the_loss_and_repeat(tmp_path, prese
 
 
 def test_new_switches_run_end_to_end(tmp_path):
-    summary = run(_cfg("style.balance=content", "backbone.padding=replicate", "backbone.pooling=avg_scaled",
+    summary = run(_cfg("loss=gatys", "style.balance=content", "backbone.padding=replicate", "backbone.pooling=avg_scaled",
                        "tv.weight=1", "tv.exponent=1.25", "optimizer=adam", "optimizer.ema=0.9", "steps=3"),
                   str(tmp_path))
     assert summary["status"] == "completed"

@@ -141,15 +141,18 @@ class Objective:
         so the paper's equal w_l do not make the layers count equally (the paper's rescaled VGG
         did). Factor of layer l: (Σ_j w_j E_j / Σ_j w_j) / E_l, all on `image`; keeping the total
         keeps `style.weight`'s scale. Returns the factors; logged per-layer values stay unscaled.
+        A layer whose term is 0 on `image` (it has the style's statistics there, e.g. a photo
+        stylized with itself) has nothing to balance and keeps factor 1.
         """
         with torch.no_grad():
             feats = self.extractor(image)
             values = {k: self._style_term(k, feats[k])[0].item() for k in self.style_layers}
         for k, v in values.items():
-            if not v > 0:
+            if not v >= 0:
                 raise ValueError(f"layer {k}: the style term of the balancing image is {v}, so it cannot be balanced")
-        total = sum(w * values[k] for k, w in self.style_layers.items()) / sum(self.style_layers.values())
-        self.style_balance = {k: total / v for k, v in values.items()}
+        weights = {k: w for k, w in self.style_layers.items() if values[k] > 0}
+        total = sum(w * values[k] for k, w in weights.items()) / sum(weights.values()) if weights else 0.0
+        self.style_balance = {k: total / v if v > 0 else 1.0 for k, v in values.items()}
         return dict(self.style_balance)
 
     def _style_term(self, layer: str, f: torch.Tensor) -> torch.Tensor:
