@@ -53,7 +53,10 @@ def test_defaults_are_the_papers_network_and_layers_with_the_chosen_loss():
     assert cfg.optimizer.name == "lbfgs" and cfg.init.kind == "content"
 
 
-@pytest.mark.parametrize("recipe", sorted(f[:-5] for f in os.listdir(os.path.join(REPO, "conf", "experiment")) if f.endswith(".yaml")))
+RECIPES = sorted(f[:-5] for f in os.listdir(os.path.join(REPO, "conf", "experiment")) if f.endswith(".yaml"))
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
 def test_no_recipe_inherits_the_defaults_coarse_to_fine_or_balance(recipe):
     """A recipe is its source's settings: the default's levels and layer balance are not."""
     cfg = _compose([f"experiment={recipe}"])

@@ -25,6 +25,7 @@ def _content_at(summary, spec="sample:chelsea"):
 @pytest.mark.parametrize("mode", ["none", "luminance", "histogram", "swap"])
 def test_every_colour_mode_runs_with_blended_styles_and_scales(tmp_path, mode):
     summary = run(_cfg(f"color.preserve={mode}", "style.blend_images=[sample:mosaic]", "scales.min=32",
+                       "scales.factor=1.4142135623730951",
                        "snapshot_every=1", "optimizer=adam"), str(tmp_path))
     assert summary["status"] == "completed" and len(summary["levels"]) == 2
     final = images.to_tensor(Image.open(tmp_path / "final.png"))

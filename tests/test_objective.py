@@ -95,5 +95,6 @@ def test_balance_on_an_image_with_the_styles_own_statistics_keeps_factor_1(extra
     """The default balances the layers: a photo stylized with itself has nothing to balance."""
     torch.manual_seed(0)
     image = torch.rand(1, 3, 64, 64)
-    obj = Objective(extractor, image, [image], *sections({"relu4_2": 1.0}, {"relu1_1": 0.5, "relu2_1": 0.5}, 1.0, 2.0, 0.0))
+    layers = {"relu1_1": 0.5, "relu2_1": 0.5}
+    obj = Objective(extractor, image, [image], *sections({"relu4_2": 1.0}, layers, 1.0, 2.0, 0.0))
     assert obj.balance_style(image) == {"relu1_1": 1.0, "relu2_1": 1.0}

@@ -35,7 +35,7 @@ CASES = {
     "replicate_channels_last_checkpoint_histogram": ["backbone.padding=replicate", "channels_last=true",
                                                      "checkpoint=true", "color.preserve=histogram"],
     "vgg16_random_levels_swap": ["backbone=vgg16", "backbone.weights=random", "size=48", "scales.min=32",
-                                 "color.preserve=swap"],
+                                 "scales.factor=1.4142135623730951", "color.preserve=swap"],
     "vgg19_random_avg_scaled_blend": ["backbone.weights=random", "backbone.pooling=avg_scaled",
                                       "channels_last=true", "style.blend_images=[sample:mosaic]"],
     "sliced_balance": ["loss=sliced", "init=noise", "style.balance=content"],

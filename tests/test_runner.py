@@ -207,7 +207,8 @@ def test_distribution_style_losses_run_lower_the_loss_and_repeat(tmp_path, prese
 
 
 def test_new_switches_run_end_to_end(tmp_path):
-    summary = run(_cfg("loss=gatys", "style.balance=content", "backbone.padding=replicate", "backbone.pooling=avg_scaled",
+    summary = run(_cfg("loss=gatys", "style.balance=content", "backbone.padding=replicate",
+                       "backbone.pooling=avg_scaled",
                        "tv.weight=1", "tv.exponent=1.25", "optimizer=adam", "optimizer.ema=0.9", "steps=3"),
                   str(tmp_path))
     assert summary["status"] == "completed"
@@ -228,7 +229,9 @@ def test_a_pipe_is_read_once_for_every_level_and_the_metrics(tmp_path):
         data = f.read()
     writer = threading.Thread(target=lambda: pipe.write_bytes(data))
     writer.start()
-    summary = run(_cfg(f"content.image={pipe}", "scales.min=32", "eval.enabled=true"), str(tmp_path / "out"))
+    summary = run(_cfg(f"content.image={pipe}", "scales.min=32", "scales.factor=1.4142135623730951",
+                       "eval.enabled=true"),
+                  str(tmp_path / "out"))
     writer.join(timeout=30)
     assert summary["status"] == "completed" and len(summary["levels"]) == 2
     assert 0 < summary["eval/ssim"] < 1
