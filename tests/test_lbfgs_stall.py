@@ -42,7 +42,7 @@ def _lbfgs_recipes():
 
 
 def _distinct(cases):
-    """The cases whose composed configs differ (loss=gatys and layers=paper are the default)."""
+    """The cases whose composed configs differ (loss=mean_balanced and layers=paper are the default)."""
     seen, out = set(), []
     for overrides in cases:
         key = json.dumps(OmegaConf.to_container(tiny_cfg(*overrides), resolve=True), sort_keys=True)
@@ -56,7 +56,7 @@ CASES = _distinct([[f"loss={n}"] for n in _names("loss")] + [[f"layers={n}"] for
                   + [[f"experiment={n}"] for n in _lbfgs_recipes()])
 # The default suite checks the default preset; every other preset and recipe runs in the slow
 # suite (`pytest -m slow`, which .ci/run runs too): each case is a long end-to-end comparison.
-PARAMS = [pytest.param(o, id=" ".join(o), marks=() if o == ["loss=gatys"] else pytest.mark.slow) for o in CASES]
+PARAMS = [pytest.param(o, id=" ".join(o), marks=() if o == ["loss=mean_balanced"] else pytest.mark.slow) for o in CASES]
 
 
 @pytest.mark.parametrize("overrides", PARAMS)
