@@ -108,7 +108,6 @@ def preflight(overrides: list[str]) -> tuple[list[str], dict]:
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        base_cfg = compose(config_name="config")
         # A sweep file's grid counts like command-line values, except for keys the command
         # line sets itself (Hydra lets those replace the swept values).
         sweep = [vals[0].split("=", 1)[1] for _, vals in expanded if vals[0].startswith("sweep=")]
@@ -131,7 +130,8 @@ def preflight(overrides: list[str]) -> tuple[list[str], dict]:
                 cfg = compose(config_name="config", overrides=ovs)
             except Exception as exc:
                 bad = next((o for o in ovs if o.split("=")[0].lstrip("+~") in str(exc)), " ".join(ovs))
-                raise NstexpError(_describe(exc, bad, base_cfg)) from None
+                # The default config, composed only now: it names the keys a bad one could have been.
+                raise NstexpError(_describe(exc, bad, compose(config_name="config"))) from None
             try:
                 validate(cfg)
             except NstexpError as exc:

@@ -12,6 +12,7 @@ import glob
 import json
 import os
 import struct
+import time
 import zlib
 from dataclasses import dataclass, field
 
@@ -80,7 +81,23 @@ class OfflineRun:
         return os.path.join(self.dir, "files", relpath)
 
 
-def read_run(run_dir: str) -> OfflineRun:
+def read_run(run_dir: str, wait_s: float = 60.0) -> OfflineRun:
+    """The run as its file holds it. W&B's service process may still be writing the file when
+    `run.finish()` has returned: read it again until it holds the exit record, for at most `wait_s`."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            run = _read_run(run_dir)
+        except AssertionError:  # a record half written
+            if time.monotonic() > deadline:
+                raise
+        else:
+            if run.finished or time.monotonic() > deadline:
+                return run
+        time.sleep(0.2)
+
+
+def _read_run(run_dir: str) -> OfflineRun:
     (path,) = glob.glob(os.path.join(run_dir, "run-*.wandb"))
     run = OfflineRun(dir=run_dir)
     for rec in records(path):

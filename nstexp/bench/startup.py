@@ -4,13 +4,14 @@ bare `python -c "import torch"` measured in the same run (so machines compare by
 - help: `nstexp --help` and `nstexp compare --help`;
 - refusal: a bad value (`style.weight=-1`), refused in one line with exit status 2;
 - first step: the default run (W&B as it defaults, offline without a server), from the start
-  of the command until its first optimizer step is in metrics.jsonl; the run is then stopped.
+  of the command until its progress bar shows the first optimizer step; the run is then stopped.
 Each is the median of `repeats` runs, one at a time, each in a fresh temporary folder.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -42,25 +43,28 @@ def _timed(cmd: list[str]) -> tuple[float, int]:
 
 
 def _first_step(timeout: float = 600.0) -> float:
-    """Seconds from the command's start until metrics.jsonl holds step 1; the run is then interrupted."""
+    """Seconds from the command's start until its progress bar shows step 1, as the user sees
+    it (metrics.jsonl follows on the writer thread, after step 0's scores); the run is then
+    interrupted."""
     with tempfile.TemporaryDirectory() as folder:
-        metrics = os.path.join(folder, "out", "metrics.jsonl")
         t = time.perf_counter()
-        proc = subprocess.Popen([*NSTEXP, "hydra.run.dir=out", "progress=false"], cwd=folder, env=_env(folder),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen([*NSTEXP, "hydra.run.dir=out"], cwd=folder, env=_env(folder),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        seen = b""
         try:
             while time.perf_counter() - t < timeout:
-                if os.path.exists(metrics) and '"step": 1,' in open(metrics).read():
+                chunk = os.read(proc.stderr.fileno(), 4096)
+                if not chunk:
+                    raise RuntimeError(f"the default run exited with status {proc.wait()} before its first step")
+                seen = (seen + chunk)[-4096:]
+                if re.search(rb"\| *[1-9][0-9]*/[0-9]+ ", seen):  # tqdm's "| 1/200 [..."
                     return time.perf_counter() - t
-                if proc.poll() is not None:
-                    raise RuntimeError(f"the default run exited with status {proc.returncode} before its first step")
-                time.sleep(0.01)
             raise RuntimeError(f"no first step within {timeout:.0f} s")
         finally:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGINT)  # the run stops cleanly and leaves its files
                 try:
-                    proc.wait(timeout=120)
+                    proc.communicate(timeout=120)
                 except subprocess.TimeoutExpired:
                     proc.kill()
 

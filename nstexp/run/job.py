@@ -109,17 +109,19 @@ class Job:
         scored = self.evaluate is not None and ((bool(every) and ev.step % every == 0) or last)
         if not (snapshot or scored or ev.step % log_every == 0 or last):
             return False
-        extra = {**extra, **self.evaluate(show(ev.image))} if scored else extra
-        self._write(ev, snapshot, extra, show)
+        self._write(ev, snapshot, extra, show, scored)
         self.latest["logged"] = ev.step
         return True
 
-    def _write(self, ev: StepEvent, snapshot: bool, extra: dict | None, show) -> None:
-        """A step's metrics line, and its image as `show(image)` (what the user sees) when `snapshot`."""
+    def _write(self, ev: StepEvent, snapshot: bool, extra: dict | None, show, scored: bool = False) -> None:
+        """A step's metrics line, and its image as `show(image)` (what the user sees) when
+        `snapshot`; `scored` adds the yardstick's values of that image (on the writer thread)."""
         metrics = {"step": ev.step, "evals": ev.evals, "time_s": ev.time_s, **(extra or {}), **ev.terms.as_floats()}
         if ev.pairs is not None:
             metrics.update(zip(PAIR_KEYS, ev.pairs[0]))
-        self.tracker.log_step(metrics, show(ev.image) if snapshot else None)
+        image = show(ev.image) if snapshot or scored else None
+        self.tracker.log_step(metrics, image if snapshot else None, self.evaluate if scored else None,
+                              image if scored else None)
 
     def ended(self, status: str, image: torch.Tensor, terms: LossTerms | None, show) -> None:
         """The optimization is over for this job: its status, final image and its losses."""
@@ -150,6 +152,14 @@ class Job:
         if "event" in latest and latest.get("logged") != latest["event"].step:
             # The last step always has its metrics line.
             self._write(latest["event"], snapshot=False, extra=latest.get("extra"), show=latest.get("show"))
+        try:  # the metrics lines, snapshots and W&B logs still on the writer
+            self.tracker.drain()
+        except KeyboardInterrupt:
+            summary["status"] = "interrupted"
+        except Exception as exc:
+            summary.setdefault("error", f"{type(exc).__name__}: {exc}")
+            summary["status"] = "failed"
+            print(f"error: {summary['error']}", file=sys.stderr)
         if summary["status"] != "completed" and "event" in latest and "final/loss/total" not in summary:
             # Stopped by an exception or a second Ctrl-C inside a step: the newest image the
             # optimizer produced, with the losses measured on it, is the last good one.

@@ -1,4 +1,10 @@
-"""Where a run's results go: metrics.jsonl, snapshots, final.png, summary.json and W&B."""
+"""Where a run's results go: metrics.jsonl, snapshots, final.png, summary.json and W&B.
+
+What a run writes while it optimizes (the W&B run's start, metrics lines, their scores,
+snapshots, W&B logs) goes through one writer thread per process, in the order it was
+submitted, so the optimizer never waits for the disk, the yardstick or W&B. `Tracker.drain`
+waits for a tracker's share; `finish` drains before it writes the summary.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,9 @@ import netrc
 import os
 import shutil
 import sys
-from typing import TYPE_CHECKING, Any
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import urlparse
 
 from PIL import Image
@@ -59,6 +67,28 @@ RUN_FILES = ("metrics.jsonl", "summary.json", "final.png", "error.log", "style_t
 RUN_DIRS = ("snapshots",)
 
 
+_writer: ThreadPoolExecutor | None = None
+_writer_lock = threading.Lock()
+
+
+def writer() -> ThreadPoolExecutor:
+    """The process's writer: one thread, so every tracker's work runs in submission order."""
+    global _writer
+    with _writer_lock:
+        if _writer is None:
+            _writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nstexp-writer")
+        return _writer
+
+
+def _forget_writer() -> None:
+    global _writer, _writer_lock
+    _writer, _writer_lock = None, threading.Lock()
+
+
+# A forked child has no writer thread: it starts its own.
+os.register_at_fork(after_in_child=_forget_writer)
+
+
 def clear_outputs(out_dir: str) -> None:
     """Remove what an earlier run left in `out_dir`, so no old image sits beside a new summary."""
     for name in RUN_FILES:
@@ -84,17 +114,21 @@ class Tracker:
         self._metrics = open(os.path.join(out_dir, "metrics.jsonl"), "w", buffering=1)
         self._config, self._wandb_cfg, self._name, self._group = config, wandb_cfg, name, group
         self.run = None
+        self.mode = "disabled"
         self.info: dict[str, Any] = {}
+        self._pending: list[Future] = []  # this tracker's work on the writer, not yet seen done
 
     def start(self) -> None:
-        """Start the W&B run (none when its mode is disabled)."""
-        wandb_cfg = self._wandb_cfg
-        self.mode = resolve_wandb_mode(wandb_cfg.mode)
+        """Start the W&B run (none when its mode is disabled), on the writer: set-up goes on meanwhile."""
+        self.mode = resolve_wandb_mode(self._wandb_cfg.mode)
         self.info["wandb_mode"] = self.mode
-        if self.mode == "disabled":
-            return
+        if self.mode != "disabled":
+            self._submit(self._start_wandb)
+
+    def _start_wandb(self) -> None:
         import wandb
 
+        wandb_cfg = self._wandb_cfg
         self.run = wandb.init(
             project=wandb_cfg.project,
             entity=wandb_cfg.entity,
@@ -111,7 +145,39 @@ class Tracker:
         # Where to find this run again (the sweep's comparison links to it).
         self.info.update(wandb_id=self.run.id, wandb_url=self.run.url)
 
+    def _submit(self, fn: Callable, *args) -> None:
+        """Run `fn(*args)` on the writer, after everything submitted before it. An error the
+        writer met earlier is raised here, in the run's thread."""
+        self._raise_failed(wait=False)
+        self._pending.append(writer().submit(fn, *args))
+
+    def _raise_failed(self, wait: bool) -> None:
+        pending, self._pending = self._pending, []
+        error = None
+        for future in pending:
+            if not wait and not future.done():
+                self._pending.append(future)
+            elif error is None and future.exception() is not None:
+                error = future.exception()
+        if error is not None:
+            raise error
+
+    def drain(self) -> None:
+        """Wait until the writer has done everything this tracker gave it; raise its first error.
+        A second Ctrl-C while waiting drops what has not started."""
+        try:
+            self._raise_failed(wait=True)
+        except KeyboardInterrupt:
+            for future in self._pending:
+                future.cancel()
+            self._pending = []
+            raise
+
     def log_inputs(self, content: torch.Tensor, styles: list[torch.Tensor]) -> None:
+        if self.mode != "disabled":
+            self._submit(self._log_inputs, content.detach().clone(), [s.detach().clone() for s in styles])
+
+    def _log_inputs(self, content: torch.Tensor, styles: list[torch.Tensor]) -> None:
         if self.run is None:
             return
         import wandb
@@ -124,13 +190,26 @@ class Tracker:
     def save_input(self, name: str, image: Image.Image) -> None:
         """An input the run made itself (scale control's style image): `<name>.png`, and in W&B."""
         image.save(os.path.join(self.out_dir, f"{name}.png"))
+        if self.mode != "disabled":
+            self._submit(self._log_image, f"inputs/{name}", image, name, 0)
+
+    def _log_image(self, key: str, image: Image.Image, caption: str, step: int) -> None:
         if self.run is not None:
             import wandb
 
-            self.run.log({f"inputs/{name}": wandb.Image(image, caption=name)}, step=0)
+            self.run.log({key: wandb.Image(image, caption=caption)}, step=step)
 
-    def log_step(self, metrics: dict[str, Any], image: torch.Tensor | None) -> None:
-        """One logged step; `image` is given at the snapshot interval."""
+    def log_step(self, metrics: dict[str, Any], image: torch.Tensor | None,
+                 score: Callable[[torch.Tensor], dict] | None = None, scored: torch.Tensor | None = None) -> None:
+        """One logged step; `image` is given at the snapshot interval, and `score(scored)` adds
+        the yardstick's values to the line. Both images are copied: the run goes on meanwhile."""
+        image = None if image is None else image.detach().clone()
+        scored = None if scored is None else scored.detach().clone()
+        self._submit(self._log_step, metrics, image, score, scored)
+
+    def _log_step(self, metrics: dict[str, Any], image: torch.Tensor | None, score, scored) -> None:
+        if score is not None:
+            metrics = {**metrics, **score(scored)}
         self._metrics.write(json.dumps(metrics) + "\n")
         step = metrics["step"]
         if image is not None:
@@ -144,8 +223,13 @@ class Tracker:
             self.run.log(data, step=step)
 
     def finish(self, summary: dict[str, Any], final_image: torch.Tensor | None) -> None:
-        """Write final.png and summary.json, and end the W&B run. Safe to call once, always."""
+        """Write final.png and summary.json, and end the W&B run. Safe to call once, always;
+        call `drain` first to see the writer's errors (this waits for the writer, quietly)."""
         try:
+            try:
+                self.drain()
+            except BaseException:
+                pass
             if final_image is not None:
                 save_image(final_image, os.path.join(self.out_dir, "final.png"))
             tmp = os.path.join(self.out_dir, "summary.json.tmp")
