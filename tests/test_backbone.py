@@ -5,7 +5,6 @@ import threading
 
 import pytest
 import torch
-from torchvision import models
 
 from nstexp.network import backbone, weights
 from nstexp.network import layout
@@ -24,6 +23,8 @@ VGG16_INDEX = {"conv1_1": 0, "relu3_1": 11, "conv4_2": 19, "relu4_2": 20, "conv5
 
 @pytest.mark.parametrize("arch,expected", [("vgg19", VGG19_INDEX), ("vgg16", VGG16_INDEX)])
 def test_layer_names_match_torchvision_indices(arch, expected):
+    from torchvision import models
+
     names = layer_names(arch)
     features = getattr(models, arch)().features
     assert len(names) == len(features)
@@ -231,6 +232,8 @@ def test_random_weights_are_seeded():
 
 @pytest.fixture(scope="module")
 def vgg16_features():
+    from torchvision import models  # here: importing torchvision costs every test process seconds
+
     return models.vgg16().features
 
 

@@ -140,7 +140,7 @@ def _start_long_run(tmp_path, *extra):
     """Start a run that would take hours; return it and its output dir once it has logged 3 steps."""
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "nstexp", "size=48", "steps=100000", "progress=false", "snapshot_every=0",
-           f"hydra.run.dir={out}", *extra]
+           "eval.size=64", f"hydra.run.dir={out}", *extra]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env={**os.environ}, stderr=subprocess.PIPE, text=True)
     metrics = out / "metrics.jsonl"
     # No deadline: a slower machine only takes longer to get there.
@@ -181,7 +181,7 @@ def test_signal_during_set_up_still_leaves_a_summary(tmp_path, wandb_env):
     out, pipe = tmp_path / "run", tmp_path / "content.png"
     os.mkfifo(pipe)
     cmd = [sys.executable, "-m", "nstexp", "size=48", "steps=100000", "progress=false", f"content.image={pipe}",
-           f"hydra.run.dir={out}"]
+           "eval.size=64", f"hydra.run.dir={out}"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env={**os.environ}, stderr=subprocess.PIPE, text=True)
     while True:  # opening the write end succeeds once the run has opened the pipe to read it
         try:

@@ -10,7 +10,7 @@ from hydra.core.global_hydra import GlobalHydra
 from conftest import sections
 from nstexp import composition
 from nstexp.run.runner import run
-from test_precision import RECIPES
+from test_precision import RECIPES, skip_unless_offline
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -146,6 +146,7 @@ def test_fp16_gradient_follows_fp32_on_the_gpu():
 
 @pytest.mark.parametrize("name", RECIPES)
 def test_every_recipe_runs_in_bf16_on_the_gpu(tmp_path, name):
+    skip_unless_offline(name)
     summary = run(_cfg(f"experiment={name}", "precision=bf16", "size=64", "steps=3", "eval.enabled=false",
                        "scales.min=null", "scales.first_steps=null"), str(tmp_path))
     assert summary["status"] == "completed" and summary["precision"] == "bf16" and summary["device"].startswith("cuda")

@@ -129,7 +129,7 @@ def test_submitit_local_launcher(tmp_path, wandb_env):
     _check_sweep(sweep, n_jobs=2)
 
 
-RESUME = ["-m", "size=32", "steps=2", "progress=false", "snapshot_every=0", "wandb.mode=disabled"]
+RESUME = ["-m", "size=32", "steps=2", "progress=false", "snapshot_every=0", "wandb.mode=disabled", "eval.size=64"]
 
 
 @pytest.fixture(scope="module")
@@ -343,7 +343,7 @@ def _start_long_sweep(tmp_path, *extra):
     (as a terminal runs it); returns once both workers' jobs have logged 2 steps."""
     sweep = tmp_path / "s"
     cmd = [sys.executable, "-m", "nstexp", "-m", "size=32", "steps=100000", "progress=false", "snapshot_every=0",
-           "seed=0,1,2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep}", *extra]
+           "eval.size=64", "seed=0,1,2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep}", *extra]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env={**os.environ}, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     while True:  # no deadline: a slower machine only takes longer to get there
