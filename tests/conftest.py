@@ -8,6 +8,12 @@ import sys
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Under `-n N`, each of the N workers gets its share of the cores for torch's threads (and so do
+# the commands the tests start): N processes of all-core thread pools on the same cores run the
+# suite about a third slower. Set before torch is imported; OMP_NUM_THREADS given wins.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT") and "OMP_NUM_THREADS" not in os.environ:
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 # Small enough for a 2-core CPU: every CLI run in the suite uses these. The yardstick metrics are
 # off (tests of them turn them on, at eval.size=64).
 TINY = ["size=48", "steps=2", "progress=false", "snapshot_every=1", "eval.enabled=false", "eval.size=64"]
