@@ -117,7 +117,9 @@ def test_jobs_that_differ_in_a_per_job_setting_get_what_they_get_alone(tmp_path,
         alone, png = _run_alone(overrides, tmp_path / f"a{i}")
         assert mine["status"] == alone["status"] == "completed"
         assert (mine["steps"], mine["evals"]) == (alone["steps"], alone["evals"])
-        assert mine["final/loss/total"] == pytest.approx(alone["final/loss/total"], rel=1e-5)
+        # fp32 sums over a batch of 1 and of N in different orders; three L-BFGS steps carry that
+        # to about 1e-5 with w2's eigendecompositions (with one torch thread); the image agrees.
+        assert mine["final/loss/total"] == pytest.approx(alone["final/loss/total"], rel=1e-4)
         batched = Image.open(tmp_path / f"b{i}" / "final.png").tobytes()
         assert max(abs(x - y) for x, y in zip(png, batched)) <= 1
     assert len({s["final/loss/total"] for s in together}) == len(jobs) or setting in (
