@@ -1,5 +1,5 @@
-"""Hypercolumns at random positions, as STROTSS reads its features (Kolkin et al., CVPR 2019,
-section 2.1; nkolkin13/STROTSS, stylize_objectives.py `spatial_feature_extract`).
+"""Hypercolumns at random positions, as STROTSS reads its features (Kolkin et al., CVPR 2019;
+nkolkin13/STROTSS, stylize_objectives.py `spatial_feature_extract`).
 
 The hypercolumn of pixel (y, x) of an image (B, 3, H, W) whose features at layers l are
 F_l (B, N_l, H_l, W_l), with layer weights w_l, is the column of D = 3 + Σ_l N_l values

@@ -1,4 +1,4 @@
-"""The content loss of STROTSS (Kolkin, Salavon & Shakhnarovich, CVPR 2019, section 2.3;
+"""The content loss of STROTSS (Kolkin, Salavon & Shakhnarovich, CVPR 2019;
 nkolkin13/STROTSS, contextual_loss.py `dp_loss`): the result keeps the content's pattern of
 self-similarity, not its features.
 

@@ -1,5 +1,5 @@
 """The style loss of STROTSS (Kolkin, Salavon & Shakhnarovich, "Style Transfer by Relaxed Optimal
-Transport and Self-Similarity", CVPR 2019, section 2.2; code: nkolkin13/STROTSS, contextual_loss.py
+Transport and Self-Similarity", CVPR 2019; code: nkolkin13/STROTSS, contextual_loss.py
 `remd_loss` and `moment_loss`, stylize_objectives.py).
 
 The style and the result are point clouds of hypercolumns (nstexp.losses.hypercolumn): the
