@@ -68,11 +68,11 @@ def test_the_relaxed_emd_is_the_emd_where_the_nearest_neighbours_are_a_bijection
     x_i, so the permutation is an optimal plan and both relaxed means are its cost."""
     rng = np.random.default_rng(7)
     n = 6
-    # Norms of 10 and more, so that ‖a‖_ε is ‖a‖ (the cosine does not see the scale).
+    # Norms of 100 and more, so that ‖a‖_ε is ‖a‖ to 1e-10 (the cosine does not see the scale).
     sigma = rng.permutation(n)
     if kind == "cosine":
-        y = 10 * (np.eye(d)[:n] + 0.1 * rng.normal(size=(n, d)))
-        x = y[sigma] * rng.uniform(1.0, 3.0, size=(n, 1)) + 0.5 * rng.normal(size=(n, d))
+        y = 100 * (np.eye(d)[:n] + 0.1 * rng.normal(size=(n, d)))
+        x = y[sigma] * rng.uniform(1.0, 3.0, size=(n, 1)) + 15 * rng.normal(size=(n, d))
     else:  # points far apart from each other, each x a slight change of its y
         y = 10 * rng.uniform(0.1, 1.0, size=(n, d)) * np.linspace(1.0, 10.0, n)[:, None]
         x = y[sigma] + 0.1 * rng.normal(size=(n, d))
