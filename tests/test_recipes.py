@@ -247,7 +247,7 @@ def test_strotss_layers_are_its_vgg16_features_by_name():
     theirs = [vgg16[i] for i in (1, 3, 6, 8, 11, 13, 15, 22, 29)]
     cfg = _recipe("strotss")
     for part in (cfg.layers.style, cfg.layers.content):
-        assert [k for k, w in part.items() if w > 0] == theirs
+        assert {k for k, w in part.items() if w > 0} == set(theirs)  # the terms do not see the stack's order
     channels = lambda arch: {n: c for n, c in zip([x for x in layer_names(arch) if x.startswith("conv")],  # noqa: E731
                                                    [c for c in LAYOUTS[arch] if c != "M"])}
     assert all(channels("vgg16")[k.replace("relu", "conv")] == channels("vgg19")[k.replace("relu", "conv")]
