@@ -94,7 +94,8 @@ def test_chunked_search_equals_the_unchunked_one(monkeypatch):
     monkeypatch.setattr(strotss, "CHUNK_ELEMENTS", 2 * 3 * 53)  # the automatic chunk: 3 rows
     assert all(torch.equal(a, b) for a, b in zip(nearest(x, y), whole))
     # Both ways against numpy's brute force.
-    c = 1 - np.einsum("bnd,kd->bnk", (x / x.norm(dim=2, keepdim=True)).numpy(), (y / y.norm(dim=1, keepdim=True)).numpy())
+    ux, uy = (x / x.norm(dim=2, keepdim=True)).numpy(), (y / y.norm(dim=1, keepdim=True)).numpy()
+    c = 1 - np.einsum("bnd,kd->bnk", ux, uy)
     assert (whole[0].numpy() == c.argmin(2)).all() and (whole[1].numpy() == c.argmin(1)).all()
     for cost in (COSINE, PALETTE):
         values = [relaxed_emd(x, y, cost, chunk) for chunk in (None, 1, 7)]
