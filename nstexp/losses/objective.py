@@ -77,7 +77,7 @@ def weighted_layers(layers) -> tuple[dict[str, float], dict[str, float]]:
             {k: v for k, v in layers.style.items() if v > 0})
 
 
-def joint_terms(loss, layers: dict[str, float]) -> dict[str, float]:
+def term_weights(loss, layers: dict[str, float]) -> dict[str, float]:
     """The terms the objective sums for `loss` on `layers` (name -> weight): the layers, or for a
     joint loss its one term JOINT, weighted 1 (none without a layer)."""
     return ({JOINT: 1.0} if layers else {}) if loss.joint else dict(layers)
@@ -113,8 +113,8 @@ class Objective:
         self.content_loss = CONTENT_LOSSES[content.loss](content, seed)
         self.style_loss = style_loss_for(style, seed)
         # The terms summed, with their weights: one per layer, or a joint loss's one (weight 1).
-        self.content_terms = joint_terms(self.content_loss, self.content_layers)
-        self.style_terms = joint_terms(self.style_loss, self.style_layers)
+        self.content_terms = term_weights(self.content_loss, self.content_layers)
+        self.style_terms = term_weights(self.style_loss, self.style_layers)
         lap = laplacian_config
         self.laplacian_weight, self.laplacian_pool = (lap.weight, lap.pool) if lap is not None else (0.0, 0)
         # The content image's Laplacian, a constant (its pixels, not its features).

@@ -173,10 +173,11 @@ class STROTSS(StyleLoss):
         return strotss_loss(x, target, self.moment_weight, self.palette_weight, self.chunk)
 
     def working_bytes(self, result, styles, batch=1):
-        """The style's K points and moments; per evaluation the result's n points, their matches
-        both ways (with unit copies), one chunk of costs and the covariances' difference."""
+        """The style's K points (and their unit copies, made per search) and moments; per
+        evaluation the result's n points, their matches both ways (with unit copies), one chunk of
+        costs and the covariances' difference."""
         d, h, w = result
         n = min(self.samples, h * w)
         k = min(self.style_samples, sum(hh * ww for _, hh, ww in styles))
         chunk = batch * min(n, max(1, CHUNK_ELEMENTS // (batch * k))) * k
-        return 4 * (k * d + d * d + 4 * batch * n * d + 2 * batch * k * d + 2 * chunk + 3 * batch * d * d)
+        return 4 * (2 * k * d + d * d + 4 * batch * n * d + 2 * batch * k * d + 2 * chunk + 3 * batch * d * d)
