@@ -174,6 +174,23 @@ def test_a_hypercolumn_is_each_layer_upsampled_bilinearly_and_stacked_with_the_r
     assert got.shape == (2, 6, 13) and torch.allclose(got, expected, rtol=1e-12, atol=1e-12)
 
 
+def test_equal_layer_weights_whatever_their_value_are_strotss_hypercolumn():
+    positions = torch.arange(0, 192, 7)
+    a, b = _stack(0, weights=(0.2, 0.2)), _stack(0, weights=(1.0, 1.0))
+    assert torch.equal(hypercolumns(a, positions), hypercolumns(b, positions))
+
+
+def test_blended_styles_share_the_style_points_by_their_blend_shares():
+    loss = _strotss(style_samples=40)
+    one, two, three = _stack(1), _stack(2), _stack(3)
+    cloud = loss.target([one, two, three], [0.75, 0.25, 0.0])
+    assert len(cloud) == 30 + 10  # round(40 × share) each, none from a share of 0
+    rgb = lambda stack: {tuple(p) for p in stack.image[0].flatten(1).T.tolist()}  # noqa: E731
+    points = {tuple(p) for p in cloud.points[:, :3].tolist()}
+    assert len(points & rgb(one)) == 30 and len(points & rgb(two)) == 10 and not points & rgb(three)
+    assert len(loss.target([one], [1.0])) == 40 and len(_strotss(style_samples=10**4).target([one], [1.0])) == 192
+
+
 def test_the_gradient_is_that_of_the_matched_costs():
     g = torch.Generator().manual_seed(3)
     y = torch.randn(9, 5, generator=g, dtype=F64)
