@@ -73,14 +73,26 @@ class LayersConfig:
 
 
 @dataclass
+class SelfSimilarityConfig:
+    # self_similarity (Kolkin et al. 2019): the content layers' hypercolumns at this many random
+    # positions, drawn anew at every evaluation (STROTSS's 32² = 1024), the same for result and content.
+    samples: int = 1024
+    # The network's features are divided by this in the hypercolumns (the RGB in [0, 1] is not): as
+    # style.strotss.scale, 57.6 = 255 × 0.226 puts the Caffe VGG-19's on torchvision's scale; 1 with imagenet.
+    scale: float = 57.6
+
+
+@dataclass
 class ContentConfig:
     image: str = "sample:chelsea"
     weight: float = 1.0
-    # A registered content loss (nstexp.losses.base.CONTENT_LOSSES): squared_error (Gatys et al., eq. 1).
+    # A registered content loss (nstexp.losses.base.CONTENT_LOSSES): squared_error (Gatys et al., eq. 1),
+    # self_similarity (STROTSS's: the content's pattern of cosine self-distances, all content layers at once).
     loss: str = "squared_error"
     normalization: str = "gatys"
     # A mask image, white where the content is kept (grey is a partial weight); None: everywhere.
     mask: Optional[str] = None
+    self_similarity: SelfSimilarityConfig = field(default_factory=SelfSimilarityConfig)
 
 
 @dataclass
@@ -133,6 +145,23 @@ class MRFConfig:
 
 
 @dataclass
+class STROTSSConfig:
+    # strotss (Kolkin et al. 2019): the result's hypercolumns at this many random positions, drawn anew
+    # at every evaluation (STROTSS's 32² = 1024), and the style's at this many, drawn once per target
+    # (STROTSS's 5 × 1000), each style image's share by its blend weight.
+    samples: int = 1024
+    style_samples: int = 5000
+    # E = ℓ_r + moment_weight (ℓ_m + palette_weight ℓ_p): the relaxed EMD, the moment term and the
+    # palette term. STROTSS: moment weight 1, palette weight 1 / max(content weight, 1).
+    moment_weight: float = 1.0
+    palette_weight: float = 1.0
+    # The network's features are divided by this in the hypercolumns (the RGB in [0, 1] is not):
+    # 57.6 = 255 × 0.226 puts the Caffe VGG-19's activations on the scale of torchvision's, which
+    # STROTSS uses (it sets the RGB's share of the cosines and the moment term's size); 1 with imagenet.
+    scale: float = 57.6
+
+
+@dataclass
 class StyleConfig:
     image: str = "sample:swirls"
     # Extra style images whose Gram matrices are blended with the first one's.
@@ -145,7 +174,8 @@ class StyleConfig:
     # A registered style loss (nstexp.losses.base.STYLE_LOSSES): gram (Gatys et al.), w2
     # (Wasserstein-2 between Gaussian fits), sliced (Heitz et al.), mmd_linear, mmd_poly,
     # mmd_gaussian, bn (Li et al. 2017), cmd (Kalischek et al. 2021), histogram (Risser et al.
-    # 2017), mrf (Li & Wand 2016); or a weighted mix, a mapping name -> weight: {gram: 1, histogram: 0.5}.
+    # 2017), mrf (Li & Wand 2016), strotss (Kolkin et al. 2019, all style layers at once, not in a
+    # mix); or a weighted mix, a mapping name -> weight: {gram: 1, histogram: 0.5}.
     loss: Any = "gram"
     # Of the Gram matrices; the w2 and sliced losses have no normalization to choose.
     normalization: str = "gatys"
@@ -159,6 +189,7 @@ class StyleConfig:
     mmd: MMDConfig = field(default_factory=MMDConfig)
     cmd: CMDConfig = field(default_factory=CMDConfig)
     mrf: MRFConfig = field(default_factory=MRFConfig)
+    strotss: STROTSSConfig = field(default_factory=STROTSSConfig)
 
 
 @dataclass

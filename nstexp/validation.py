@@ -69,8 +69,20 @@ def registered_losses() -> dict[str, dict[str, bool]]:
     if base is not None:
         for name, cls in base.STYLE_LOSSES.items():
             found["style"].setdefault(name, cls.guided)
-        for name in base.CONTENT_LOSSES:
-            found["content"].setdefault(name, True)
+        for name, cls in base.CONTENT_LOSSES.items():
+            found["content"].setdefault(name, cls.guided)
+    return found
+
+
+def joint_losses() -> dict[str, set[str]]:
+    """{"style": names, "content": names}: the losses that take all their layers at once
+    (StyleLoss.joint, ContentLoss.joint), read off their source as `registered_losses` reads them."""
+    found = {kind: {name for name, values in classes.items() if values.get("joint", False)}
+             for kind, classes in classes_in_source().items()}
+    base = sys.modules.get("nstexp.losses.base")
+    if base is not None:
+        found["style"] |= {name for name, cls in base.STYLE_LOSSES.items() if cls.joint}
+        found["content"] |= {name for name, cls in base.CONTENT_LOSSES.items() if cls.joint}
     return found
 
 
@@ -78,7 +90,16 @@ def registered_losses() -> dict[str, dict[str, bool]]:
 def losses_in_source() -> dict[str, dict[str, bool]]:
     """The losses of nstexp/losses/ (nstexp.losses.base): the classes decorated with @register in
     the families nstexp/losses/__init__.py imports, with their `name` and `guided` (default True)."""
-    found: dict[str, dict[str, bool]] = {"style": {}, "content": {}}
+    return {kind: {name: bool(values.get("guided", True)) for name, values in classes.items()}
+            for kind, classes in classes_in_source().items()}
+
+
+@functools.lru_cache(maxsize=None)
+def classes_in_source() -> dict[str, dict[str, dict[str, Any]]]:
+    """{"style": {name: constants}, "content": {...}}: each class decorated with @register in the
+    families nstexp/losses/__init__.py imports, in its order, with the constants its body assigns
+    (`name`, `guided`, `joint`)."""
+    found: dict[str, dict[str, dict[str, Any]]] = {"style": {}, "content": {}}
     folder = Path(__file__).resolve().parent / "losses"
     # The families nstexp/losses/__init__.py imports, in its order, which is the registries' order.
     families = [node.module.rpartition(".")[2] for node in ast.parse((folder / "__init__.py").read_text()).body
@@ -91,7 +112,7 @@ def losses_in_source() -> dict[str, dict[str, bool]]:
             bases = {b.id for b in node.bases if isinstance(b, ast.Name)}
             values = {target.id: stmt.value.value for stmt in node.body if isinstance(stmt, ast.Assign)
                       for target in stmt.targets if isinstance(target, ast.Name) and isinstance(stmt.value, ast.Constant)}
-            found["style" if "StyleLoss" in bases else "content"][values["name"]] = bool(values.get("guided", True))
+            found["style" if "StyleLoss" in bases else "content"][values["name"]] = values
     return found
 
 
@@ -156,6 +177,13 @@ def validate(cfg: DictConfig) -> None:
     _choice("style.normalization", cfg.style.normalization, STYLE_NORMALIZATIONS)
     _choice("content.loss", cfg.content.loss, tuple(declared["content"]))
     mix = _style_mix(cfg.style.loss, declared["style"])
+    joint = [name for name in mix if name in joint_losses()["style"]]
+    if joint and len(mix) > 1:
+        raise ConfigError(f"style.loss={joint[0]} takes all its style layers at once and is not for a mix "
+                          f"(give style.loss={joint[0]} alone)")
+    if cfg.content.mask and not declared["content"][cfg.content.loss]:
+        guided = " or ".join(name for name, takes_masks in declared["content"].items() if takes_masks)
+        raise ConfigError(f"content.mask works with content.loss={guided}, not {cfg.content.loss}")
     _choice("style.balance", cfg.style.balance, STYLE_BALANCES)
     for key in ("content.weight", "style.weight", "tv.weight"):
         _at_least(key, cfg[key.split(".")[0]].weight, 0)
@@ -205,6 +233,15 @@ def validate(cfg: DictConfig) -> None:
     if (mrf.rotations or mrf.scales) and "mrf" in mix and len(mix) > 1:
         raise ConfigError("style.mrf.rotations and style.mrf.scales take style.loss=mrf alone, not in a mix "
                           "(the losses of a mix share one set of style images)")
+    st = cfg.style.strotss
+    _at_least("style.strotss.samples", st.samples, 2)
+    _at_least("style.strotss.style_samples", st.style_samples, 2)
+    _at_least("style.strotss.moment_weight", st.moment_weight, 0)
+    _at_least("style.strotss.palette_weight", st.palette_weight, 0)
+    _at_least("style.strotss.scale", st.scale, 0, strict=True)
+    ss = cfg.content.self_similarity
+    _at_least("content.self_similarity.samples", ss.samples, 2)
+    _at_least("content.self_similarity.scale", ss.scale, 0, strict=True)
     _at_least("laplacian.weight", cfg.laplacian.weight, 0)
     _at_least("laplacian.pool", cfg.laplacian.pool, 0)
     if cfg.laplacian.weight > 0 and cfg.content.mask:

@@ -34,8 +34,9 @@ def test_the_config_names_are_the_registered_classes():
     assert {k: v.__name__ for k, v in STYLE_LOSSES.items()} == {
         "gram": "Gram", "w2": "W2", "sliced": "Sliced", "mmd_linear": "MMDLinear", "mmd_poly": "MMDPoly",
         "mmd_gaussian": "MMDGaussian", "bn": "BN", "cmd": "CMD", "histogram": "Histogram",
-        "mrf": "MRF"}
-    assert {k: v.__name__ for k, v in CONTENT_LOSSES.items()} == {"squared_error": "SquaredError"}
+        "mrf": "MRF", "strotss": "STROTSS"}
+    assert {k: v.__name__ for k, v in CONTENT_LOSSES.items()} == {"squared_error": "SquaredError",
+                                                                  "self_similarity": "SelfSimilarity"}
     for name, cls in {**STYLE_LOSSES, **CONTENT_LOSSES}.items():
         assert cls.name == name
 
@@ -105,5 +106,5 @@ def test_validation_reads_the_registered_losses_off_their_source(registered):
 
     declared = losses_in_source()
     assert declared["style"] == {name: cls.guided for name, cls in STYLE_LOSSES.items() if cls is not registered}
-    assert declared["content"] == {name: True for name in CONTENT_LOSSES}
+    assert declared["content"] == {name: cls.guided for name, cls in CONTENT_LOSSES.items()}
     assert list(declared["style"]) == [n for n in STYLE_LOSSES if n != registered.name]  # the options' order

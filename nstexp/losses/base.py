@@ -7,13 +7,30 @@ objective (nstexp.losses.objective) sums the distances over layers; it knows no 
 Adding a loss: a class in the family's file (or a new file imported by nstexp/losses/__init__.py),
 decorated with `@register` under the name `style.loss=<name>` (or `content.loss=<name>`) selects;
 the options it reads from its config section documented in conf/ and docs/config.md; its tests.
+
+A joint loss (`joint = True`: strotss, self_similarity) sees all its layers at once instead of
+one at a time: its `target` and `distance` take LayerStacks in place of one layer's features,
+and the objective keeps its one term under the name JOINT.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+
+# The name of a joint loss's one term, in place of a layer's (logged as loss/style/hypercolumn).
+JOINT = "hypercolumn"
+
+
+@dataclass
+class LayerStack:
+    """What a joint loss sees of one image: its pixels and its features at every layer of the loss."""
+
+    image: torch.Tensor  # (B, 3, H, W), RGB in [0, 1], as the network's input
+    feats: dict[str, torch.Tensor]  # layer -> (B, N_l, H_l, W_l), every layer of the loss weighted > 0
+    weights: dict[str, float]  # layer -> w_l > 0, the config's layer weights: the loss decides what they mean
 
 
 class StyleLoss:
@@ -24,6 +41,11 @@ class StyleLoss:
     name: ClassVar[str]
     # Whether the loss can be restricted to a region (style.masks, Gatys et al. 2017).
     guided: ClassVar[bool] = True
+    # Whether the loss takes all its layers at once: then `target` gets one LayerStack per view
+    # (batch 1) in place of one layer's features, `distance` the result's LayerStack (batch B) in
+    # place of f, and `working_bytes` is called once, with the stack's shape (3 + Σ_l N_l, H, W) at
+    # the images' resolution. Not in a mix, not guided (validation refuses both).
+    joint: ClassVar[bool] = False
 
     def __init__(self, style: Any, seed: int = 0):
         self.options = style
@@ -53,11 +75,16 @@ class StyleLoss:
 
 
 class ContentLoss:
-    """One layer's content loss, built once per objective from the config section `content`."""
+    """One layer's content loss, built once per objective from the config section `content` and
+    the run's seed (for the losses that sample)."""
 
     name: ClassVar[str]
+    # Whether the loss takes content.mask (a guide in `distance`).
+    guided: ClassVar[bool] = True
+    # As StyleLoss.joint: `target` and `distance` take the content's and the result's LayerStack.
+    joint: ClassVar[bool] = False
 
-    def __init__(self, content: Any):
+    def __init__(self, content: Any, seed: int = 0):
         self.options = content
 
     def target(self, p: torch.Tensor) -> Any:
@@ -67,6 +94,11 @@ class ContentLoss:
     def distance(self, f: torch.Tensor, target: Any, guide: torch.Tensor | None = None) -> torch.Tensor:
         """The loss of features F (B, N, H, W) against `target`, weighted by `guide` (1, 1, H, W) -> (B,)."""
         raise NotImplementedError
+
+    def working_bytes(self, result: tuple[int, int, int], batch: int = 1) -> int:
+        """Bytes one layer's distance holds at its peak beyond the features, for the result's
+        features (N, H, W) (a joint loss: its stack's shape, once): 0 for an elementwise loss."""
+        return 0
 
 
 STYLE_LOSSES: dict[str, type[StyleLoss]] = {}

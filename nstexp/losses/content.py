@@ -37,8 +37,8 @@ class SquaredError(ContentLoss):
 
     name = "squared_error"
 
-    def __init__(self, content):
-        super().__init__(content)
+    def __init__(self, content, seed: int = 0):
+        super().__init__(content, seed)
         self.normalization = content.normalization
 
     def distance(self, f, target, guide=None):

@@ -18,7 +18,8 @@ def components(loss) -> dict[str, float]:
 class Mix(StyleLoss):
     """Σ_k a_k E_k of several registered style losses, each with its own target; a component
     weighted 0 is left out. Guided only if every component is (validation refuses the rest). Its
-    components share the style images themselves as views (validation refuses mrf's copies)."""
+    components share the style images themselves as views (validation refuses mrf's copies), and
+    none is joint (StyleLoss.joint: strotss), which validation refuses too."""
 
     name = "mix"
 
@@ -27,6 +28,9 @@ class Mix(StyleLoss):
         # Each component its own seed, so that two random losses draw independently.
         self.parts = [(w, STYLE_LOSSES[k](style, seed + i)) for i, (k, w) in enumerate(components(style.loss).items())
                       if w > 0]
+        joint = [loss.name for _, loss in self.parts if loss.joint]
+        if joint:  # its target and distance take all layers at once, a mix's one layer at a time
+            raise ValueError(f"style.loss={joint[0]} takes all its layers at once and is not for a mix")
 
     def target(self, feats, shares):
         return [loss.target(feats, shares) for _, loss in self.parts]

@@ -2,6 +2,10 @@
 
 total = content.weight * sum_l c_l L_content,l + style.weight * sum_l w_l E_l + tv.weight * TV
         + laplacian.weight * L_lap (Li et al. 2017, nstexp.losses.laplacian)
+
+A joint loss (StyleLoss.joint, ContentLoss.joint: strotss, self_similarity) is one term over all
+its layers, computed from a LayerStack of the image and those layers' features (the loss weighs
+the layers itself): its sum above is that one term, under the name JOINT, weighted 1.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from nstexp import losses  # noqa: F401  (registers every loss family)
-from nstexp.losses.base import CONTENT_LOSSES
+from nstexp.losses.base import CONTENT_LOSSES, JOINT, LayerStack
 from nstexp.losses.guides import to_layer
 from nstexp.losses.laplacian import laplacian, laplacian_loss
 from nstexp.losses.mix import style_loss_for
@@ -73,6 +77,12 @@ def weighted_layers(layers) -> tuple[dict[str, float], dict[str, float]]:
             {k: v for k, v in layers.style.items() if v > 0})
 
 
+def term_weights(loss, layers: dict[str, float]) -> dict[str, float]:
+    """The terms the objective sums for `loss` on `layers` (name -> weight): the layers, or for a
+    joint loss its one term JOINT, weighted 1 (none without a layer)."""
+    return ({JOINT: 1.0} if layers else {}) if loss.joint else dict(layers)
+
+
 class Objective:
     """Callable image (B, 3, H, W) -> LossTerms, with fixed content and style targets.
 
@@ -100,27 +110,45 @@ class Objective:
         self.content_layers, self.style_layers = weighted_layers(layers)
         self.content_weight, self.style_weight, self.tv_weight = content.weight, style.weight, tv.weight
         self.tv_exponent = tv.exponent
-        self.content_loss = CONTENT_LOSSES[content.loss](content)
+        self.content_loss = CONTENT_LOSSES[content.loss](content, seed)
         self.style_loss = style_loss_for(style, seed)
+        # The terms summed, with their weights: one per layer, or a joint loss's one (weight 1).
+        self.content_terms = term_weights(self.content_loss, self.content_layers)
+        self.style_terms = term_weights(self.style_loss, self.style_layers)
         lap = laplacian_config
         self.laplacian_weight, self.laplacian_pool = (lap.weight, lap.pool) if lap is not None else (0.0, 0)
         # The content image's Laplacian, a constant (its pixels, not its features).
         self.laplacian_target = laplacian(content_image, self.laplacian_pool) if self.laplacian_weight else None
-        self.style_balance = {k: 1.0 for k in self.style_layers}  # see `balance_style`
+        self.style_balance = {k: 1.0 for k in self.style_terms}  # see `balance_style`
 
         # Targets are constants: computed once, without a graph.
         with torch.no_grad():
             feats = extractor(content_image)
-            self.content_targets = {k: self.content_loss.target(feats[k].detach()) for k in self.content_layers}
+            if self.content_loss.joint:
+                if content_mask is not None:
+                    raise ValueError(f"content.loss={content.loss} takes no content.mask")
+                stack = self._stack(content_image, feats, self.content_layers)
+                self.content_targets = {k: self.content_loss.target(stack) for k in self.content_terms}
+            else:
+                self.content_targets = {k: self.content_loss.target(feats[k].detach()) for k in self.content_layers}
             blend = list(style.blend_weights) or [1.0] * len(style_images)
             shares = [w / sum(blend) for w in blend]
             # Each style image's views (itself, or with copies: mrf), an equal part of its share each.
-            style_feats = [[extractor(view) for view in self.style_loss.views(img)] for img in style_images]
+            style_views = [self.style_loss.views(img) for img in style_images]
+            style_feats = [[extractor(view) for view in views] for views in style_views]
             # Masks at each layer's resolution (the generated image has the content's size).
             self.content_guides = {k: to_layer(content_mask, feats[k].shape[-2:])
                                    for k in self.content_layers} if content_mask is not None else {}
             target = self.style_loss.target
-            if style_masks is None:
+            if self.style_loss.joint:
+                if style_masks is not None:
+                    raise ValueError(f"style.loss={style.loss} takes no style.masks")
+                self.regions = None
+                parts = [share / len(views) for views, share in zip(style_views, shares) for _ in views]
+                stacks = [self._stack(view, f, self.style_layers)
+                          for views, fs in zip(style_views, style_feats) for view, f in zip(views, fs)]
+                self.style_targets = {k: target(stacks, parts) for k in self.style_terms}
+            elif style_masks is None:
                 self.regions = None
                 parts = [share / len(views) for views, share in zip(style_feats, shares) for _ in views]
                 self.style_targets = {k: target([f[k] for views in style_feats for f in views], parts)
@@ -142,18 +170,37 @@ class Objective:
         did). Factor of layer l: (Σ_j w_j E_j / Σ_j w_j) / E_l, all on `image`; keeping the total
         keeps `style.weight`'s scale. Returns the factors; logged per-layer values stay unscaled.
         A layer whose term is 0 on `image` (it has the style's statistics there, e.g. a photo
-        stylized with itself) has nothing to balance and keeps factor 1.
+        stylized with itself) has nothing to balance and keeps factor 1, and so does a joint loss's
+        one term (strotss), which is the whole style term: the balance changes nothing there.
         """
         with torch.no_grad():
-            feats = self.extractor(image)
-            values = {k: self._style_term(k, feats[k])[0].item() for k in self.style_layers}
+            values = {k: v[0].item() for k, v in self._style_terms(self.extractor(image), image).items()}
         for k, v in values.items():
             if not v >= 0:
                 raise ValueError(f"layer {k}: the style term of the balancing image is {v}, so it cannot be balanced")
-        weights = {k: w for k, w in self.style_layers.items() if values[k] > 0}
+        weights = {k: w for k, w in self.style_terms.items() if values[k] > 0}
         total = sum(w * values[k] for k, w in weights.items()) / sum(weights.values()) if weights else 0.0
         self.style_balance = {k: total / v if v > 0 else 1.0 for k, v in values.items()}
         return dict(self.style_balance)
+
+    @staticmethod
+    def _stack(image: torch.Tensor, feats: dict[str, torch.Tensor], layers: dict[str, float]) -> LayerStack:
+        return LayerStack(image, {k: feats[k] for k in layers}, dict(layers))
+
+    def _style_terms(self, feats: dict[str, torch.Tensor], image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each style term, unweighted (B,): one per layer, or a joint loss's one."""
+        if self.style_loss.joint:
+            stack = self._stack(image, feats, self.style_layers)
+            return {k: self.style_loss.distance(stack, self.style_targets[k]) for k in self.style_terms}
+        return {k: self._style_term(k, feats[k]) for k in self.style_layers}
+
+    def _content_terms(self, feats: dict[str, torch.Tensor], image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each content term, unweighted (B,): one per layer, or a joint loss's one."""
+        if self.content_loss.joint:
+            stack = self._stack(image, feats, self.content_layers)
+            return {k: self.content_loss.distance(stack, self.content_targets[k]) for k in self.content_terms}
+        return {k: self.content_loss.distance(feats[k], self.content_targets[k], self.content_guides.get(k))
+                for k in self.content_layers}
 
     def _style_term(self, layer: str, f: torch.Tensor) -> torch.Tensor:
         if self.regions is None:
@@ -167,16 +214,13 @@ class Objective:
     def terms(self, feats: dict[str, torch.Tensor], image: torch.Tensor) -> LossTerms:
         """The loss terms of `image` (B, 3, H, W) whose features the extractor gave as `feats`."""
         zero = image.new_zeros(image.shape[0])
-        content_layers = {
-            k: self.content_loss.distance(feats[k], self.content_targets[k], self.content_guides.get(k))
-            for k in self.content_layers
-        }
-        style_layers = {k: self._style_term(k, feats[k]) for k in self.style_layers}
+        content_layers = self._content_terms(feats, image)
+        style_layers = self._style_terms(feats, image)
         balanced = {k: v * self.style_balance[k] for k, v in style_layers.items()}
         content = self.content_weight * sum(
-            (w * content_layers[k] for k, w in self.content_layers.items()), zero
+            (w * content_layers[k] for k, w in self.content_terms.items()), zero
         )
-        style = self.style_weight * sum((w * balanced[k] for k, w in self.style_layers.items()), zero)
+        style = self.style_weight * sum((w * balanced[k] for k, w in self.style_terms.items()), zero)
         tv = self.tv_weight * tv_loss(image, self.tv_exponent) if self.tv_weight else zero
         lap = (self.laplacian_weight * laplacian_loss(image, self.laplacian_target, self.laplacian_pool)
                if self.laplacian_weight else zero)

@@ -15,6 +15,7 @@ from PIL import Image
 
 from nstexp import images
 from nstexp.errors import NstexpError
+from nstexp.losses.base import CONTENT_LOSSES
 from nstexp.losses.mix import style_loss_for
 from nstexp.losses.objective import weighted_layers
 from nstexp.network import memory
@@ -95,22 +96,42 @@ def load(cfg: DictConfig, size: int, deepest: dict[str, int], device: torch.devi
     return content, styles
 
 
+def stack_shape(shapes: dict[str, tuple[int, int, int]], layers, hw: tuple[int, int]) -> tuple[int, int, int]:
+    """A joint loss's LayerStack as one (D, H, W): D = 3 + Σ_l N_l values at each of the H × W pixels."""
+    return (3 + sum(shapes[k][0] for k in layers if k in shapes), *hw)
+
+
 def memory_check(extractor: FeatureExtractor, cfg, device: torch.device, summary: dict, batch: int = 1,
                  job_cfgs: list | None = None):
     """A `check_memory` for `load` that refuses what cannot fit and records the estimate (of a
     batch of `batch` jobs, whose own configs `job_cfgs` name each job's style loss and layers;
     None: `cfg`'s, for every job)."""
-    # The style losses' own memory (mrf's patches and similarities): per job, as they are per-job settings.
-    losses = [(style_loss_for(c.style), weighted_layers(c.layers)[1]) for c in job_cfgs or [cfg] * batch]
+    # The losses' own memory (mrf's patches and similarities, strotss's and self_similarity's cost
+    # matrices): per job, as they are per-job settings.
+    cfgs = job_cfgs or [cfg] * batch
+    losses = [(style_loss_for(c.style), weighted_layers(c.layers)[1]) for c in cfgs]
+    content_losses = [(CONTENT_LOSSES[c.content.loss](c.content), weighted_layers(c.layers)[0]) for c in cfgs]
 
     def check(content_wh: tuple[int, int], style_whs: list[tuple[int, int]]) -> None:
         w, h = content_wh
 
         def loss_bytes(hh: int, ww: int) -> int:  # the style images scaled with the content
             result = memory.feature_shapes(extractor, hh, ww)
-            styles = [memory.feature_shapes(extractor, round(sh * hh / h), round(sw * hh / h)) for sw, sh in style_whs]
-            return sum(loss.working_bytes(result[k], [s[k] for s in styles]) for loss, layers in losses
-                       for k in layers if k in result)
+            style_hws = [(round(sh * hh / h), round(sw * hh / h)) for sw, sh in style_whs]
+            styles = [memory.feature_shapes(extractor, *hw) for hw in style_hws]
+            total = 0
+            for loss, layers in losses:
+                if loss.joint:  # once, with its stack's shape: the RGB and every layer's channels per pixel
+                    total += loss.working_bytes(stack_shape(result, layers, (hh, ww)),
+                                                [stack_shape(s, layers, hw) for s, hw in zip(styles, style_hws)])
+                else:
+                    total += sum(loss.working_bytes(result[k], [s[k] for s in styles]) for k in layers if k in result)
+            for loss, layers in content_losses:
+                if loss.joint:
+                    total += loss.working_bytes(stack_shape(result, layers, (hh, ww)))
+                else:
+                    total += sum(loss.working_bytes(result[k]) for k in layers if k in result)
+            return total
 
         need = memory.estimate_bytes(extractor, h, w, cfg.optimizer, batch, loss_bytes)
         for sw, sh in style_whs:  # style images pass once, without a graph: about their largest activations
