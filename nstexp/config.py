@@ -15,6 +15,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from nstexp.errors import NstexpError
+from nstexp.loss_options import CMDConfig, MMDConfig, MRFConfig, SelfSimilarityConfig, STROTSSConfig
 
 
 def _data_dir(name: str, marker: str) -> str:
@@ -73,16 +74,6 @@ class LayersConfig:
 
 
 @dataclass
-class SelfSimilarityConfig:
-    # self_similarity (Kolkin et al. 2019): the content layers' hypercolumns at this many random
-    # positions, drawn anew at every evaluation (STROTSS's 32² = 1024), the same for result and content.
-    samples: int = 1024
-    # The network's features are divided by this in the hypercolumns (the RGB in [0, 1] is not): as
-    # style.strotss.scale, 57.6 = 255 × 0.226 puts the Caffe VGG-19's on torchvision's scale; 1 with imagenet.
-    scale: float = 57.6
-
-
-@dataclass
 class ContentConfig:
     image: str = "sample:chelsea"
     weight: float = 1.0
@@ -106,59 +97,6 @@ class ScaleControlConfig:
     steps: int = 500
     # Give the fine image the coarse image's colours first, so that only its texture moves.
     match_colours: bool = True
-
-
-@dataclass
-class MMDConfig:
-    # mmd_poly: the kernel (xᵀy + c)² (Li et al. 2017 use c = 0; d = 2, the degree with a closed form).
-    c: float = 0.0
-    # mmd_gaussian: γ of exp(−γ‖x − y‖²); None: the paper's rule, 1 / the mean squared distance
-    # of the pairs compared (held constant in the gradient), at every evaluation.
-    gamma: Optional[float] = None
-    # mmd_gaussian: 0: the linear-time estimator over all positions (disjoint random pairs,
-    # Gretton et al.'s MMD²_l, as Li et al.'s code); k > 0: the exact unbiased MMD²_u on k random
-    # positions of each image (cost k² N per layer).
-    samples: int = 0
-
-
-@dataclass
-class CMDConfig:
-    # Central moments up to this order (Kalischek et al. use 5); order 1 is the mean alone.
-    order: int = 5
-    # Pre-ReLU features are divided by this before the sigmoid. The sigmoid's scale is
-    # torchvision's network's, whose inputs are (x − mean) / std (std ≈ 0.226) where the Caffe
-    # network's are 255 (x − mean): 255 × 0.226 = 57.6. Use 1 with backbone.weights=imagenet.
-    scale: float = 57.6
-
-
-@dataclass
-class MRFConfig:
-    # mrf (Li & Wand 2016): k x k patches every `stride` positions of result and style, and the last
-    # row and column (paper: stride 1, CNNMRF: 2); the squared distances' mean per value, or the paper's sum.
-    patch_size: int = 3
-    stride: int = 1
-    reduction: str = "mean"
-    # Also patches of each style image rotated by these angles (degrees, counter-clockwise), and of
-    # each of those scaled by these factors (CNNMRF's: ±7.5 and 1.05^±1).
-    rotations: List[float] = field(default_factory=list)
-    scales: List[float] = field(default_factory=list)
-
-
-@dataclass
-class STROTSSConfig:
-    # strotss (Kolkin et al. 2019): the result's hypercolumns at this many random positions, drawn anew
-    # at every evaluation (STROTSS's 32² = 1024), and the style's at this many, drawn once per target
-    # (STROTSS's 5 × 1000), each style image's share by its blend weight.
-    samples: int = 1024
-    style_samples: int = 5000
-    # E = ℓ_r + moment_weight (ℓ_m + palette_weight ℓ_p): the relaxed EMD, the moment term and the
-    # palette term. STROTSS: moment weight 1, palette weight 1 / max(content weight, 1).
-    moment_weight: float = 1.0
-    palette_weight: float = 1.0
-    # The network's features are divided by this in the hypercolumns (the RGB in [0, 1] is not):
-    # 57.6 = 255 × 0.226 puts the Caffe VGG-19's activations on the scale of torchvision's, which
-    # STROTSS uses (it sets the RGB's share of the cosines and the moment term's size); 1 with imagenet.
-    scale: float = 57.6
 
 
 @dataclass

@@ -13,7 +13,7 @@ from conftest import REPO
 # Layers from the bottom up: a module imports from its own layer or from a lower rank only, so
 # two layers of one rank (optim, eval) know nothing of each other.
 RANKS = {
-    "base": 0,  # nstexp.errors, nstexp.config, nstexp.images
+    "base": 0,  # nstexp.errors, nstexp.config, nstexp.loss_options, nstexp.images
     "network": 1,
     "losses": 2,
     "optim": 3,
@@ -26,7 +26,7 @@ RANKS = {
     "entry": 9,  # nstexp.cli, nstexp.api, the package itself, the batched launcher
 }
 TOP_LEVEL = {
-    "nstexp.errors": "base", "nstexp.config": "base", "nstexp.images": "base",
+    "nstexp.errors": "base", "nstexp.config": "base", "nstexp.loss_options": "base", "nstexp.images": "base",
     "nstexp.validation": "validation", "nstexp.composition": "composition",
     "nstexp": "entry", "nstexp.__main__": "entry", "nstexp.cli": "entry", "nstexp.api": "entry",
     "hydra_plugins.nstexp_batched_launcher": "entry",
