@@ -15,7 +15,6 @@ from omegaconf import DictConfig
 from nstexp import composition
 from nstexp.config import CONFIG_DIR
 from nstexp.errors import NstexpError
-from nstexp.sweep import callbacks, jobs, resumable
 
 
 def _register_launcher() -> None:
@@ -33,6 +32,8 @@ _register_launcher()
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def _hydra_main(cfg: DictConfig) -> None:
+    from nstexp.sweep import jobs
+
     planned = jobs.plan_job(cfg)
     if planned is not None:
         jobs.statuses.append(jobs.run_jobs([planned[0]], planned[1])[0])
@@ -99,6 +100,9 @@ def main() -> None:
     if args in (["--help"], ["-h"]):
         print(_help())
         return
+    # Here, not at the top: --help needs none of them (they bring PIL and numpy).
+    from nstexp.sweep import callbacks, jobs, resumable
+
     os.environ[jobs.PARENT_ENV] = str(os.getpid())
     if not any(a.split("=")[0] in _INFO_FLAGS for a in args):
         from hydra._internal.utils import get_args_parser
