@@ -33,8 +33,8 @@ def make_problem(dtype=torch.float64, device="cpu"):
 def batched_grad(f, x, weights=None):
     """Gradient of sum_b w_b f_b(x_b) at x (B, ...): per-sample gradients do not mix."""
     xr = x.detach().requires_grad_(True)
-    w = weights if weights is not None else [1.0] * B
-    loss = sum(w[b] * f(b, xr[b]) for b in range(B))
+    w = weights if weights is not None else [1.0] * x.shape[0]
+    loss = sum(w[b] * f(b, xr[b]) for b in range(x.shape[0]))
     return torch.autograd.grad(loss, xr)[0]
 
 
@@ -76,14 +76,16 @@ def torch_paths(f, x0, lrs, m, steps, weights=None, active=None, box=None, rejec
     return out
 
 
-def batched_path(f, x0, lrs, m, steps, weights=None, active=None, box=None):
+def batched_path(f, x0, lrs, m, steps, weights=None, active=None, box=None, losses=False):
+    """losses: each step is given the samples' losses (the engine's call), so a step that
+    more than doubles one is taken back."""
     x = x0.clone()
     opt = BatchedLBFGS(x, lrs, history_size=m)
     out = torch.empty(steps, *x0.shape, dtype=x0.dtype)
     for k in range(steps):
         g = batched_grad(f, x, None if weights is None else weights[k])
         act = None if active is None else torch.tensor(active[k])
-        opt.step(g, act)
+        opt.step(g, act, torch.tensor(total_loss(f, x), dtype=x.dtype) if losses else None)
         if box is not None:
             x.clamp_(*box)
         out[k] = x
@@ -97,7 +99,7 @@ def assert_close(a, b):
 
 
 def total_loss(f, x):
-    return [f(b, x[b]).item() for b in range(B)]
+    return [f(b, x[b]).item() for b in range(x.shape[0])]
 
 
 def test_matches_torch_step_by_step():
@@ -289,3 +291,64 @@ def test_a_non_convex_start_with_one_rejected_pair_follows_torch():
     assert_close(ours, torch_paths(f, x0, lrs, 20, steps, rejections=True))
     assert total_loss(f, ours[-1]) == pytest.approx([-a * a / 4] * B, abs=1e-6)  # the minimum, -a²/4
 
+
+
+def gram_problem(seed, n=4, m=6):
+    """f(X) = ||X X^T / m - G||_F^2, a Gram matrix's squared error (quartic in X), as the style
+    loss is; G is the Gram matrix of a random target. One sample: B = 1."""
+    gen = torch.Generator().manual_seed(seed)
+    target = torch.randn(n, m, generator=gen, dtype=torch.float64)
+    gram = target @ target.T / m
+    x0 = 0.3 * torch.randn(1, n, m, generator=gen, dtype=torch.float64)
+    return (lambda b, xb: ((xb @ xb.T / m - gram) ** 2).sum()), x0
+
+
+def test_a_step_that_blows_the_loss_up_is_taken_back():
+    # The premise, from torch's L-BFGS without line search on a Gram loss: its 4th step,
+    # from a pair over a short step, overshoots 50x, its 7th 1e6x, and after 30 steps it is
+    # still at a tenth of the start.
+    f, x0 = gram_problem(31)
+    ref = [total_loss(f, x0)[0]] + [total_loss(f, x[None])[0] for x in _torch_path_one(f, x0, 30, 40)]
+    assert max(b / a for a, b in zip(ref, ref[1:])) > 1e5 and ref[-1] > 0.05 * ref[0]
+    # Without the losses the batched L-BFGS is torch's, blow-ups included (40 slots: the ring's
+    # departure plays no part).
+    assert_close(batched_path(f, x0, [1.0], 40, 30)[:, 0], torch.stack(_torch_path_one(f, x0, 30, 40)))
+    # Given them, it takes the failed step back and converges (to the global minimum, 0).
+    path = batched_path(f, x0, [1.0], 40, 30, losses=True)
+    losses = [total_loss(f, x0)[0]] + [total_loss(f, x)[0] for x in path]
+    assert losses[-1] < 1e-12 * losses[0]
+    # Each blow-up is followed by a point below the one the failed step left: the step back
+    # is the quadratic's minimum within [0.1, 0.5] of the failed step.
+    for k in range(1, len(losses) - 1):
+        if losses[k] > 2 * losses[k - 1]:
+            assert losses[k + 1] < losses[k - 1]
+
+
+def test_without_blow_ups_the_losses_change_nothing():
+    # Samples 1 and 2 of the convex problem never rise by 2x on torch's path; sample 0 doubles
+    # its loss at step 2 (59 -> 120), so it alone is taken back and leaves torch's path.
+    f, x0 = make_problem()
+    ref = torch_paths(f, x0, LRS, 5, 25)
+    losses = torch.tensor([total_loss(f, x0)] + [total_loss(f, x) for x in ref])  # (steps + 1, B)
+    assert ((losses[1:] / losses[:-1]).amax(0) > 2).tolist() == [True, False, False]
+    got = batched_path(f, x0, LRS, 5, 25, losses=True)
+    assert_close(got[:, 1:], ref[:, 1:])
+    assert (got[2, 0] - ref[2, 0]).abs().max() > 1e-3
+
+
+def _torch_path_one(f, x0, steps, m):
+    xb = x0[0].clone().requires_grad_(True)
+    opt = torch.optim.LBFGS([xb], lr=1.0, max_iter=1, history_size=m, line_search_fn=None,
+                            tolerance_grad=0, tolerance_change=0)
+    out = []
+
+    def closure():
+        opt.zero_grad()
+        loss = f(0, xb)
+        loss.backward()
+        return loss
+
+    for _ in range(steps):
+        opt.step(closure)
+        out.append(xb.detach().clone())
+    return out

@@ -151,6 +151,7 @@ def optimize(
             # Each sample's optimizer sees one function: its loss divided by its first value.
             first_value = torch.where(finite, total.detach().abs(), 1.0).clamp(min=1e-12)
             total = total / scale.setdefault("value", first_value)
+        first["total"] = total.detach()  # (B,) what each sample's optimizer sees, for L-BFGS's retries
         loss = torch.where(finite, total, 0.0).sum()
         loss.backward()
         keep = finite.view(-1, 1, 1, 1)
@@ -238,7 +239,7 @@ def optimize(
         before = current().detach().clone() if clamp == "every_step" and torch_lbfgs else None
         if batched:
             evaluate()
-            optimizer.step(x.grad, frozen["mask"])
+            optimizer.step(x.grad, frozen["mask"], first["total"])
         else:
             optimizer.step(evaluate)
         # The step's first evaluation was of the image the previous step left.

@@ -42,7 +42,21 @@ class BatchedLBFGS:
       the first pair is accepted (then L-BFGS's own scale ``y.s / y.y`` takes over). With at
       most one rejection before the first acceptance (``r = 1``) this is torch's step.
 
-    Without rejections the two agree exactly; ``accepted`` and ``rejected`` count the pairs.
+    - Steps that blow up are taken back (when ``step`` is given the losses). Without a line
+      search, a pair taken over a short step can underestimate the curvature of a Gram loss
+      (quartic in the pixels) by orders of magnitude, and the next step overshoots: on
+      conv-output layers (layers=pytorch_tutorial, 64 px) the loss rose 76x in one step and
+      stayed 5-7x above its start for 30 steps. When a sample's loss more than doubles (rises
+      by more than ``|f|`` of the point the step left), the point is dropped: the next iterate
+      is that point plus a fraction of the failed step, the minimum of the quadratic through
+      the two losses and the slope, within [0.1, 0.5] (backtracking, Nocedal & Wright 3.5); the
+      failed step's pair still enters the history (it measures the curvature along the step),
+      and the steps that follow are scaled by the product of those fractions, which doubles back
+      to 1 with each step that is kept (a trust radius). ``retried`` counts them. The failed
+      point's gradient is that step's one evaluation: nothing is evaluated twice.
+
+    Without rejections or retries the two agree exactly; ``accepted`` and ``rejected`` count the
+    pairs.
     """
 
     def __init__(self, x: torch.Tensor, lr: float | Sequence[float] | torch.Tensor,
@@ -71,13 +85,19 @@ class BatchedLBFGS:
         # (B,) curvature pairs formed so far: accepted into the history, or rejected.
         self.accepted = torch.zeros(B, dtype=torch.long, device=x.device)
         self.rejected = torch.zeros(B, dtype=torch.long, device=x.device)
+        self.f_prev = torch.zeros(B, **opts)  # (B,) the loss at x_prev, where one was given
+        self.retried = torch.zeros(B, dtype=torch.long, device=x.device)  # (B,) steps taken again
+        self.reach = torch.ones(B, **opts)  # (B,) the step's scale after retries, back to 1 by doubling
 
     @torch.no_grad()
-    def step(self, grad: torch.Tensor, active: torch.Tensor | None = None) -> None:
+    def step(self, grad: torch.Tensor, active: torch.Tensor | None = None,
+             loss: torch.Tensor | None = None) -> None:
         """One L-BFGS step from the gradient ``grad`` (shape of x) taken at the current ``x``.
 
         ``active`` (B,) bool: samples marked False neither move nor change their state
         (their ring slot of this step is filled with a no-op pair, like a rejection).
+        ``loss`` (B,): each sample's loss at ``x``; a step that more than doubled it is taken
+        again (see the class's departures). Without it, torch's step is taken.
         """
         B = self.x.shape[0]
         x = self.x.view(B, -1)  # (B, N), shares storage with self.x
@@ -105,6 +125,22 @@ class BatchedLBFGS:
             self.h_diag = torch.where(accept, ys / (y * y).sum(-1), self.h_diag)
             self.pos = (self.pos + 1) % self.m
             self.count = min(self.count + 1, self.m)
+        # A step that more than doubled a finite loss is taken again from where it started.
+        # (NaN compares False: a diverged sample is the engine's to stop.)
+        f = self.f_prev if loss is None else loss.detach().reshape(B).to(x.dtype)
+        retry = (self.started & live & torch.isfinite(f) & (f - self.f_prev > self.f_prev.abs())
+                 if self.steps > 0 and loss is not None else torch.zeros_like(live))
+        self.retried += retry
+        if self.steps > 0:
+            # Backtracking along the failed step s: the minimum of the quadratic through f(x_prev),
+            # its slope g_prev.s and f(x_prev + s), kept within [0.1, 0.5] of s (Nocedal & Wright,
+            # Numerical Optimization, 3.5).
+            slope = (self.g_prev * s).sum(-1)  # (B,) < 0: the step was a descent direction
+            curve = (f - self.f_prev - slope).clamp(min=1e-30)
+            back = (-slope / (2 * curve)).nan_to_num(0.5).clamp(0.1, 0.5)  # (B,)
+            retry_x = self.x_prev + back[:, None] * s
+            self.reach = torch.where(retry, self.reach * back, (2 * self.reach).clamp(max=1.0))
+        rv = retry[:, None]
 
         # Two-loop recursion over the filled slots, newest first; slots with ro = 0 give
         # alpha = beta = 0 and leave q / d exactly unchanged, which is how rejection is handled.
@@ -127,18 +163,21 @@ class BatchedLBFGS:
         # Step length: torch's min(1, 1/||g||_1) * lr on the first step, lr afterwards; while
         # no pair was accepted, lr * 2^(rejections - 1) (see the class's departures).
         growth = torch.where(self.accepted == 0, 2.0 ** (self.rejected - 1).clamp(min=0).to(x.dtype), 1.0)
-        t = torch.where(first, torch.clamp(1.0 / g.abs().sum(-1), max=1.0) * self.lr, self.lr * growth)  # (B,)
+        t = torch.where(first, torch.clamp(1.0 / g.abs().sum(-1), max=1.0) * self.lr, self.lr * growth * self.reach)
         # torch breaks before moving when g.d > -tolerance_change (= 0), but still records the
         # state below; comparing `> 0` keeps its handling of g.d == 0 and NaN.
         move = live & ~((g * d).sum(-1) > 0)  # (B,)
 
         # State of live samples moves to the current point (the start of this step, where grad
         # was taken); frozen and zero-gradient samples keep theirs.
-        lv = live[:, None]
+        lv = (live & ~retry)[:, None]
         self.x_prev = torch.where(lv, x, self.x_prev)
         self.g_prev = torch.where(lv, g, self.g_prev)
+        self.f_prev = torch.where(lv[:, 0], f, self.f_prev)
         self.started = self.started | live
         self.steps += 1
 
         # where (not a product with the mask) so a NaN direction cannot leak into a frozen sample.
         x.add_(torch.where(move[:, None], t[:, None] * d, 0.0))
+        if self.steps > 1:
+            x.copy_(torch.where(rv, retry_x, x))
