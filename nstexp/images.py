@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     import torch
 
 SAMPLE_PREFIX = "sample:"
+# The bundled samples (nstexp/samples/README.md): the made ones as PNG, the paintings and photos as JPEG.
+SAMPLE_TYPES = (".png", ".jpg")
 # A pipe (`content.image=<(curl -s URL)`) can be read only once: what each gave, by path, for
 # the later reads of the same run (coarse-to-fine levels, the metrics) and of later jobs.
 _PIPES: dict[str, Image.Image] = {}
@@ -26,7 +28,7 @@ MAX_PIXELS = Image.MAX_IMAGE_PIXELS
 
 def samples() -> list[str]:
     folder = importlib.resources.files("nstexp") / "samples"
-    return sorted(p.name.rsplit(".", 1)[0] for p in folder.iterdir() if p.name.endswith(".png"))
+    return sorted(p.name.rsplit(".", 1)[0] for p in folder.iterdir() if p.name.endswith(SAMPLE_TYPES))
 
 
 def resolve(spec: str, key: str) -> str:
@@ -36,7 +38,8 @@ def resolve(spec: str, key: str) -> str:
         if name not in samples():
             allowed = ", ".join(SAMPLE_PREFIX + s for s in samples())
             raise NstexpError(f"{key}={spec}: no such bundled sample (allowed: {allowed}, or a file path)")
-        return str(importlib.resources.files("nstexp") / "samples" / f"{name}.png")
+        folder = importlib.resources.files("nstexp") / "samples"
+        return str(next(folder / f"{name}{t}" for t in SAMPLE_TYPES if (folder / f"{name}{t}").is_file()))
     return spec
 
 

@@ -139,11 +139,27 @@ def test_decompression_bomb_is_refused(tmp_path):
 
 
 def test_samples_and_unknown_sample():
-    assert {"chelsea", "swirls", "coffee", "mosaic"} <= set(images.samples())
+    assert {"chelsea", "swirls", "coffee", "mosaic", "tubingen", "starry_night"} <= set(images.samples())
     assert images.load_image("sample:chelsea").size == (451, 300)
+    # The Figure 2 inputs are JPEG copies, 512 px on the long side.
+    assert images.load_image("sample:tubingen").size == (512, 384)
+    assert max(images.load_image("sample:starry_night").size) == 512
     with pytest.raises(NstexpError, match="allowed: sample:chelsea, sample:coffee, sample:coffee_saucer, "
-                       "sample:coffee_table, sample:mosaic, sample:swirls, or a file path"):
+                       "sample:coffee_table, sample:mosaic, sample:shipwreck, sample:starry_night, "
+                       "sample:swirls, sample:the_scream, sample:tubingen, or a file path"):
         images.load_image("sample:nope", "style.image")
+
+
+@pytest.mark.parametrize("pair", ["chelsea_swirls", "coffee_mosaic", "tubingen_starry_night"])
+def test_a_pair_sets_both_images_to_bundled_samples(pair):
+    from nstexp.composition import compose_job
+
+    cfg = compose_job([f"pair={pair}"])
+    content, style = pair.split("_", 1)
+    assert (cfg.content.image, cfg.style.image) == (f"sample:{content}", f"sample:{style}")
+    assert images.load_image(cfg.content.image) and images.load_image(cfg.style.image)
+    # After a recipe in the defaults list: the pair wins over the recipe's own images.
+    assert compose_job(["experiment=seed004_style_only", f"pair={pair}"]).style.image == f"sample:{style}"
 
 
 def test_resize_and_tensor_round_trip():
