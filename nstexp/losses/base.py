@@ -8,7 +8,7 @@ Adding a loss: a class in the family's file (or a new file imported by nstexp/lo
 decorated with `@register` under the name `style.loss=<name>` (or `content.loss=<name>`) selects;
 the options it reads from its config section documented in conf/ and docs/config.md; its tests.
 
-A joint loss (`joint = True`: strotss, self_similarity) sees all its layers at once instead of
+A joint loss (`joint = True`: strotss, nnst, self_similarity) sees all its layers at once instead of
 one at a time: its `target` and `distance` take LayerStacks in place of one layer's features,
 and the objective keeps its one term under the name JOINT.
 """

@@ -3,9 +3,11 @@
 total = content.weight * sum_l c_l L_content,l + style.weight * sum_l w_l E_l + tv.weight * TV
         + laplacian.weight * L_lap (Li et al. 2017, nstexp.losses.laplacian)
 
-A joint loss (StyleLoss.joint, ContentLoss.joint: strotss, self_similarity) is one term over all
+A joint loss (StyleLoss.joint, ContentLoss.joint: strotss, nnst, self_similarity) is one term over all
 its layers, computed from a LayerStack of the image and those layers' features (the loss weighs
-the layers itself): its sum above is that one term, under the name JOINT, weighted 1.
+the layers itself): its sum above is that one term, under the name JOINT, weighted 1. A joint
+style loss with `query_blend` α > 0 (nnst) also gets, on demand, the stack of the image
+(1 − α) x + α c, a blend of the result and the content, as LayerStack.query.
 """
 
 from __future__ import annotations
