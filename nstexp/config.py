@@ -15,7 +15,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from nstexp.errors import NstexpError
-from nstexp.loss_options import CMDConfig, MMDConfig, MRFConfig, SelfSimilarityConfig, STROTSSConfig
+from nstexp.loss_options import CMDConfig, MMDConfig, MRFConfig, NNSTConfig, SelfSimilarityConfig, STROTSSConfig
 
 
 def _data_dir(name: str, marker: str) -> str:
@@ -42,7 +42,7 @@ CONTENT_NORMALIZATIONS = ("gatys", "mean")
 STYLE_NORMALIZATIONS = ("gatys", "mean", "cosine")
 STYLE_BALANCES = ("none", "content")
 MRF_REDUCTIONS = ("mean", "sum")
-COLOR_MODES = ("none", "luminance", "histogram", "swap")
+COLOR_MODES = ("none", "luminance", "histogram", "swap", "nnst")
 OPTIMIZERS = ("lbfgs", "adam")
 LINE_SEARCHES = ("none", "strong_wolfe")
 INITS = ("content", "noise", "style", "image")
@@ -112,8 +112,9 @@ class StyleConfig:
     # A registered style loss (nstexp.losses.base.STYLE_LOSSES): gram (Gatys et al.), w2
     # (Wasserstein-2 between Gaussian fits), sliced (Heitz et al.), mmd_linear, mmd_poly,
     # mmd_gaussian, bn (Li et al. 2017), cmd (Kalischek et al. 2021), histogram (Risser et al.
-    # 2017), mrf (Li & Wand 2016), strotss (Kolkin et al. 2019, all style layers at once, not in a
-    # mix); or a weighted mix, a mapping name -> weight: {gram: 1, histogram: 0.5}.
+    # 2017), mrf (Li & Wand 2016), strotss (Kolkin et al. 2019), nnst (Kolkin et al. 2022; these two
+    # take all style layers at once, not in a mix); or a weighted mix, a mapping name -> weight:
+    # {gram: 1, histogram: 0.5}.
     loss: Any = "gram"
     # Of the Gram matrices; the w2 and sliced losses have no normalization to choose.
     normalization: str = "gatys"
@@ -128,11 +129,12 @@ class StyleConfig:
     cmd: CMDConfig = field(default_factory=CMDConfig)
     mrf: MRFConfig = field(default_factory=MRFConfig)
     strotss: STROTSSConfig = field(default_factory=STROTSSConfig)
+    nnst: NNSTConfig = field(default_factory=NNSTConfig)
 
 
 @dataclass
 class ColorConfig:
-    # none | luminance | histogram | swap (see nstexp/run/colour.py)
+    # none | luminance | histogram | swap | nnst (see nstexp/run/colour.py)
     preserve: str = "none"
 
 

@@ -1,11 +1,16 @@
 """The schema's sections for the options of single losses: `style.mmd`, `style.cmd`, `style.mrf`,
-`style.strotss` and `content.self_similarity` (nstexp.config holds the rest of the schema, and
+`style.strotss`, `style.nnst` and `content.self_similarity` (nstexp.config holds the rest of the schema, and
 includes these). Each loss reads its own section; validation checks them."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import List, Optional
+
+from nstexp.errors import ConfigError
+
+# style.nnst.augment's choices (nstexp.losses.nnst.rotated).
+NNST_AUGMENTS = ("none", "rotations", "rotations_mirrored")
 
 
 @dataclass
@@ -69,3 +74,29 @@ class STROTSSConfig:
     # 57.6 = 255 × 0.226 puts the Caffe VGG-19's activations on the scale of torchvision's, which
     # STROTSS uses (it sets the RGB's share of the cosines and the moment term's size); 1 with imagenet.
     scale: float = 57.6
+
+
+@dataclass
+class NNSTConfig:
+    # nnst (Kolkin et al. 2022): hypercolumns on a grid of one cell every `stride` pixels (NNST's 4).
+    stride: int = 4
+    # The content's share α of the image (1 − α) result + α content whose features are matched to
+    # the style's (NNST's --alpha, 0.75); 0: the result's own.
+    alpha: float = 0.75
+    # The targets are searched anew every this many evaluations, and at each level's first;
+    # 0: once per level (NNST's), 1: at every evaluation.
+    refresh: int = 0
+    # The style's views: none, rotations (by 90, 180, 270 degrees: NNST's flip_aug), or
+    # rotations_mirrored (each rotation mirrored too: 8 views).
+    augment: str = "rotations"
+
+
+def check_nnst(o) -> None:
+    """Refuse bad `style.nnst` options in one line (nstexp.validation calls this)."""
+    if o.stride < 1 or o.refresh < 0:
+        key, value, low = ("stride", o.stride, 1) if o.stride < 1 else ("refresh", o.refresh, 0)
+        raise ConfigError(f"style.nnst.{key}={value} must be >= {low}" + (" (0: once per level)" if low == 0 else ""))
+    if not 0 <= o.alpha <= 1:
+        raise ConfigError(f"style.nnst.alpha={o.alpha} must be in [0, 1] (the content's share of the matched image)")
+    if o.augment not in NNST_AUGMENTS:
+        raise ConfigError(f"style.nnst.augment={o.augment!r} is not allowed (allowed: {', '.join(NNST_AUGMENTS)})")

