@@ -51,7 +51,7 @@ def test_adam_continues_where_it_stopped():
     assert old["exp_avg"].shape == (1, 3, 4, 4)  # the original is left alone
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "lbfgs"])
+@pytest.mark.parametrize("optimizer", ["adam", "lbfgs", "rmsprop"])
 def test_a_run_across_levels(tmp_path, optimizer):
     summary = run(_cfg("size=64", "steps=3", "scales.min=32", "scales.factor=1.4142135623730951", "scales.first_steps=4",
                        f"optimizer={optimizer}",
