@@ -201,12 +201,16 @@ def test_the_command_runs_rmsprop_on_the_pyramid(tmp_path, wandb_env):
     assert rows[0]["loss/total"] == pytest.approx(pixels["final/loss/total"], rel=1e-4)
 
 
-def test_a_coarse_to_fine_run_on_the_pyramid(tmp_path):
-    summary = run(tiny_cfg("size=64", "steps=2", "scales.min=32", "optimizer=rmsprop", "param=laplacian_pyramid",
-                           "param_levels=3", "clamp=at_end"), str(tmp_path))
-    assert summary["status"] == "completed" and summary["levels"] == [32, 64] and summary["steps"] == 4
+@pytest.mark.parametrize("optimizer,clamp", [("rmsprop", "at_end"), ("adam", "every_step"), ("lbfgs", "every_step")])
+def test_a_coarse_to_fine_run_on_the_pyramid(tmp_path, optimizer, clamp):
+    summary = run(tiny_cfg("size=64", "steps=3", "scales.min=32", f"optimizer={optimizer}", "param=laplacian_pyramid",
+                           "param_levels=3", f"clamp={clamp}"), str(tmp_path))
+    assert summary["status"] == "completed" and summary["levels"] == [32, 64] and summary["steps"] == 6
     rows = _rows(tmp_path)
-    assert [r["level"] for r in rows] == [0, 0, 0, 1, 1]
+    assert [r["level"] for r in rows] == [0] * 4 + [1] * 3
+    for level in (0, 1):  # each level's pyramid, rebuilt from the upsampled image, makes progress
+        losses = [r["loss/total"] for r in rows if r["level"] == level]
+        assert losses[-1] < losses[0], (level, losses)
 
 
 def test_jobs_on_pixels_and_on_a_pyramid_go_into_separate_batches():
