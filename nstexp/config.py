@@ -43,7 +43,9 @@ STYLE_NORMALIZATIONS = ("gatys", "mean", "cosine")
 STYLE_BALANCES = ("none", "content")
 MRF_REDUCTIONS = ("mean", "sum")
 COLOR_MODES = ("none", "luminance", "histogram", "swap", "nnst")
-OPTIMIZERS = ("lbfgs", "adam")
+OPTIMIZERS = ("lbfgs", "adam", "rmsprop")
+# What the optimizer moves (nstexp/optim/parameterization.py).
+PARAMS = ("pixels", "laplacian_pyramid")
 LINE_SEARCHES = ("none", "strong_wolfe")
 INITS = ("content", "noise", "style", "image")
 CLAMPS = ("every_step", "at_end")
@@ -180,6 +182,19 @@ class AdamConfig:
 
 
 @dataclass
+class RMSpropConfig:
+    name: str = "rmsprop"
+    # STROTSS's, for the bands of a Laplacian pyramid (param=laplacian_pyramid), in units of the
+    # RGB [0, 1] image; no bias correction: the first steps move about 10x lr.
+    lr: float = 2e-3
+    # Decay of the average of squared gradients (torch's default, STROTSS's).
+    alpha: float = 0.99
+    eps: float = 1e-8
+    # As Adam's: the decay of a bias-corrected average of the images reported; 0 = off.
+    ema: float = 0.0
+
+
+@dataclass
 class InitConfig:
     kind: str = "content"
     # For kind=image: the image to start from.
@@ -229,6 +244,11 @@ class Config:
     laplacian: LaplacianConfig = field(default_factory=LaplacianConfig)
     # Typed by the schema of the chosen optimizer/ option.
     optimizer: Any = MISSING
+    # What the optimizer moves: pixels, or laplacian_pyramid (the `param_levels` bands and the
+    # low-pass residual of a Laplacian pyramid of the image, as STROTSS does; rebuilt from the
+    # upsampled image at each coarse-to-fine level).
+    param: str = "pixels"
+    param_levels: int = 5
     init: InitConfig = field(default_factory=InitConfig)
     # None: 100 on CPU, 200 on a GPU (per coarse-to-fine level).
     steps: Optional[int] = None
@@ -269,3 +289,4 @@ def register() -> None:
     cs.store(name="config_schema", node=Config)
     cs.store(group="optimizer", name="lbfgs_schema", node=LBFGSConfig)
     cs.store(group="optimizer", name="adam_schema", node=AdamConfig)
+    cs.store(group="optimizer", name="rmsprop_schema", node=RMSpropConfig)

@@ -27,6 +27,7 @@ from nstexp.config import (
     MRF_REDUCTIONS,
     OPTIMIZERS,
     PADDINGS,
+    PARAMS,
     POOLING,
     PRECISIONS,
     PREPROCESSING,
@@ -148,15 +149,11 @@ def validate(cfg: DictConfig) -> None:
     b = cfg.backbone
     _choice("backbone.arch", b.arch, ARCHS)
     if b.weights not in WEIGHTS and not os.path.isfile(b.weights):
-        raise ConfigError(
-            f"backbone.weights={b.weights!r} is neither a known source nor a file "
-            f"(allowed: {', '.join(WEIGHTS)}, or a path to a state dict file)"
-        )
+        raise ConfigError(f"backbone.weights={b.weights!r} is neither a known source nor a file "
+                          f"(allowed: {', '.join(WEIGHTS)}, or a path to a state dict file)")
     if b.weights in CAFFE_WEIGHTS and b.arch != "vgg19":
-        raise ConfigError(
-            f"backbone.weights={b.weights} exists only for vgg19, not {b.arch} "
-            "(use backbone.weights=imagenet|random|<path>)"
-        )
+        raise ConfigError(f"backbone.weights={b.weights} exists only for vgg19, not {b.arch} "
+                          "(use backbone.weights=imagenet|random|<path>)")
     _choice("backbone.preprocessing", b.preprocessing, PREPROCESSING)
     _choice("backbone.pooling", b.pooling, POOLING)
     _choice("backbone.padding", b.padding, PADDINGS)
@@ -168,10 +165,7 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"layers.{part} has no layer with a weight > 0 but {part}.weight > 0")
         for name, w in layers.items():
             if name not in names:
-                raise ConfigError(
-                    f"layers.{part}: unknown layer {name!r} for {b.arch} "
-                    f"(allowed: {', '.join(names)})"
-                )
+                raise ConfigError(f"layers.{part}: unknown layer {name!r} for {b.arch} (allowed: {', '.join(names)})")
             _at_least(f"layers.{part}.{name}", w, 0)
 
     _choice("content.normalization", cfg.content.normalization, CONTENT_NORMALIZATIONS)
@@ -267,11 +261,17 @@ def validate(cfg: DictConfig) -> None:
         _at_least("optimizer.max_iter", opt.max_iter, 1)
         _at_least("optimizer.history_size", opt.history_size, 1)
     else:
-        if len(opt.betas) != 2 or not all(0 <= b < 1 for b in opt.betas):
+        if opt.name == "adam" and (len(opt.betas) != 2 or not all(0 <= b < 1 for b in opt.betas)):
             raise ConfigError(f"optimizer.betas={list(opt.betas)} must be two numbers in [0, 1)")
+        if opt.name == "rmsprop" and not 0 <= opt.alpha < 1:
+            raise ConfigError(f"optimizer.alpha={opt.alpha} must be in [0, 1) (the decay of the gradients' squares)")
         _at_least("optimizer.eps", opt.eps, 0, strict=True)
         if not 0 <= opt.ema < 1:
             raise ConfigError(f"optimizer.ema={opt.ema} must be in [0, 1) (0 = no averaging)")
+
+    _choice("param", cfg.param, PARAMS)
+    if cfg.param == "laplacian_pyramid":
+        _at_least("param_levels (the Laplacian pyramid's bands)", cfg.param_levels, 1)
 
     _choice("init.kind", cfg.init.kind, INITS)
     if cfg.init.kind == "image" and not cfg.init.path:

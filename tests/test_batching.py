@@ -78,12 +78,20 @@ ADAM_CASES = {
     "optimizer.betas": [["optimizer.betas=[0.5,0.9]"]],
     "optimizer.eps": [["optimizer.eps=1e11"]],
 }
+# RMSprop's own settings, batched with an RMSprop base job on a Laplacian pyramid (param is shared).
+RMSPROP_CASES = {
+    "optimizer.lr": [["optimizer.lr=0.005"]],
+    "optimizer.alpha": [["optimizer.alpha=0.9"]],
+}
+OPTIMIZER_CASES = {"lbfgs": PER_JOB_CASES, "adam": ADAM_CASES, "rmsprop": RMSPROP_CASES}
 # A batched convolution differs from a single one in the last bits (about 3e-7 of a feature).
 # L-BFGS at lr 0.1 keeps that at that size; at lr 1 its first quasi-Newton steps on a 32 px
 # image, and Adam's first sign-like steps on the sliced loss's gradient, amplify it beyond 1e-5.
 # The cases vary the paper's loss (loss=gatys), whose content and style normalizations are `gatys`.
 BASE = {"lbfgs": ["loss=gatys", "optimizer.lr=0.1", "size=32", "steps=3", "eval.enabled=false", "eval.size=32"],
-        "adam": ["loss=gatys", "optimizer=adam", "size=32", "steps=3", "eval.enabled=false", "eval.size=32"]}
+        "adam": ["loss=gatys", "optimizer=adam", "size=32", "steps=3", "eval.enabled=false", "eval.size=32"],
+        "rmsprop": ["loss=gatys", "optimizer=rmsprop", "param=laplacian_pyramid", "size=32", "steps=3",
+                    "eval.enabled=false", "eval.size=32"]}
 # What a setting's base job adds to BASE, for the setting to mean something.
 CASE_BASE = {"style.blend_weights": ("style.blend_images=[sample:mosaic]", "style.blend_weights=[1,1]"),
              "tv.exponent": ("tv.weight=1e15",)}
@@ -100,14 +108,14 @@ def _run_alone(overrides, out_dir):
 def test_every_per_job_setting_has_a_case():
     from nstexp.run.job import PER_JOB
 
-    assert set(PER_JOB) <= set(PER_JOB_CASES) | set(ADAM_CASES)
+    assert set(PER_JOB) <= set(PER_JOB_CASES) | set(ADAM_CASES) | set(RMSPROP_CASES)
 
 
-@pytest.mark.parametrize("optimizer, setting", [("lbfgs", k) for k in sorted(PER_JOB_CASES)]
-                         + [("adam", k) for k in sorted(ADAM_CASES)])
+@pytest.mark.parametrize("optimizer, setting", [(name, k) for name, cases in OPTIMIZER_CASES.items()
+                                                for k in sorted(cases)])
 def test_jobs_that_differ_in_a_per_job_setting_get_what_they_get_alone(tmp_path, optimizer, setting):
     base = tuple(BASE[optimizer]) + CASE_BASE.get(setting, ())
-    variants = (PER_JOB_CASES if optimizer == "lbfgs" else ADAM_CASES)[setting]
+    variants = OPTIMIZER_CASES[optimizer][setting]
     jobs = [base] + [base + tuple(v) for v in variants]
     cfgs = [tiny_cfg(*o) for o in jobs]
     batches = batching.group(cfgs, batch_size=8)

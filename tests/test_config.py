@@ -80,7 +80,7 @@ def test_command_line_replaces_preset_values():
     [
         ("style.wieght=3", "unknown key 'style.wieght' (allowed in style: image,"),
         ("style.weight=abc", "style.weight=abc"),
-        ("optimizer=sgd", "optimizer=sgd: unknown option for optimizer (allowed: adam, lbfgs)"),
+        ("optimizer=sgd", "optimizer=sgd: unknown option for optimizer (allowed: adam, lbfgs, rmsprop)"),
         ("+layers.style.relu9_1=1", "unknown layer 'relu9_1' for vgg19 (allowed: conv1_1,"),
         ("layers.style={relu9_1: 1.0}", "Key 'relu9_1' is not in struct (prefix the override with + to add"),
         ("layers=picasso", "layers=picasso: unknown option for layers (allowed: hooks_blog, keras_vgg16,"),

@@ -195,7 +195,8 @@ def test_runs_log_the_metrics_at_snapshots_and_at_the_end(tmp_path):
 
 
 def test_stylize_refuses_a_bad_override_in_one_line():
-    with pytest.raises(NstexpError, match=r"optimizer=sgd: unknown option for optimizer \(allowed: adam, lbfgs\)"):
+    with pytest.raises(NstexpError,
+                       match=r"optimizer=sgd: unknown option for optimizer \(allowed: adam, lbfgs, rmsprop\)"):
         nstexp.stylize("sample:chelsea", "sample:swirls", optimizer="sgd")
 
 

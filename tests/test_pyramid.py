@@ -43,7 +43,7 @@ def test_adam_continues_where_it_stopped():
     second = optimize(first.image, objective, cfg, steps=2, optimizer_state=first.optimizer_state)
     assert torch.equal(second.image, whole.image)  # moments and step count carried over exactly
     # Resized for a larger image: shapes follow, the second moment stays >= 0.
-    resized = pyramid.resize_adam_state(first.optimizer_state, (8, 8))
+    resized = pyramid.resize_state(first.optimizer_state, (8, 8))
     (state,) = resized["state"].values()
     assert state["exp_avg"].shape == state["exp_avg_sq"].shape == (1, 3, 8, 8)
     assert state["exp_avg_sq"].min() >= 0
@@ -51,7 +51,7 @@ def test_adam_continues_where_it_stopped():
     assert old["exp_avg"].shape == (1, 3, 4, 4)  # the original is left alone
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "lbfgs"])
+@pytest.mark.parametrize("optimizer", ["adam", "lbfgs", "rmsprop"])
 def test_a_run_across_levels(tmp_path, optimizer):
     summary = run(_cfg("size=64", "steps=3", "scales.min=32", "scales.factor=1.4142135623730951", "scales.first_steps=4",
                        f"optimizer={optimizer}",

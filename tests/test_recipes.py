@@ -200,8 +200,9 @@ FACTS = {
         "content.weight": 2.0, "content.self_similarity.samples": 1024, "style.weight": 1.0,
         "style.strotss.samples": 1024, "style.strotss.style_samples": 5000, "style.strotss.moment_weight": 1.0,
         "style.strotss.palette_weight": 0.5, "style.strotss.scale": 57.6, "tv.weight": 0.0,
-        "optimizer.name": "adam", "optimizer.betas": [0.0, 0.99], "init.kind": "content", "clamp": "at_end",
-        "steps": 250, "size": 512, "scales.min": 64, "scales.factor": 2.0,
+        "optimizer.name": "rmsprop", "optimizer.lr": 2e-3, "optimizer.alpha": 0.99, "param": "laplacian_pyramid",
+        "param_levels": 5, "init.kind": "content", "clamp": "at_end", "steps": 250, "size": 512, "scales.min": 64,
+        "scales.factor": 2.0,
     },
     "nnst": {
         "backbone.weights": "caffe", "backbone.pooling": "max", "style.loss": "nnst",

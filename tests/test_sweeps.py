@@ -67,7 +67,7 @@ def test_wandb_sweep_file_mirrors_the_grid(name):
 def test_bad_swept_value_fails_before_any_job(tmp_path):
     r = run_cli(["-m", "optimizer=adam,sgd", f"hydra.sweep.dir={tmp_path}/s"], cwd=tmp_path)
     assert r.returncode == 2
-    assert r.stderr.strip() == "error: optimizer=sgd: unknown option for optimizer (allowed: adam, lbfgs)"
+    assert r.stderr.strip() == "error: optimizer=sgd: unknown option for optimizer (allowed: adam, lbfgs, rmsprop)"
     assert not (tmp_path / "s").exists()
 
 

@@ -15,8 +15,7 @@ from typing import Callable
 import torch
 
 from nstexp.losses.objective import LossTerms
-from nstexp.optim import optimizers
-from nstexp.optim.lbfgs import BatchedLBFGS
+from nstexp.optim import optimizers, parameterization
 
 
 @dataclass
@@ -39,7 +38,7 @@ class Result:
     image: torch.Tensor  # (B, 3, H, W): each sample's last image whose losses were finite, in [0, 1]
     sample_steps: list[int]  # per sample: the step that made its image
     evals: int  # every evaluation (of the whole batch), the final measurement included
-    optimizer_state: dict | None = None  # Adam's, to warm-start the next coarse-to-fine level
+    optimizer_state: dict | None = None  # Adam's or RMSprop's, to warm-start the next coarse-to-fine level
     # Per sample: the losses of its image, (1,) each; None for a sample without a finite one.
     sample_terms: list[LossTerms | None] | None = None
     # Per sample: the evaluations and seconds it took part in, until it stopped: what it
@@ -85,8 +84,10 @@ def optimize(
     should_stop: Callable[[], bool] = lambda: False,
     optimizer_state: dict | None = None,
     check_every: int = 1,
+    param=None,
 ) -> Result:
-    """Optimize the pixels of `image` (B, 3, H, W) for `steps` optimizer steps.
+    """Optimize `image` (B, 3, H, W) for `steps` optimizer steps: its pixels, or the variable of
+    `param` (nstexp.optim.parameterization, made from `image`; the objective sees the image).
 
     The B samples are independent problems (the objective's losses are per sample): each may
     have its own optimizer settings (`optimizer_cfg` a list of B configs; the name, history size,
@@ -108,24 +109,14 @@ def optimize(
     cfgs = list(optimizer_cfg) if isinstance(optimizer_cfg, (list, tuple)) else [optimizer_cfg] * batch
     cfg = cfgs[0]
     batched = optimizers.uses_batched_lbfgs(cfg)
-    if batched:
-        x = image.detach().clone().contiguous().requires_grad_(True)
-        parts = [x]
-        optimizer = BatchedLBFGS(x, [c.lr for c in cfgs], cfg.history_size)
-    else:
-        # Adam: a leaf per sample, so that each is a parameter group with its own settings.
-        parts = [image[b:b + 1].detach().clone().requires_grad_(True) for b in range(batch)]
-        if cfg.name == "adam":
-            optimizer = optimizers.adam(parts, cfgs)
-        elif batch == 1:
-            optimizer = optimizers.build_optimizer(parts, cfg)
-        else:
-            raise ValueError("torch's L-BFGS (a line search, or max_iter > 1) optimizes one sample at a time")
-        if optimizer_state is not None:
-            optimizer.load_state_dict(optimizer_state)
+    space, hw = param or parameterization.Pixels(), tuple(image.shape[-2:])
+    parts, optimizer = optimizers.for_samples(space.encode(image.detach()), cfgs)
+    if optimizer_state is not None and not batched:
+        optimizer.load_state_dict(optimizer_state)
 
     def current() -> torch.Tensor:
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
+        """The image the variable makes (with its graph)."""
+        return space.decode(parts[0] if len(parts) == 1 else torch.cat(parts), hw)
 
     decay = float(getattr(cfg, "ema", 0.0) or 0.0)
     average = optimizers.IterateAverage(current(), decay) if decay else None
@@ -154,7 +145,7 @@ def optimize(
         first["total"] = total.detach()  # (B,) what each sample's optimizer sees, for L-BFGS's retries
         loss = torch.where(finite, total, 0.0).sum()
         loss.backward()
-        keep = finite.view(-1, 1, 1, 1)
+        keep = finite.view(-1, *[1] * (parts[0].dim() - 1))
         if len(parts) == 1:
             parts[0].grad = torch.where(keep, parts[0].grad, 0.0)
         else:
@@ -187,7 +178,7 @@ def optimize(
         if batched:
             frozen["mask"] = torch.tensor(active, device=image.device)
         else:
-            optimizer.param_groups[b]["lr"] = 0.0  # Adam's group of sample b (torch's L-BFGS: the only one)
+            optimizer.param_groups[b]["lr"] = 0.0  # sample b's group (torch's L-BFGS: the only one)
 
     # Steps whose losses the device holds but the host has not read:
     # (step, evals, time, image, terms, pair counts).
@@ -236,10 +227,10 @@ def optimize(
         first.clear()
         # torch's L-BFGS needs the start of the step to correct its record of a clamped step.
         torch_lbfgs = isinstance(optimizer, torch.optim.LBFGS)
-        before = current().detach().clone() if clamp == "every_step" and torch_lbfgs else None
+        before = parts[0].detach().clone() if clamp == "every_step" and torch_lbfgs else None
         if batched:
             evaluate()
-            optimizer.step(x.grad, frozen["mask"], first["total"])
+            optimizer.step(parts[0].grad, frozen["mask"], first["total"])
         else:
             optimizer.step(evaluate)
         # The step's first evaluation was of the image the previous step left.
@@ -247,7 +238,7 @@ def optimize(
         if clamp == "every_step":
             with torch.no_grad():
                 for p in parts:
-                    p.clamp_(0.0, 1.0)
+                    space.clamp_(p, hw)
             if before is not None and len(parts) == 1:
                 optimizers.tell_lbfgs_the_clamped_step(optimizer, parts[0], before)
         pending = (step, evals, time.perf_counter() - t0, shown(), pairs())
@@ -291,6 +282,6 @@ def optimize(
             sample_evals[b] += 1  # alone, this sample would have been measured again too
     if interrupted:
         statuses = ["interrupted" if s == "completed" else s for s in statuses]
-    state = optimizer.state_dict() if isinstance(optimizer, torch.optim.Adam) else None
+    state = optimizer.state_dict() if isinstance(optimizer, (torch.optim.Adam, torch.optim.RMSprop)) else None
     return Result(statuses, final, [step for _, _, step in good], evals, state, good_terms, sample_evals, sample_time,
                   last_pairs or None)

@@ -1,9 +1,14 @@
-"""The optimizers the loop steps: torch's Adam and L-BFGS (nstexp.optim.lbfgs for batches), and the
-running average of the iterates reported instead of the last one."""
+"""The optimizers the loop steps: torch's Adam, RMSprop and L-BFGS (nstexp.optim.lbfgs for batches),
+and the running average of the iterates reported instead of the last one."""
 
 from __future__ import annotations
 
 import torch
+
+from nstexp.optim.lbfgs import BatchedLBFGS
+
+# The optimizers whose samples are parameter groups of one torch optimizer, each with its own settings.
+PER_SAMPLE = ("adam", "rmsprop")
 
 
 def uses_batched_lbfgs(cfg) -> bool:
@@ -24,9 +29,25 @@ def build_optimizer(params: list[torch.Tensor], cfg) -> torch.optim.Optimizer:
             tolerance_grad=0.0,
             tolerance_change=0.0,
         )
-    if cfg.name == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+    if cfg.name in PER_SAMPLE:
+        return per_sample(params, [cfg] * len(params))
     raise ValueError(f"unknown optimizer {cfg.name!r}")
+
+
+def for_samples(variable: torch.Tensor, cfgs: list) -> tuple[list[torch.Tensor], object]:
+    """The leaves the optimizer moves, made from `variable` (B, ...), and the optimizer: the
+    batched L-BFGS on one leaf, Adam or RMSprop on a leaf per sample (each a parameter group
+    with its own settings), or torch's L-BFGS (a line search, or max_iter > 1: B = 1 only)."""
+    cfg = cfgs[0]
+    if uses_batched_lbfgs(cfg):
+        x = variable.detach().clone().contiguous().requires_grad_(True)
+        return [x], BatchedLBFGS(x, [c.lr for c in cfgs], cfg.history_size)
+    parts = [variable[b:b + 1].detach().clone().requires_grad_(True) for b in range(variable.shape[0])]
+    if cfg.name in PER_SAMPLE:
+        return parts, per_sample(parts, cfgs)
+    if len(parts) > 1:
+        raise ValueError("torch's L-BFGS (a line search, or max_iter > 1) optimizes one sample at a time")
+    return parts, build_optimizer(parts, cfg)
 
 
 def adam(parts: list[torch.Tensor], cfgs: list) -> torch.optim.Adam:
@@ -34,6 +55,17 @@ def adam(parts: list[torch.Tensor], cfgs: list) -> torch.optim.Adam:
     sample exactly the Adam it would have alone."""
     groups = [{"params": [p], "lr": c.lr, "betas": tuple(c.betas), "eps": c.eps} for p, c in zip(parts, cfgs)]
     return torch.optim.Adam(groups)
+
+
+def rmsprop(parts: list[torch.Tensor], cfgs: list) -> torch.optim.RMSprop:
+    """One RMSprop over every sample, each a parameter group with its own lr, alpha and eps: torch's
+    RMSprop without momentum, not centred (STROTSS's: torch's defaults but for the lr)."""
+    groups = [{"params": [p], "lr": c.lr, "alpha": c.alpha, "eps": c.eps} for p, c in zip(parts, cfgs)]
+    return torch.optim.RMSprop(groups)
+
+
+def per_sample(parts: list[torch.Tensor], cfgs: list) -> torch.optim.Optimizer:
+    return adam(parts, cfgs) if cfgs[0].name == "adam" else rmsprop(parts, cfgs)
 
 
 def tell_lbfgs_the_clamped_step(optimizer: torch.optim.Optimizer, x: torch.Tensor, before: torch.Tensor) -> None:
@@ -69,7 +101,7 @@ class IterateAverage:
         return self.value / self.weight
 
 
-def select_adam_state(state: dict, keep: list[int]) -> dict:
-    """Adam's state (a parameter group per job) for the jobs `keep` only."""
+def select_state(state: dict, keep: list[int]) -> dict:
+    """Adam's or RMSprop's state (a parameter group per job) for the jobs `keep` only."""
     return {"state": {i: state["state"][b] for i, b in enumerate(keep) if b in state["state"]},
             "param_groups": [{**state["param_groups"][b], "params": [i]} for i, b in enumerate(keep)]}

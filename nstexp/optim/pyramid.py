@@ -3,8 +3,9 @@
 Each level optimizes at one size, from the previous level's result upsampled; the targets are
 recomputed at each size (see runner). As crowsonkb/style-transfer-pytorch does, Adam's moments
 are resized with the image (the first moment bicubically, the second bilinearly and clamped at
-0, as it is a mean of squares); L-BFGS starts afresh, its curvature pairs being tied to the
-old size.
+0, as it is a mean of squares), and so is RMSprop's mean of squares; L-BFGS starts afresh, its
+curvature pairs being tied to the old size. On a Laplacian pyramid (param=laplacian_pyramid)
+every optimizer starts afresh, on the pyramid of the upsampled image.
 """
 
 from __future__ import annotations
@@ -32,11 +33,17 @@ def upsample(image: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(image, size=tuple(hw), mode="bicubic", align_corners=False).clamp(0.0, 1.0)
 
 
-def resize_adam_state(state: dict, hw: tuple[int, int]) -> dict:
-    """An Adam state_dict for the image at size `hw`, warm-started from the previous level's."""
+# The per-pixel moments of Adam (exp_avg, exp_avg_sq) and RMSprop (square_avg), and how each resizes.
+MOMENTS = {"exp_avg": "bicubic", "exp_avg_sq": "bilinear", "square_avg": "bilinear"}
+
+
+def resize_state(state: dict, hw: tuple[int, int]) -> dict:
+    """An Adam or RMSprop state_dict for the image at size `hw`, warm-started from the previous
+    level's: the means of squares bilinearly and clamped at 0, the first moment bicubically."""
     state = copy.deepcopy(state)
     for s in state["state"].values():
-        s["exp_avg"] = F.interpolate(s["exp_avg"], size=tuple(hw), mode="bicubic", align_corners=False)
-        s["exp_avg_sq"] = F.interpolate(s["exp_avg_sq"], size=tuple(hw), mode="bilinear", align_corners=False)
-        s["exp_avg_sq"].clamp_(min=0)
+        for key in MOMENTS.keys() & s.keys():
+            s[key] = F.interpolate(s[key], size=tuple(hw), mode=MOMENTS[key], align_corners=False)
+            if MOMENTS[key] == "bilinear":
+                s[key].clamp_(min=0)
     return state

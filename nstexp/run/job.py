@@ -36,7 +36,7 @@ PER_JOB = (
     "tv.weight", "tv.exponent",
     "layers.name", "layers.content", "layers.style",
     "init", "seed",
-    "optimizer.lr", "optimizer.betas", "optimizer.eps",
+    "optimizer.lr", "optimizer.betas", "optimizer.alpha", "optimizer.eps",
     "snapshot_every", "resume", "eval", "wandb",
 )
 

@@ -21,9 +21,9 @@ from nstexp.losses.objective import Objective, batch_objective, weighted_layers
 from nstexp.network import hardware, memory
 from nstexp.network.backbone import FeatureExtractor
 from nstexp.network.layout import pools_before
-from nstexp.optim import pyramid
+from nstexp.optim import parameterization, pyramid
 from nstexp.optim.engine import StepEvent, optimize
-from nstexp.optim.optimizers import select_adam_state
+from nstexp.optim.optimizers import select_state
 from nstexp.optim.stopping import StopRequest
 from nstexp.run import colour, inputs, scale_control
 from nstexp.run.job import Job, JobSpec, shared_config
@@ -188,6 +188,7 @@ def _optimize(jobs: list[Job], cfg: DictConfig, extractor: FeatureExtractor, ful
     t_opt = None
     image = state = None
     running = list(jobs)
+    space = parameterization.build(cfg.param, cfg.param_levels)
     try:
         for level, (level_size, n_steps) in enumerate(zip(sizes, level_steps)):
             inp = full if level == len(sizes) - 1 else inputs.prepare(
@@ -202,8 +203,9 @@ def _optimize(jobs: list[Job], cfg: DictConfig, extractor: FeatureExtractor, ful
                     job.latest["show"] = show
             else:
                 image = pyramid.upsample(image, inp.content.shape[-2:])
-                # Adam continues with its moments resized; L-BFGS's curvature pairs do not carry over.
-                state = pyramid.resize_adam_state(state, inp.content.shape[-2:]) if state else None
+                # Adam and RMSprop continue with their moments resized (on the pixels; a pyramid's bands
+                # start afresh); L-BFGS's curvature pairs do not carry over.
+                state = pyramid.resize_state(state, inp.content.shape[-2:]) if state and space.resizable_state else None
             extra = {"level": level, "level_size": level_size} if len(sizes) > 1 else {}
             # Time runs from the first level's first step; later levels' set-up counts.
             t_level = 0.0 if t_opt is None else time.perf_counter() - t_opt
@@ -225,7 +227,7 @@ def _optimize(jobs: list[Job], cfg: DictConfig, extractor: FeatureExtractor, ful
                 bar.update(running[0].done["steps"] + ev.step - bar.n)
 
             result = optimize(image, objective, [job.cfg.optimizer for job in running], n_steps, cfg.clamp,
-                              on_step, stop, state, check_every=log_every)
+                              on_step, stop, state, check_every=log_every, param=space)
             for b, job in enumerate(running):
                 job.done["steps"] += result.sample_steps[b]
                 job.done["evals"] += result.sample_evals[b]
@@ -243,7 +245,7 @@ def _optimize(jobs: list[Job], cfg: DictConfig, extractor: FeatureExtractor, ful
                 break
             image, state = result.image[keep], result.optimizer_state
             if state is not None and len(keep) < len(result.statuses):
-                state = select_adam_state(state, keep)
+                state = select_state(state, keep)
     except KeyboardInterrupt:  # a second Ctrl-C: keep what the last step produced
         for job in running:
             job.summary["status"] = "interrupted"

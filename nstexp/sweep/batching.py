@@ -16,6 +16,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from nstexp.optim.optimizers import PER_SAMPLE
 from nstexp.run.job import shared_config
 from nstexp.run.runner import network_spec
 
@@ -25,7 +26,7 @@ MAX_JOBS = 16
 def batchable_optimizer(cfg: DictConfig) -> bool:
     """Optimizers that step a batch: torch's L-BFGS (a line search, several iterations per step) cannot."""
     o = cfg.optimizer
-    return o.name == "adam" or (o.max_iter == 1 and o.line_search == "none")
+    return o.name in PER_SAMPLE or (o.max_iter == 1 and o.line_search == "none")
 
 
 def key(cfg: DictConfig) -> str:
