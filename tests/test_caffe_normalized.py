@@ -66,7 +66,9 @@ def test_the_shipped_means_equal_a_fresh_measurement(raw_means):
     shipped = weights.read_means()
     assert set(shipped) == set(RELUS)
     for n in RELUS:
-        torch.testing.assert_close(shipped[n].double(), raw_means[n], rtol=1e-5, atol=1e-9, msg=n)
+        # rtol 1e-4: the fp32 network's sums differ with the CPU's vector width (AVX2 against
+        # AVX-512: up to 1.1e-5 relative, on relu5_4's filter of mean 0.005); a wrong mean is off by far more.
+        torch.testing.assert_close(shipped[n].double(), raw_means[n], rtol=1e-4, atol=1e-9, msg=n)
 
 
 def test_on_the_set_every_filter_has_mean_activation_one(raw_means):

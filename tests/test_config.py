@@ -45,10 +45,10 @@ def test_defaults_are_the_papers_network_and_layers_with_the_chosen_loss():
     assert cfg.backbone.arch == "vgg19" and cfg.backbone.weights == "caffe"
     assert dict(cfg.layers.content) == {"relu4_2": 1.0}
     assert dict(cfg.layers.style) == {f"relu{i}_1": 0.2 for i in range(1, 6)}
-    # docs/default.md: mean-normalized terms, balanced layers, coarse to fine from 128 px by 2.
+    # docs/default.md: mean-normalized terms, balanced layers, β = 20, TV 20, coarse to fine from 128 px by 2.
     assert cfg.content.normalization == "mean" and cfg.style.normalization == "mean"
     assert cfg.style.loss == "gram" and cfg.style.balance == "content"
-    assert (cfg.content.weight, cfg.style.weight, cfg.tv.weight) == (1.0, 10.0, 0.0)
+    assert (cfg.content.weight, cfg.style.weight, cfg.tv.weight, cfg.tv.exponent) == (1.0, 20.0, 20.0, 1.0)
     assert (cfg.scales.min, cfg.scales.factor) == (128, 2.0)
     assert cfg.optimizer.name == "lbfgs" and cfg.init.kind == "content"
 

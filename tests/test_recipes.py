@@ -211,7 +211,18 @@ FACTS = {
         "color.preserve": "nnst", "tv.weight": 0.0, "optimizer.name": "adam", "optimizer.betas": [0.9, 0.999],
         "init.kind": "content", "clamp": "at_end", "steps": 200, "size": 512, "scales.min": 64, "scales.factor": 2.0,
     },
+    # The CPU's default run, written down: every other key is the default's (the test below).
+    "nstexp": {"steps": 100, "size": 256, "scales.min": 128, "scales.factor": 2.0, "style.weight": 20.0,
+               "tv.weight": 20.0, "optimizer.name": "lbfgs"},
 }
+
+
+def test_the_nstexp_recipe_is_the_default_run_on_a_cpu():
+    from nstexp.run.runner import DEFAULT_SIZE, DEFAULT_STEPS
+
+    recipe = OmegaConf.to_container(_recipe("nstexp"))
+    default = OmegaConf.to_container(_compose([f"steps={DEFAULT_STEPS['cpu']}", f"size={DEFAULT_SIZE['cpu']}"]))
+    assert recipe == default
 
 
 def test_histogram_layer_weights_are_4_m_squared_normalized():

@@ -260,7 +260,14 @@ def optimize(
     running = list(active)
     if any(running):
         img = torch.stack([pending[3][b] if running[b] else good[b][0][b] for b in range(batch)]).clamp(0.0, 1.0)
-        unread.append((*pending[:3], img, measure(img), pending[4]))
+        terms = measure(img)
+        if batched and average is None:
+            # A last step that blew the loss up has no next step to take it back: end where it started.
+            back, kept = optimizer.taken_back(terms.total / scale["value"] if normalize else terms.total)
+            if bool(back.any()):
+                img = torch.where(back.view(-1, 1, 1, 1), space.decode(kept, hw).clamp(0.0, 1.0), img)
+                terms = measure(img)
+        unread.append((*pending[:3], img, terms, pending[4]))
         read()
         for b in range(batch):
             if running[b] and active[b]:

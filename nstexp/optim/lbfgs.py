@@ -181,3 +181,14 @@ class BatchedLBFGS:
         x.add_(torch.where(move[:, None], t[:, None] * d, 0.0))
         if self.steps > 1:
             x.copy_(torch.where(rv, retry_x, x))
+
+    @torch.no_grad()
+    def taken_back(self, loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """After the last step, where no step follows to take a blow-up back: the samples whose
+        loss at ``x`` (B,) more than doubled over the point the step left (B,) bool, and x with
+        those samples at that point (a copy; x itself is left as it is)."""
+        B = self.x.shape[0]
+        f = loss.detach().reshape(B).to(self.x.dtype)
+        back = self.started & torch.isfinite(f) & (f - self.f_prev > self.f_prev.abs())
+        return back, torch.where(back[:, None], self.x_prev, self.x.view(B, -1)).view_as(self.x)
+
