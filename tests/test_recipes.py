@@ -209,6 +209,7 @@ FACTS = {
         "layers.style": {**NNST_LAYERS, "relu5_1": 0.0}, "content.weight": 0.0, "style.weight": 1.0,
         "style.nnst.stride": 4, "style.nnst.alpha": 0.75, "style.nnst.refresh": 0, "style.nnst.augment": "rotations",
         "color.preserve": "nnst", "tv.weight": 0.0, "optimizer.name": "adam", "optimizer.betas": [0.9, 0.999],
+        "optimizer.lr": 2e-3, "param": "laplacian_pyramid", "param_levels": 8,
         "init.kind": "content", "clamp": "at_end", "steps": 200, "size": 512, "scales.min": 64, "scales.factor": 2.0,
     },
     # The CPU's default run, written down: every other key is the default's (the test below).
