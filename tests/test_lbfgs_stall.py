@@ -100,8 +100,8 @@ def test_pairs_are_counted_and_a_run_that_rejected_most_says_so(tmp_path, capsys
     rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
     # Each step after the first forms one pair (the first step has no previous gradient).
     assert [r["lbfgs/pairs_accepted"] + r["lbfgs/pairs_rejected"] for r in rows] == [0, 0, 1, 2, 3]
-    assert (summary["lbfgs/pairs_accepted"], summary["lbfgs/pairs_rejected"]) == (
-        rows[-1]["lbfgs/pairs_accepted"], rows[-1]["lbfgs/pairs_rejected"])
+    keys = ("lbfgs/pairs_accepted", "lbfgs/pairs_rejected", "lbfgs/steps_taken_back")
+    assert [summary[k] for k in keys] == [rows[-1][k] for k in keys]
     assert summary["lbfgs/pairs_rejected"] > summary["lbfgs/pairs_accepted"]
     warning = [w for w in summary["warnings"] if w.startswith("L-BFGS rejected")]
     assert len(warning) == 1 and "L-BFGS rejected" in capsys.readouterr().err
@@ -109,6 +109,19 @@ def test_pairs_are_counted_and_a_run_that_rejected_most_says_so(tmp_path, capsys
     # The default run accepts its pairs from the second one on: no warning.
     summary = run(tiny_cfg("size=64", "steps=4", "eval.enabled=false"), str(tmp_path / "default"))
     assert summary["lbfgs/pairs_accepted"] >= 2 and not any("L-BFGS" in w for w in summary["warnings"])
+
+
+def test_a_step_that_blows_the_loss_up_is_taken_back_and_counted(tmp_path):
+    # layers=pytorch_tutorial (conv outputs) with the default loss: L-BFGS's 6th step at 64 px
+    # overshoots about 65x, and without a step back the run ends 5-7x above its start.
+    out = tmp_path / "run"
+    summary = run(tiny_cfg(*COMMON, "layers=pytorch_tutorial", "scales.min=null", "snapshot_every=1",
+                           "steps=20"), str(out))
+    rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    losses = [r["loss/total"] for r in rows]
+    assert summary["lbfgs/steps_taken_back"] >= 1 and rows[-1]["lbfgs/steps_taken_back"] == summary["lbfgs/steps_taken_back"]
+    assert max(b / a for a, b in zip(losses, losses[1:])) > 2  # the premise: a blow-up happened
+    assert losses[-1] < 0.5 * losses[0]
 
 
 def test_adam_records_no_pairs(tmp_path):

@@ -28,7 +28,7 @@ class StepEvent:
     # Per sample: still optimizing. A sample that diverged keeps its place in the batch, but
     # its image and losses from then on mean nothing. Empty: every sample.
     active: tuple[bool, ...] = ()
-    # Per sample: the batched L-BFGS's curvature pairs so far, [accepted, rejected]; None otherwise.
+    # Per sample: the batched L-BFGS's counts so far, [pairs accepted, rejected, steps taken back]; None otherwise.
     pairs: list[list[int]] | None = None
 
 
@@ -45,7 +45,7 @@ class Result:
     # would report alone (a sample that diverged early does not count the others' steps).
     sample_evals: list[int] | None = None
     sample_time_s: list[float] | None = None
-    # Per sample: the batched L-BFGS's curvature pairs, [accepted, rejected]; None otherwise.
+    # Per sample: the batched L-BFGS's counts, [pairs accepted, rejected, steps taken back]; None otherwise.
     sample_pairs: list[list[int]] | None = None
 
     @property
@@ -187,20 +187,21 @@ def optimize(
     last_pairs: list[list[int]] = []  # the pair counts of the newest step read
 
     def pairs() -> torch.Tensor | None:
-        """A snapshot of the batched L-BFGS's pair counts, (B, 2), still on the device."""
-        return torch.stack([optimizer.accepted, optimizer.rejected], 1) if batched else None
+        """A snapshot of the batched L-BFGS's counts, (B, 3): pairs accepted, rejected, steps
+        taken back; still on the device."""
+        return torch.stack([optimizer.accepted, optimizer.rejected, optimizer.retried], 1) if batched else None
 
     def read() -> None:
         """Read the unread losses (one synchronisation), emit their events, and stop each sample
         at its first non-finite loss."""
         if not unread:
             return
-        # (K, B) finite flags, then (K, B * 2) pair counts where there are any: one transfer.
+        # (K, B) finite flags, then (K, B * 3) L-BFGS counts where there are any: one transfer.
         rows = [torch.isfinite(u[4].total).long() if u[5] is None else torch.cat([torch.isfinite(u[4].total).long(),
                                                                                   u[5].flatten()]) for u in unread]
         host = torch.stack(rows).tolist()
         finite = [[bool(v) for v in row[:batch]] for row in host]
-        counts_read = [[row[batch + 2 * b: batch + 2 * b + 2] for b in range(batch)] if len(row) > batch else None
+        counts_read = [[row[batch + 3 * b: batch + 3 * b + 3] for b in range(batch)] if len(row) > batch else None
                        for row in host]
         if counts_read[-1] is not None:
             last_pairs[:] = counts_read[-1]

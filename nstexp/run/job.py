@@ -20,8 +20,9 @@ from nstexp.optim.engine import StepEvent
 from nstexp.optim.optimizers import uses_batched_lbfgs
 from nstexp.run.tracking import Tracker
 
-# The batched L-BFGS's curvature pairs so far (metrics lines and the summary).
-PAIR_KEYS = ("lbfgs/pairs_accepted", "lbfgs/pairs_rejected")
+# The batched L-BFGS's curvature pairs so far, and its steps taken back after they blew the loss
+# up (metrics lines and the summary).
+PAIR_KEYS = ("lbfgs/pairs_accepted", "lbfgs/pairs_rejected", "lbfgs/steps_taken_back")
 
 
 # The settings each job of a batch uses on its own: its objective (loss weights, normalizations,
@@ -92,8 +93,8 @@ class Job:
         self.latest: dict = {}  # the newest step event: the last good image, whatever stops the run
         self.warnings: list[str] = []
         self.evaluate = None  # the yardstick, once set up
-        # Over the coarse-to-fine levels finished so far; pairs: L-BFGS's [accepted, rejected].
-        self.done = {"steps": 0, "evals": 0, "pairs": [0, 0]}
+        # Over the coarse-to-fine levels finished so far; pairs: L-BFGS's [accepted, rejected, taken back].
+        self.done = {"steps": 0, "evals": 0, "pairs": [0, 0, 0]}
         self.status = "completed"  # while it runs
 
     def log(self, ev: StepEvent, level: int, extra: dict, total_steps: int, log_every: int, show) -> bool:
@@ -132,8 +133,8 @@ class Job:
             self.summary.update({f"final/{k}": v for k, v in terms.as_floats().items()})
         prefix = f"{self.name}: " if self.summary.get("batch") else ""
         if uses_batched_lbfgs(self.cfg.optimizer):
-            accepted, rejected = self.done["pairs"]
-            self.summary.update(zip(PAIR_KEYS, (accepted, rejected)))
+            accepted, rejected, _ = self.done["pairs"]
+            self.summary.update(zip(PAIR_KEYS, self.done["pairs"]))
             if rejected > accepted:
                 warning = (f"L-BFGS rejected {rejected} of its {accepted + rejected} curvature pairs (y.s <= 1e-10, "
                            "negative curvature): it ran mostly as scaled gradient descent")
