@@ -51,7 +51,10 @@ def test_two_step_run_writes_outputs_and_offline_wandb_run(tmp_path, wandb_env):
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "completed"
-    assert summary["steps"] == 2 and summary["evals"] == 3  # the last image is measured once more
+    # The last image is measured once more; twice when L-BFGS takes its last step back (that step
+    # more than doubled the loss), which it counts.
+    assert summary["steps"] == 2 and summary["evals"] - 2 in (1, 2)
+    assert summary["evals"] == 3 or summary["lbfgs/steps_taken_back"] >= 1
     assert summary["final/loss/total"] == pytest.approx(metrics[-1]["loss/total"])
     for key in ("wall_time_s", "time_per_eval_s", "peak_memory_mb", "device", "image_size", "versions"):
         assert summary[key] is not None, key

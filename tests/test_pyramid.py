@@ -63,7 +63,10 @@ def test_a_run_across_levels(tmp_path, optimizer):
     assert [r["level_size"] for r in rows] == [32] * 5 + [45] * 3 + [64] * 3
     assert [r["level"] for r in rows] == [0] * 5 + [1] * 3 + [2] * 3
     assert rows == sorted(rows, key=lambda r: (r["evals"], r["time_s"]))
-    assert summary["evals"] == 4 + 3 + 3 + 3  # each level measures its last image once more
+    # Each level measures its last image once more; twice where L-BFGS takes the level's last
+    # step back (it more than doubled the loss), which it counts.
+    extra = summary["evals"] - (4 + 3 + 3 + 3)
+    assert 0 <= extra <= summary.get("lbfgs/steps_taken_back", 0)
     # Each level's sides are rounded to the pooling stride (16), as a single level's are: the
     # photo scaled to each level's size, then each side to the nearest multiple of 16.
     width, height = images.load_image("sample:chelsea").size

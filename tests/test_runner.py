@@ -59,7 +59,9 @@ def test_optimizers_reduce_the_loss_and_count_evals(tmp_path, optimizer, extra):
         assert rows[-1]["evals"] > 4  # the line search evaluates more than once per step
     else:
         assert [r["evals"] for r in rows] == [0, 1, 2, 3, 4]
-    assert summary["evals"] == rows[-1]["evals"] + 1
+    # Once more for the final image; twice where L-BFGS takes its last step back, which it counts.
+    assert summary["evals"] == rows[-1]["evals"] + 1 or (
+        summary["evals"] == rows[-1]["evals"] + 2 and summary["lbfgs/steps_taken_back"] >= 1)
     assert [r["time_s"] for r in rows] == sorted(r["time_s"] for r in rows) and rows[0]["time_s"] == 0.0
 
 

@@ -259,22 +259,27 @@ def optimize(
     # The images the samples still running ended with have not been evaluated yet: one forward
     # pass of the batch, no gradient. Those that diverged end with their last good image.
     running = list(active)
+    taken_back = [False] * batch
     if any(running):
         img = torch.stack([pending[3][b] if running[b] else good[b][0][b] for b in range(batch)]).clamp(0.0, 1.0)
         terms = measure(img)
         if batched and average is None:
             # A last step that blew the loss up has no next step to take it back: end where it started.
-            back, kept = optimizer.taken_back(terms.total / scale["value"] if normalize else terms.total)
-            if bool(back.any()):
+            back, kept = optimizer.taken_back(terms.total / scale.get("value", 1.0) if normalize else terms.total)
+            flags = back.tolist()  # one read, after the loop
+            if any(flags):
                 img = torch.where(back.view(-1, 1, 1, 1), space.decode(kept, hw).clamp(0.0, 1.0), img)
-                terms = measure(img)
+                with torch.no_grad():
+                    terms = _detach(objective(img))
+                taken_back = flags  # an evaluation of those samples only: alone, the others make none
+                pending = (*pending[:4], pairs())
         unread.append((*pending[:3], img, terms, pending[4]))
         read()
         for b in range(batch):
             if running[b] and active[b]:
                 measured_itself[b] = True
     t_end = time.perf_counter() - t0
-    sample_evals = [evals if s is None else s[0] for s in stopped]
+    sample_evals = [(evals if s is None else s[0]) + int(t) for s, t in zip(stopped, taken_back)]
     sample_time = [t_end if s is None else s[1] for s in stopped]
     good_images = torch.stack([img[b] for b, (img, _, _) in enumerate(good)])
     good_terms = [terms.select([b]) if terms is not None else None for b, (_, terms, _) in enumerate(good)]

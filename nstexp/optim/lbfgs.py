@@ -186,9 +186,10 @@ class BatchedLBFGS:
     def taken_back(self, loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """After the last step, where no step follows to take a blow-up back: the samples whose
         loss at ``x`` (B,) more than doubled over the point the step left (B,) bool, and x with
-        those samples at that point (a copy; x itself is left as it is)."""
+        those samples at that point (a copy; x itself is left as it is); ``retried`` counts them."""
         B = self.x.shape[0]
         f = loss.detach().reshape(B).to(self.x.dtype)
         back = self.started & torch.isfinite(f) & (f - self.f_prev > self.f_prev.abs())
+        self.retried += back
         return back, torch.where(back[:, None], self.x_prev, self.x.view(B, -1)).view_as(self.x)
 
