@@ -1,6 +1,5 @@
 """Coarse-to-fine: the levels, what carries over between them, and a run across them."""
 
-import json
 import os
 
 import pytest
@@ -78,27 +77,28 @@ def test_a_run_across_levels(tmp_path, optimizer):
     assert summary["final/loss/total"] == rows[-1]["loss/total"]
 
 
-class _StopOnceLevel1Logs(os.PathLike):
-    """The path of a sweep's stop file that appears once metrics.jsonl has a level-1 row.
+class _StopAtLook(os.PathLike):
+    """The path of a sweep's stop file that appears at the run's `look`-th look for it.
 
     The run looks for its stop file before every step (`os.path.exists`, which asks this path),
-    so it stops at the step after level 1 logs its first row, on any machine: an event, not a
-    watcher racing the run against a clock.
+    so the file appears before step `look`, on any machine: counting the run's own looks, not
+    reading metrics.jsonl, which the writer thread fills a little later (under load, after the
+    level was over).
     """
 
-    def __init__(self, path, metrics):
-        self.path, self.metrics = path, metrics
+    def __init__(self, path, look):
+        self.path, self.look, self.looks = path, look, 0
 
     def __fspath__(self):
-        if not self.path.exists() and self.metrics.exists():
-            if any(json.loads(line).get("level") == 1 for line in self.metrics.read_text().splitlines()):
-                self.path.touch()
+        self.looks += 1
+        if self.looks == self.look:
+            self.path.touch()
         return str(self.path)
 
 
 def test_interrupting_a_later_level_keeps_its_image(tmp_path):
     out = tmp_path / "out"
-    stop = _StopOnceLevel1Logs(tmp_path / "stop", out / "metrics.jsonl")
+    stop = _StopAtLook(tmp_path / "stop", 5)  # level 0 has steps 1-3: before step 5, inside level 1
     summary = run(_cfg("size=64", "steps=3", "scales.min=32", "optimizer=adam"), str(out), stop_file=stop)
     assert summary["status"] == "interrupted" and (tmp_path / "stop").exists()
     rows = _rows(out)
