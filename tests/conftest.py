@@ -103,6 +103,14 @@ RUN_TINY = ["size=48", "steps=2", "progress=false", "snapshot_every=0", "wandb.m
             "precision=fp32", "eval.enabled=false", "eval.size=64"]
 
 
+def refused_in_one_line(r) -> str:
+    """The one line a refused command printed (exit status 2, no traceback): `error: ...`."""
+    assert r.returncode == 2, r.stderr
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith("error: "), line
+    return line
+
+
 def tiny_cfg(*overrides):
     """The composed config of a tiny in-process run with `overrides`."""
     from hydra import compose, initialize_config_dir
