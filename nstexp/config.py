@@ -209,6 +209,11 @@ class ScalesConfig:
     factor: float = 2.0
     # Steps at the first level (None: `steps`, as at every other level).
     first_steps: Optional[int] = None
+    # Each level's content weight is this times the next finer level's (content.weight is the
+    # finest level's); STROTSS: 2.
+    content_weight_ratio: float = 1.0
+    # The learning rate at the finest level (None: optimizer.lr, as at every level); STROTSS: 1e-3.
+    last_lr: Optional[float] = None
 
 
 @dataclass

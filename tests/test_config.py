@@ -140,6 +140,8 @@ def test_bad_values_fail_in_one_line(tmp_path, override, needle):
         (["scales.min=8"], "scales.min=8 must be >= 16"),
         (["scales.min=64", "scales.factor=1"], "scales.factor=1.0 must be > 1"),
         (["scales.min=64", "scales.first_steps=-2"], "scales.first_steps=-2 must be >= 0"),
+        (["scales.content_weight_ratio=0"], "scales.content_weight_ratio=0.0 must be > 0"),
+        (["scales.last_lr=-1e-3"], "scales.last_lr=-0.001 must be > 0"),
         (["optimizer=adam", "optimizer.ema=1.0"], "optimizer.ema=1.0 must be in [0, 1)"),
         (["style.balance=layers"], "style.balance='layers' is not allowed (allowed: none, content)"),
         (["backbone.padding=circular"], "backbone.padding='circular' is not allowed (allowed: zeros, reflect,"),

@@ -27,7 +27,7 @@ RANKS = {
 }
 TOP_LEVEL = {
     "nstexp.errors": "base", "nstexp.config": "base", "nstexp.loss_options": "base", "nstexp.images": "base",
-    "nstexp.validation": "validation", "nstexp.composition": "composition",
+    "nstexp.validation": "validation", "nstexp.loss_catalogue": "validation", "nstexp.composition": "composition",
     "nstexp": "entry", "nstexp.__main__": "entry", "nstexp.cli": "entry", "nstexp.api": "entry",
     "hydra_plugins.nstexp_batched_launcher": "entry",
     "hydra_plugins.nstexp_batched_launcher.batched_launcher": "entry",

@@ -102,7 +102,7 @@ def test_the_default_content_loss_is_the_papers_eq_1():
 def test_validation_reads_the_registered_losses_off_their_source(registered):
     """Validation names the losses without importing them (no torch); the registries are the truth.
     A loss registered at run time only (this test's) is not in any source file, so it is left out."""
-    from nstexp.validation import losses_in_source
+    from nstexp.loss_catalogue import losses_in_source
 
     declared = losses_in_source()
     assert declared["style"] == {name: cls.guided for name, cls in STYLE_LOSSES.items() if cls is not registered}

@@ -107,3 +107,28 @@ def test_interrupting_a_later_level_keeps_its_image(tmp_path):
     assert rows[-1]["step"] == summary["steps"]
     # The image of the level it was working at: its size, rounded to the stride (16).
     assert max(Image.open(out / "final.png").size) == 16 * round(summary["levels"][1] / 16)
+
+
+def test_level_settings_weigh_the_content_more_at_each_coarser_level():
+    cfg = _cfg("content.weight=2", "optimizer=rmsprop", "optimizer.lr=2e-3", "scales.content_weight_ratio=2",
+               "scales.last_lr=1e-3")
+    settings = [pyramid.level_settings(cfg, level, 4) for level in range(4)]
+    # STROTSS's schedule from 64 to 512 px: 16, 8, 4, 2; its learning rate halved at the last level.
+    assert [c.content.weight for c in settings] == [16.0, 8.0, 4.0, 2.0]
+    assert [c.optimizer.lr for c in settings] == [2e-3, 2e-3, 2e-3, 1e-3]
+    assert cfg.content.weight == 2.0 and cfg.optimizer.lr == 2e-3  # the run's own config is left alone
+    plain = _cfg()
+    assert all(pyramid.level_settings(plain, level, 3) is plain for level in range(3))
+
+
+def test_a_run_weighs_each_levels_content_by_the_ratio(tmp_path):
+    # From the same noise, the first level's content term is the content weight times the ratio
+    # to the power of the levels still to come: 4x at the first of three.
+    common = ["size=96", "steps=1", "scales.min=24", "init=noise", "snapshot_every=0"]
+    plain = run(_cfg(*common), str(tmp_path / "plain"))
+    ratio = run(_cfg(*common, "scales.content_weight_ratio=2"), str(tmp_path / "ratio"))
+    assert plain["levels"] == ratio["levels"] == [24, 48, 96]
+    first = lambda out: _rows(out)[0]  # noqa: E731
+    assert first(tmp_path / "plain")["level"] == 0 and first(tmp_path / "plain")["loss/content"] > 0
+    assert first(tmp_path / "ratio")["loss/content"] == pytest.approx(4 * first(tmp_path / "plain")["loss/content"],
+                                                                      rel=1e-5)

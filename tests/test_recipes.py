@@ -202,7 +202,7 @@ FACTS = {
         "style.strotss.palette_weight": 0.5, "style.strotss.scale": 57.6, "tv.weight": 0.0,
         "optimizer.name": "rmsprop", "optimizer.lr": 2e-3, "optimizer.alpha": 0.99, "param": "laplacian_pyramid",
         "param_levels": 5, "init.kind": "content", "clamp": "at_end", "steps": 250, "size": 512, "scales.min": 64,
-        "scales.factor": 2.0,
+        "scales.factor": 2.0, "scales.content_weight_ratio": 2.0, "scales.last_lr": 1e-3,
     },
     "nnst": {
         "backbone.weights": "caffe", "backbone.pooling": "max", "style.loss": "nnst",

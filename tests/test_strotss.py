@@ -350,7 +350,7 @@ def test_a_bad_option_is_refused_in_one_line(tmp_path, overrides, needle):
 
 
 def test_validation_reads_the_joint_losses_off_their_source():
-    from nstexp.validation import classes_in_source, joint_losses
+    from nstexp.loss_catalogue import classes_in_source, joint_losses
 
     assert joint_losses() == {"style": {"strotss", "nnst"}, "content": {"self_similarity"}}
     declared = classes_in_source()

@@ -5,7 +5,9 @@ recomputed at each size (see runner). As crowsonkb/style-transfer-pytorch does, 
 are resized with the image (the first moment bicubically, the second bilinearly and clamped at
 0, as it is a mean of squares), and so is RMSprop's mean of squares; L-BFGS starts afresh, its
 curvature pairs being tied to the old size. On a Laplacian pyramid (param=laplacian_pyramid)
-every optimizer starts afresh, on the pyramid of the upsampled image.
+every optimizer starts afresh, on the pyramid of the upsampled image. A level may weigh the
+content more than the next finer one and the finest level may have its own learning rate, as
+STROTSS's schedule does (`level_settings`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import copy
 
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig
 
 
 def levels(size: int, smallest: int | None, factor: float) -> list[int]:
@@ -26,6 +29,22 @@ def levels(size: int, smallest: int | None, factor: float) -> list[int]:
         out.append(round(size / factor**k))
         k += 1
     return sorted(set(out))
+
+
+def level_settings(cfg: DictConfig, level: int, n_levels: int) -> DictConfig:
+    """The run's settings at coarse-to-fine level `level` of `n_levels` (0 the coarsest): the
+    content weight times `scales.content_weight_ratio` per level below the finest (STROTSS: 2, so
+    16, 8, 4, 2 from 64 to 512 px), and at the finest level `scales.last_lr` as the learning rate
+    where it is set. `cfg` itself is left alone; with neither set it is returned as it is."""
+    ratio, last_lr = cfg.scales.content_weight_ratio, cfg.scales.last_lr
+    below = n_levels - 1 - level  # levels between this one and the finest
+    if (ratio == 1 or below == 0) and (last_lr is None or below > 0):
+        return cfg
+    out = copy.deepcopy(cfg)
+    out.content.weight = float(cfg.content.weight) * float(ratio) ** below
+    if last_lr is not None and below == 0:
+        out.optimizer.lr = float(last_lr)
+    return out
 
 
 def upsample(image: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:

@@ -193,7 +193,8 @@ def _optimize(jobs: list[Job], cfg: DictConfig, extractor: FeatureExtractor, ful
         for level, (level_size, n_steps) in enumerate(zip(sizes, level_steps)):
             inp = full if level == len(sizes) - 1 else inputs.prepare(
                 cfg, level_size, deepest, full.content.device, [], check, style_image)
-            objective = batch_objective([build_objective(job.cfg, extractor, inp, job.summary) for job in running])
+            settings = [pyramid.level_settings(job.cfg, level, len(sizes)) for job in running]
+            objective = batch_objective([build_objective(c, extractor, inp, job.summary) for c, job in zip(settings, running)])
             # What the user sees of an image: in the content's colours, if asked.
             show = lambda x, c=inp.colours, s=inp.styles[0]: colour.present(mode, x, c, s)  # noqa: E731
             if image is None:
@@ -226,7 +227,7 @@ def _optimize(jobs: list[Job], cfg: DictConfig, extractor: FeatureExtractor, ful
                     bar.set_postfix(loss=f"{ev.terms.total[0].item():.4g}", refresh=False)
                 bar.update(running[0].done["steps"] + ev.step - bar.n)
 
-            result = optimize(image, objective, [job.cfg.optimizer for job in running], n_steps, cfg.clamp,
+            result = optimize(image, objective, [c.optimizer for c in settings], n_steps, cfg.clamp,
                               on_step, stop, state, check_every=log_every, param=space)
             for b, job in enumerate(running):
                 job.done["steps"] += result.sample_steps[b]
