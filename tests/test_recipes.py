@@ -92,9 +92,10 @@ FACTS = {
     "gatys2016": {
         "backbone.arch": "vgg19", "backbone.weights": "caffe_normalized", "backbone.pooling": "avg_scaled",
         "layers.content": {"relu4_2": 1.0}, "layers.style": PAPER_STYLE,
-        # alpha / beta = 1e-3, the paper's for The Starry Night (its Figure 2 B-D); both terms are the paper's own
-        "content.normalization": "gatys", "content.weight": 1.0, "style.normalization": "gatys", "style.weight": 1e3,
-        "style.loss": "gram", "tv.weight": 0.0, "optimizer.name": "lbfgs", "init.kind": "noise",
+        # alpha / beta = 1e-3, the paper's for The Starry Night (its Figure 2 B-D), on the terms of Gatys'
+        # code: the content's mean squared error, and the Gram matrices' (divided by M), which is 4 E_l
+        "content.normalization": "mean", "content.weight": 1.0, "style.normalization": "gatys", "style.weight": 4e3,
+        "style.loss": "gram", "tv.weight": 0.0, "optimizer.name": "lbfgs", "init.kind": "content",
         "steps": 500, "size": 512,
     },
     "seed000_keras_vgg16": {
@@ -369,3 +370,26 @@ def test_a_recipe_setting_that_the_command_line_makes_invalid_is_named_in_one_li
         composition.preflight(["experiment=crowsonkb", "optimizer=lbfgs"])  # the recipe sets Adam's betas
     message = str(info.value)
     assert "\n" not in message and "experiment/crowsonkb" in message and "Key 'betas' not in 'LBFGSConfig'" in message
+
+
+def test_the_paper_recipes_weights_are_gatys_codes_on_its_terms():
+    """gatys2016's content.weight 1 and style.weight 4e3 (w_l = 1/5) are Gatys' code's cw = 1e6 and
+    sw = 1e9 / 5 per layer divided by 1e6, written out in the code's own terms: nn.MSECriterion of the
+    features, and of the Gram matrices divided by M (NeuralImageSynthesis LossLayers.lua)."""
+    import torch
+
+    from nstexp.losses.content import content_loss
+    from nstexp.losses.gram import gram_matrix, style_loss
+
+    cfg = _compose(["experiment=gatys2016"])
+    g = torch.Generator().manual_seed(0)
+    f, p = torch.rand(1, 8, 5, 6, generator=g), torch.rand(1, 8, 5, 6, generator=g)
+    a, b = f.reshape(8, 30), p.reshape(8, 30)
+    mse_content = ((a - b) ** 2).mean()
+    mse_gram = ((a @ a.T / 30 - b @ b.T / 30) ** 2).mean()
+    ours = (cfg.content.weight * content_loss(f, p, cfg.content.normalization)
+            + cfg.style.weight * cfg.layers.style.relu1_1 * style_loss(gram_matrix(f, cfg.style.normalization),
+                                                gram_matrix(p, cfg.style.normalization), 8, cfg.style.normalization))
+    theirs = 1e6 * mse_content + 1e9 / 5 * mse_gram
+    assert ours.item() == pytest.approx(theirs.item() / 1e6, rel=1e-5)
+    assert cfg.init.kind == "content" and dict(cfg.layers.style) == {k: 0.2 for k in cfg.layers.style}
