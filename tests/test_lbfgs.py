@@ -352,3 +352,26 @@ def _torch_path_one(f, x0, steps, m):
         opt.step(closure)
         out.append(xb.detach().clone())
     return out
+
+
+def test_the_strong_wolfe_line_search_gets_its_evaluations_at_one_iteration_per_step():
+    """optimizer.line_search=strong_wolfe with max_iter=1 (a harness step is one iteration): torch
+    gives the line search max_eval - 1 evaluations, and its default max_eval is max_iter * 5 // 4 = 1,
+    so where the full step t = 1 raises the loss the search returns t = 0, the iterate and the
+    history stay as they are, and every later step repeats the same failed trial (the paper's recipe
+    stalled so at step 10). On log cosh, whose secant steps overshoot, from x = 3: the minimum is 0."""
+    from nstexp.config import LBFGSConfig
+    from nstexp.optim.optimizers import build_optimizer
+
+    x = torch.tensor([3.0], dtype=torch.float64, requires_grad=True)
+    opt = build_optimizer([x], LBFGSConfig(line_search="strong_wolfe"))
+
+    def closure():
+        opt.zero_grad()
+        f = torch.log(torch.cosh(x)).sum()
+        f.backward()
+        return f
+
+    losses = [float(opt.step(closure)) for _ in range(30)]
+    assert losses[2] < losses[1]  # the third step moves (the second's full step overshoots to x = -29)
+    assert float(torch.log(torch.cosh(x.detach())).sum()) < 1e-6

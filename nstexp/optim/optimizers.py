@@ -7,6 +7,8 @@ import torch
 
 from nstexp.optim.lbfgs import BatchedLBFGS
 
+LINE_SEARCH_EVALS = 25  # torch's _strong_wolfe max_ls
+
 # The optimizers whose samples are parameter groups of one torch optimizer, each with its own settings.
 PER_SAMPLE = ("adam", "rmsprop")
 
@@ -25,6 +27,10 @@ def build_optimizer(params: list[torch.Tensor], cfg) -> torch.optim.Optimizer:
             max_iter=cfg.max_iter,
             history_size=cfg.history_size,
             line_search_fn=None if cfg.line_search == "none" else cfg.line_search,
+            # Each iteration's line search may take torch's default 25 evaluations. torch's own
+            # default, max_iter * 5 // 4, leaves it none at max_iter = 1: where the full step
+            # raised the loss the search returned t = 0 and every later step repeated it.
+            max_eval=cfg.max_iter * (1 + LINE_SEARCH_EVALS),
             # Never stop early on small gradients/changes: the step budget decides.
             tolerance_grad=0.0,
             tolerance_change=0.0,
