@@ -49,6 +49,8 @@ PARAMS = ("pixels", "laplacian_pyramid")
 LINE_SEARCHES = ("none", "strong_wolfe")
 INITS = ("content", "noise", "style", "image")
 CLAMPS = ("every_step", "at_end")
+# The coarse-to-fine level whose content weight is content.weight (nstexp/optim/pyramid.py).
+CONTENT_WEIGHT_AT = ("finest", "coarsest")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 
@@ -209,9 +211,11 @@ class ScalesConfig:
     factor: float = 2.0
     # Steps at the first level (None: `steps`, as at every other level).
     first_steps: Optional[int] = None
-    # Each level's content weight is this times the next finer level's (content.weight is the
-    # finest level's); STROTSS: 2.
+    # Each level's content weight is this times the next finer level's; STROTSS: 2.
     content_weight_ratio: float = 1.0
+    # The level whose content weight is content.weight: finest or coarsest (STROTSS's, whose
+    # first level has 16 at any size: 16, 8, 4 to 256 px, 16, 8, 4, 2 to 512 px).
+    content_weight_at: str = "finest"
     # The learning rate at the finest level (None: optimizer.lr, as at every level); STROTSS: 1e-3.
     last_lr: Optional[float] = None
 

@@ -19,8 +19,8 @@ class SelfSimilarityConfig:
     # positions, drawn anew at every evaluation (STROTSS's 32² = 1024), the same for result and content.
     samples: int = 1024
     # The network's features are divided by this in the hypercolumns (the RGB in [0, 1] is not): as
-    # style.strotss.scale, 57.6 = 255 × 0.226 puts the Caffe VGG-19's on torchvision's scale; 1 with imagenet.
-    scale: float = 57.6
+    # style.strotss.scale, 255 puts the Caffe VGG-19's on the scale of STROTSS's network; 4.43 with imagenet.
+    scale: float = 255.0
 
 
 @dataclass
@@ -70,10 +70,13 @@ class STROTSSConfig:
     # palette term. STROTSS: moment weight 1, palette weight 1 / max(content weight, 1).
     moment_weight: float = 1.0
     palette_weight: float = 1.0
-    # The network's features are divided by this in the hypercolumns (the RGB in [0, 1] is not):
-    # 57.6 = 255 × 0.226 puts the Caffe VGG-19's activations on the scale of torchvision's, which
-    # STROTSS uses (it sets the RGB's share of the cosines and the moment term's size); 1 with imagenet.
-    scale: float = 57.6
+    # The network's features are divided by this in the hypercolumns (the RGB in [0, 1] is not).
+    # STROTSS feeds torchvision's VGG-16 the RGB in [0, 1] as it is (no mean, no std); the Caffe
+    # VGG-19 takes 255 × the RGB less the mean pixel, so its activations are about 255 times the
+    # size STROTSS's terms were made for (the scale sets the RGB's share of the cosines and the
+    # moment term's size). With backbone.weights=imagenet, whose inputs are (x − mean) / std
+    # (std ≈ 0.226): 1 / 0.226 = 4.43.
+    scale: float = 255.0
 
 
 @dataclass

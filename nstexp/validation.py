@@ -18,6 +18,7 @@ from nstexp.config import (
     CLAMPS,
     COLOR_MODES,
     CONTENT_NORMALIZATIONS,
+    CONTENT_WEIGHT_AT,
     INITS,
     LINE_SEARCHES,
     MRF_REDUCTIONS,
@@ -229,6 +230,7 @@ def validate(cfg: DictConfig) -> None:
     if cfg.scales.first_steps is not None:
         _at_least("scales.first_steps", cfg.scales.first_steps, 0)
     _at_least("scales.content_weight_ratio", cfg.scales.content_weight_ratio, 0, strict=True)
+    _choice("scales.content_weight_at", cfg.scales.content_weight_at, CONTENT_WEIGHT_AT)
     if cfg.scales.last_lr is not None:
         _at_least("scales.last_lr", cfg.scales.last_lr, 0, strict=True)
     if not 0 <= cfg.seed < 2**63:

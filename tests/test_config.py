@@ -142,6 +142,8 @@ def test_bad_values_fail_in_one_line(tmp_path, override, needle):
         (["scales.min=64", "scales.first_steps=-2"], "scales.first_steps=-2 must be >= 0"),
         (["scales.content_weight_ratio=0"], "scales.content_weight_ratio=0.0 must be > 0"),
         (["scales.last_lr=-1e-3"], "scales.last_lr=-0.001 must be > 0"),
+        (["scales.content_weight_at=middle"],
+         "scales.content_weight_at='middle' is not allowed (allowed: finest, coarsest)"),
         (["optimizer=adam", "optimizer.ema=1.0"], "optimizer.ema=1.0 must be in [0, 1)"),
         (["style.balance=layers"], "style.balance='layers' is not allowed (allowed: none, content)"),
         (["backbone.padding=circular"], "backbone.padding='circular' is not allowed (allowed: zeros, reflect,"),

@@ -121,6 +121,25 @@ def test_level_settings_weigh_the_content_more_at_each_coarser_level():
     assert all(pyramid.level_settings(plain, level, 3) is plain for level in range(3))
 
 
+def test_level_settings_anchored_at_the_coarsest_level_keep_its_weight_at_every_size():
+    # STROTSS starts at 16 whatever its number of scales: 16, 8, 4 to 256 px, 16, 8, 4, 2 to 512 px.
+    cfg = _cfg("content.weight=16", "scales.content_weight_ratio=2", "scales.content_weight_at=coarsest")
+    assert [pyramid.level_settings(cfg, level, 3).content.weight for level in range(3)] == [16.0, 8.0, 4.0]
+    assert [pyramid.level_settings(cfg, level, 4).content.weight for level in range(4)] == [16.0, 8.0, 4.0, 2.0]
+    single = pyramid.level_settings(cfg, 0, 1)
+    assert single.content.weight == 16.0
+
+
+def test_strotss_recipe_weighs_the_content_as_the_source_at_256_and_512_px():
+    # nkolkin13/STROTSS styleTransfer.py: content_weight = 16 x its argument (1) at the first scale,
+    # halved at each of the next; max_scl 4 runs 64, 128, 256 px, max_scl 5 up to 512 px.
+    for size, expected in ((256, [16.0, 8.0, 4.0]), (512, [16.0, 8.0, 4.0, 2.0])):
+        cfg = _cfg("experiment=strotss", f"size={size}")
+        sizes = pyramid.levels(cfg.size, cfg.scales.min, cfg.scales.factor)
+        assert sizes == [64 * 2**k for k in range(len(expected))]
+        assert [pyramid.level_settings(cfg, k, len(sizes)).content.weight for k in range(len(sizes))] == expected
+
+
 def test_a_run_weighs_each_levels_content_by_the_ratio(tmp_path):
     # From the same noise, the first level's content term is the content weight times the ratio
     # to the power of the levels still to come: 4x at the first of three.

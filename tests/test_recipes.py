@@ -198,12 +198,14 @@ FACTS = {
         "backbone.weights": "caffe", "backbone.pooling": "max", "style.loss": "strotss",
         "layers.style": {**STROTSS_LAYERS, "relu4_1": 0.0, "relu5_1": 0.0},
         "layers.content": {**STROTSS_LAYERS, "relu4_2": 0.0}, "content.loss": "self_similarity",
-        "content.weight": 2.0, "content.self_similarity.samples": 1024, "style.weight": 1.0,
+        "content.weight": 16.0, "content.self_similarity.samples": 1024, "content.self_similarity.scale": 255.0,
+        "style.weight": 1.0,
         "style.strotss.samples": 1024, "style.strotss.style_samples": 5000, "style.strotss.moment_weight": 1.0,
-        "style.strotss.palette_weight": 0.5, "style.strotss.scale": 57.6, "tv.weight": 0.0,
+        "style.strotss.palette_weight": 0.5, "style.strotss.scale": 255.0, "tv.weight": 0.0,
         "optimizer.name": "rmsprop", "optimizer.lr": 2e-3, "optimizer.alpha": 0.99, "param": "laplacian_pyramid",
         "param_levels": 5, "init.kind": "content", "clamp": "at_end", "steps": 250, "size": 512, "scales.min": 64,
-        "scales.factor": 2.0, "scales.content_weight_ratio": 2.0, "scales.last_lr": 1e-3,
+        "scales.factor": 2.0, "scales.content_weight_ratio": 2.0, "scales.content_weight_at": "coarsest",
+        "scales.last_lr": 1e-3,
     },
     "nnst": {
         "backbone.weights": "caffe", "backbone.pooling": "max", "style.loss": "nnst",
@@ -263,7 +265,8 @@ def test_cnnmrf_style_weight_is_their_gradient_over_the_mean_coverage():
 
 def test_strotss_layers_are_its_vgg16_features_by_name():
     """torchvision's VGG-16 `features` indices STROTSS reads (vgg_pt.py) named by the VGG-16 layout,
-    and the same names in the VGG-19 with the same channels; palette weight 1 / the content weight."""
+    and the same names in the VGG-19 with the same channels; palette weight 1 / the last level's
+    content weight."""
     from nstexp.network.layout import LAYOUTS, layer_names
 
     vgg16 = layer_names("vgg16")
@@ -275,7 +278,11 @@ def test_strotss_layers_are_its_vgg16_features_by_name():
                                                    [c for c in LAYOUTS[arch] if c != "M"])}
     assert all(channels("vgg16")[k.replace("relu", "conv")] == channels("vgg19")[k.replace("relu", "conv")]
                for k in theirs)
-    assert cfg.style.strotss.palette_weight == 1 / max(cfg.content.weight, 1)
+    # The palette weight of the last of their 5 scales, 1 / its content weight (16 halved 3 times).
+    from nstexp.optim.pyramid import level_settings
+
+    assert cfg.size == 512 and cfg.scales.min == 64
+    assert cfg.style.strotss.palette_weight == 1 / max(level_settings(cfg, 3, 4).content.weight, 1)
 
 
 def test_nnst_layers_are_its_vgg16_features_by_name():

@@ -10,7 +10,8 @@ each layer read bilinearly at the pixel's centre on its grid, u_l = (y + ½) H_l
 v_l = (x + ½) W_l / W − ½, clamped to the grid: what upsampling F_l to H × W bilinearly
 (align_corners=False) gives at (y, x), for the n positions read only. The RGB is the image in
 [0, 1], as STROTSS stacks it; s (`scale`) divides the network's features, to put the Caffe
-VGG-19's on the scale of the torchvision VGG-16's that STROTSS used; equal layer weights,
+VGG-19's on the scale of the torchvision VGG-16's that STROTSS used (fed the RGB in [0, 1]
+unnormalized, so s = 255 for the Caffe network's 255 x − mean); equal layer weights,
 whatever their value, are STROTSS's hypercolumn (ω_l = 1).
 
 Positions are drawn from a torch.Generator on the CPU, so a seed gives the same positions on

@@ -33,15 +33,19 @@ def levels(size: int, smallest: int | None, factor: float) -> list[int]:
 
 def level_settings(cfg: DictConfig, level: int, n_levels: int) -> DictConfig:
     """The run's settings at coarse-to-fine level `level` of `n_levels` (0 the coarsest): the
-    content weight times `scales.content_weight_ratio` per level below the finest (STROTSS: 2, so
-    16, 8, 4, 2 from 64 to 512 px), and at the finest level `scales.last_lr` as the learning rate
-    where it is set. `cfg` itself is left alone; with neither set it is returned as it is."""
+    content weight times `scales.content_weight_ratio` per level below the finest, content.weight
+    being the finest level's or, with `scales.content_weight_at=coarsest`, the coarsest level's
+    (STROTSS: ratio 2 and 16 at the coarsest, so 16, 8, 4, 2 from 64 to 512 px), and at the finest
+    level `scales.last_lr` as the learning rate where it is set. `cfg` itself is left alone; with
+    neither set it is returned as it is."""
     ratio, last_lr = cfg.scales.content_weight_ratio, cfg.scales.last_lr
     below = n_levels - 1 - level  # levels between this one and the finest
-    if (ratio == 1 or below == 0) and (last_lr is None or below > 0):
+    # The power of the ratio that multiplies content.weight: levels to the finest, or minus levels from the coarsest.
+    power = below if cfg.scales.content_weight_at == "finest" else -level
+    if (ratio == 1 or power == 0) and (last_lr is None or below > 0):
         return cfg
     out = copy.deepcopy(cfg)
-    out.content.weight = float(cfg.content.weight) * float(ratio) ** below
+    out.content.weight = float(cfg.content.weight) * float(ratio) ** power
     if last_lr is not None and below == 0:
         out.optimizer.lr = float(last_lr)
     return out
