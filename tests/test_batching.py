@@ -166,7 +166,7 @@ def test_a_job_that_diverges_stops_alone(tmp_path, capsys):
 
 def test_a_batched_sweep_writes_every_job_as_if_alone(tmp_path, wandb_env):
     sweep = tmp_path / "sweep"
-    r = run_cli(["-m", "size=32", "steps=2", "progress=false", "snapshot_every=1", "eval.size=64",
+    r = run_cli(["-m", "size=32", "steps=2", "progress=false", "snapshot_every=1", "eval.enabled=false",
                  "style.weight=1e3,1e5", "seed=0,1", "init=noise", "hydra/launcher=batched",
                  "hydra.launcher.batch_size=4", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
     assert r.returncode == 0, r.stderr
@@ -188,7 +188,7 @@ def test_a_batched_sweep_writes_every_job_as_if_alone(tmp_path, wandb_env):
     # Resume after a cut-off: only the jobs without a completed summary run again.
     (sweep / "2" / "summary.json").unlink()
     before = (sweep / "0" / "summary.json").read_text()
-    r = run_cli(["-m", "size=32", "steps=2", "progress=false", "snapshot_every=1", "eval.size=64",
+    r = run_cli(["-m", "size=32", "steps=2", "progress=false", "snapshot_every=1", "eval.enabled=false",
                  "style.weight=1e3,1e5", "seed=0,1", "init=noise", "hydra/launcher=batched",
                  "hydra.launcher.batch_size=4", f"hydra.sweep.dir={sweep}", "resume=true"], cwd=tmp_path)
     assert r.returncode == 0, r.stderr
