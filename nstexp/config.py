@@ -49,8 +49,7 @@ PARAMS = ("pixels", "laplacian_pyramid")
 LINE_SEARCHES = ("none", "strong_wolfe")
 INITS = ("content", "noise", "style", "image")
 CLAMPS = ("every_step", "at_end")
-# The coarse-to-fine level whose content weight is content.weight (nstexp/optim/pyramid.py).
-CONTENT_WEIGHT_AT = ("finest", "coarsest")
+CONTENT_WEIGHT_AT = ("finest", "coarsest")  # the level whose content weight is content.weight
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 
@@ -113,12 +112,9 @@ class StyleConfig:
     # Longest side of the style image relative to the content image's.
     scale: float = 1.0
     weight: float = 1e3
-    # A registered style loss (nstexp.losses.base.STYLE_LOSSES): gram (Gatys et al.), w2
-    # (Wasserstein-2 between Gaussian fits), sliced (Heitz et al.), mmd_linear, mmd_poly,
-    # mmd_gaussian, bn (Li et al. 2017), cmd (Kalischek et al. 2021), histogram (Risser et al.
-    # 2017), mrf (Li & Wand 2016), strotss (Kolkin et al. 2019), nnst (Kolkin et al. 2022; these two
-    # take all style layers at once, not in a mix); or a weighted mix, a mapping name -> weight:
-    # {gram: 1, histogram: 0.5}.
+    # A registered style loss (nstexp.losses.base.STYLE_LOSSES, listed in docs/config.md: gram,
+    # w2, sliced, ..., the joint strotss, nnst and nnst_split, not for a mix), or a weighted mix,
+    # a mapping name -> weight: {gram: 1, histogram: 0.5}.
     loss: Any = "gram"
     # Of the Gram matrices; the w2 and sliced losses have no normalization to choose.
     normalization: str = "gatys"
@@ -211,11 +207,14 @@ class ScalesConfig:
     factor: float = 2.0
     # Steps at the first level (None: `steps`, as at every other level).
     first_steps: Optional[int] = None
-    # Each level's content weight is this times the next finer level's; STROTSS: 2.
+    # Each level's content weight is this times the next finer level's (STROTSS: 2), content.weight
+    # being the finest's or the coarsest's (STROTSS: 16 at its first level at any size).
     content_weight_ratio: float = 1.0
-    # The level whose content weight is content.weight: finest or coarsest (STROTSS's, whose
-    # first level has 16 at any size: 16, 8, 4 to 256 px, 16, 8, 4, 2 to 512 px).
     content_weight_at: str = "finest"
+    # A last pass at the finest size: `final_steps` more (None: `steps`) with style.loss `final_loss` (NNST's).
+    final_pass: bool = False
+    final_steps: Optional[int] = None
+    final_loss: Optional[str] = None
     # The learning rate at the finest level (None: optimizer.lr, as at every level); STROTSS: 1e-3.
     last_lr: Optional[float] = None
 

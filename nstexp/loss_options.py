@@ -92,10 +92,15 @@ class NNSTConfig:
     # The style's views: none, rotations (by 90, 180, 270 degrees: NNST's flip_aug), or
     # rotations_mirrored (each rotation mirrored too: 8 views).
     augment: str = "rotations"
+    # nnst_split (NNST's final pass): each layer sampled on a sub-grid of about this many positions
+    # a side (NNST's 64), every position of a layer no larger.
+    split_side: int = 64
 
 
 def check_nnst(o) -> None:
     """Refuse bad `style.nnst` options in one line (nstexp.validation calls this)."""
+    if o.split_side < 1:
+        raise ConfigError(f"style.nnst.split_side={o.split_side} must be >= 1")
     if o.stride < 1 or o.refresh < 0:
         key, value, low = ("stride", o.stride, 1) if o.stride < 1 else ("refresh", o.refresh, 0)
         raise ConfigError(f"style.nnst.{key}={value} must be >= {low}" + (" (0: once per level)" if low == 0 else ""))

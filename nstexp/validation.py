@@ -10,7 +10,7 @@ import math
 import os
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from nstexp.config import (
     ARCHS,
@@ -231,6 +231,18 @@ def validate(cfg: DictConfig) -> None:
         _at_least("scales.first_steps", cfg.scales.first_steps, 0)
     _at_least("scales.content_weight_ratio", cfg.scales.content_weight_ratio, 0, strict=True)
     _choice("scales.content_weight_at", cfg.scales.content_weight_at, CONTENT_WEIGHT_AT)
+    if cfg.scales.final_steps is not None:
+        _at_least("scales.final_steps", cfg.scales.final_steps, 0)
+    if cfg.scales.final_loss is not None:
+        _choice("scales.final_loss", cfg.scales.final_loss, tuple(declared["style"]))
+        if cfg.scales.final_pass:  # the final pass's settings, checked as a run of their own
+            final = cfg.copy()
+            with open_dict(final):
+                final.style.loss, final.scales.final_loss = cfg.scales.final_loss, None
+            try:
+                validate(final)
+            except ConfigError as exc:
+                raise ConfigError(f"scales.final_loss={cfg.scales.final_loss}: {exc}") from None
     if cfg.scales.last_lr is not None:
         _at_least("scales.last_lr", cfg.scales.last_lr, 0, strict=True)
     if not 0 <= cfg.seed < 2**63:

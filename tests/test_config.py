@@ -126,7 +126,7 @@ def test_bad_values_fail_in_one_line(tmp_path, override, needle):
         (["seed=-1"], "seed=-1 must be in [0, 2**63)"),
         (["log_every=0"], "log_every=0 must be >= 1"),
         (["style.loss=w3"], "style.loss='w3' is not allowed (allowed: gram, w2, sliced, mmd_linear, mmd_poly, "
-                            "mmd_gaussian, bn, cmd, histogram, mrf, strotss, nnst)"),
+                            "mmd_gaussian, bn, cmd, histogram, mrf, strotss, nnst, nnst_split)"),
         (["style.loss={gram:1,hist:0.5}"], "style.loss: unknown loss 'hist' in the mix (allowed: gram, w2, sliced,"),
         (["style.loss={gram:1,histogram:-1}"], "style.loss.histogram=-1 must be a finite number >= 0 (a weight of the mix)"),
         (["style.loss={gram:0}"], "style.loss: every weight of the mix is 0"),

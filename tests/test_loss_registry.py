@@ -34,7 +34,7 @@ def test_the_config_names_are_the_registered_classes():
     assert {k: v.__name__ for k, v in STYLE_LOSSES.items()} == {
         "gram": "Gram", "w2": "W2", "sliced": "Sliced", "mmd_linear": "MMDLinear", "mmd_poly": "MMDPoly",
         "mmd_gaussian": "MMDGaussian", "bn": "BN", "cmd": "CMD", "histogram": "Histogram",
-        "mrf": "MRF", "strotss": "STROTSS", "nnst": "NNST"}
+        "mrf": "MRF", "strotss": "STROTSS", "nnst": "NNST", "nnst_split": "NNSTSplit"}
     assert {k: v.__name__ for k, v in CONTENT_LOSSES.items()} == {"squared_error": "SquaredError",
                                                                   "self_similarity": "SelfSimilarity"}
     for name, cls in {**STYLE_LOSSES, **CONTENT_LOSSES}.items():

@@ -273,13 +273,16 @@ def test_nnst_colours_keep_the_lightness_and_take_the_style_chroma():
 
 
 def test_a_tiny_run_of_the_recipe_completes(tmp_path):
-    # Levels 34 and 48 px: the targets rebuilt at each level, NNST's ten layers down to relu4_3.
+    # Levels 34 and 48 px and the final pass at 48: the targets rebuilt at each level, NNST's ten
+    # layers down to relu4_3.
     r = run_cli(["experiment=nnst", *TINY, "scales.min=32", "scales.factor=1.4142135623730951",
                  f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["status"] == "completed" and summary["steps"] == 4
+    assert summary["status"] == "completed" and summary["steps"] == 6
     rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
     assert {k for k in rows[0] if k.startswith("loss/style/")} == {"loss/style/hypercolumn"}
-    assert all(np.isfinite(row["loss/total"]) and 0 < row["loss/style"] < 2 for row in rows)
+    # nnst's cosine distance is at most 2; the final pass sums ten layers' distances.
+    assert all(np.isfinite(row["loss/total"]) and 0 < row["loss/style"] < (2 if row["level"] < 2 else 20)
+               for row in rows)
     assert (tmp_path / "run" / "final.png").is_file()

@@ -352,7 +352,7 @@ def test_a_bad_option_is_refused_in_one_line(tmp_path, overrides, needle):
 def test_validation_reads_the_joint_losses_off_their_source():
     from nstexp.loss_catalogue import classes_in_source, joint_losses
 
-    assert joint_losses() == {"style": {"strotss", "nnst"}, "content": {"self_similarity"}}
+    assert joint_losses() == {"style": {"strotss", "nnst", "nnst_split"}, "content": {"self_similarity"}}
     declared = classes_in_source()
     for kind, table in (("style", STYLE_LOSSES), ("content", CONTENT_LOSSES)):
         assert {n for n, v in declared[kind].items() if v.get("joint")} == {n for n, c in table.items() if c.joint}

@@ -23,6 +23,7 @@ from nstexp.losses.mrf import mrf_loss
 from nstexp.losses.strotss import relaxed_emd, strotss_loss
 from nstexp.losses.self_similarity import self_similarity_loss
 from nstexp.losses.nnst import nnst_loss
+from nstexp.losses.nnst_split import split_distance
 from nstexp.losses.tv import tv_loss
 from nstexp.losses.laplacian import laplacian, laplacian_loss
 # isort: on
@@ -33,5 +34,5 @@ __all__ = [
     "random_directions", "sliced_loss", "sqrtm", "style_loss", "trace_sqrt", "tv_loss", "w2_loss",
     "bn_loss", "central_moments", "cmd_loss", "gaussian_mmd2_exact", "gaussian_mmd2_linear", "histogram_loss",
     "histogram_remap", "laplacian", "laplacian_loss", "mmd_linear_loss", "mmd_poly_loss", "mrf_loss",
-    "nnst_loss", "relaxed_emd", "self_similarity_loss", "strotss_loss",
+    "nnst_loss", "relaxed_emd", "self_similarity_loss", "split_distance", "strotss_loss",
 ]

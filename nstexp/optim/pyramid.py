@@ -36,8 +36,16 @@ def level_settings(cfg: DictConfig, level: int, n_levels: int) -> DictConfig:
     content weight times `scales.content_weight_ratio` per level below the finest, content.weight
     being the finest level's or, with `scales.content_weight_at=coarsest`, the coarsest level's
     (STROTSS: ratio 2 and 16 at the coarsest, so 16, 8, 4, 2 from 64 to 512 px), and at the finest
-    level `scales.last_lr` as the learning rate where it is set. `cfg` itself is left alone; with
-    neither set it is returned as it is."""
+    level `scales.last_lr` as the learning rate where it is set. Level `n_levels` is the final
+    pass (`scales.final_pass`): the finest level's settings with style.loss `scales.final_loss`
+    where it is set. `cfg` itself is left alone; with nothing to change it is returned as it is."""
+    if level >= n_levels:
+        out = level_settings(cfg, n_levels - 1, n_levels)
+        if cfg.scales.final_loss is None:
+            return out
+        out = copy.deepcopy(out)
+        out.style.loss = cfg.scales.final_loss
+        return out
     ratio, last_lr = cfg.scales.content_weight_ratio, cfg.scales.last_lr
     below = n_levels - 1 - level  # levels between this one and the finest
     # The power of the ratio that multiplies content.weight: levels to the finest, or minus levels from the coarsest.
@@ -49,6 +57,19 @@ def level_settings(cfg: DictConfig, level: int, n_levels: int) -> DictConfig:
     if last_lr is not None and below == 0:
         out.optimizer.lr = float(last_lr)
     return out
+
+
+def schedule(size: int, steps: int, scales) -> tuple[list[int], list[int]]:
+    """The longest side and the steps of every level: `steps` a level (`scales.first_steps` at the
+    first of several), and last, with `scales.final_pass`, the final pass at the finest size
+    (`scales.final_steps`, or `steps`)."""
+    sizes = levels(size, scales.min, scales.factor)
+    first = scales.first_steps if scales.first_steps is not None and len(sizes) > 1 else steps
+    level_steps = [first] + [steps] * (len(sizes) - 1)
+    if scales.final_pass:
+        final = scales.final_steps if scales.final_steps is not None else steps
+        sizes, level_steps = sizes + [sizes[-1]], level_steps + [final]
+    return sizes, level_steps
 
 
 def upsample(image: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:

@@ -20,6 +20,7 @@ from nstexp.losses.mix import style_loss_for
 from nstexp.losses.objective import weighted_layers
 from nstexp.network import memory
 from nstexp.network.backbone import FeatureExtractor
+from nstexp.optim.pyramid import level_settings
 from nstexp.run import colour, masks
 
 # Upscaling an input by more than this blurs it visibly: the run says so.
@@ -101,6 +102,14 @@ def stack_shape(shapes: dict[str, tuple[int, int, int]], layers, hw: tuple[int, 
     return (3 + sum(shapes[k][0] for k in layers if k in shapes), *hw)
 
 
+def style_bytes(loss, layers, result: dict, styles: list[dict], hw: tuple[int, int], style_hws: list) -> int:
+    """A style loss's working bytes for the result's and the style images' feature shapes."""
+    if loss.joint:  # once, with its stack's shape: the RGB and every layer's channels per pixel
+        return loss.working_bytes(stack_shape(result, layers, hw),
+                                  [stack_shape(s, layers, shw) for s, shw in zip(styles, style_hws)])
+    return sum(loss.working_bytes(result[k], [s[k] for s in styles]) for k in layers if k in result)
+
+
 def memory_check(extractor: FeatureExtractor, cfg, device: torch.device, summary: dict, batch: int = 1,
                  job_cfgs: list | None = None):
     """A `check_memory` for `load` that refuses what cannot fit and records the estimate (of a
@@ -109,7 +118,9 @@ def memory_check(extractor: FeatureExtractor, cfg, device: torch.device, summary
     # The losses' own memory (mrf's patches and similarities, strotss's and self_similarity's cost
     # matrices): per job, as they are per-job settings.
     cfgs = job_cfgs or [cfg] * batch
-    losses = [(style_loss_for(c.style), weighted_layers(c.layers)[1]) for c in cfgs]
+    # Each job's style loss, and its final pass's where that has another (the larger counts).
+    passes = [[c] + ([level_settings(c, 1, 1)] if c.scales.final_pass and c.scales.final_loss else []) for c in cfgs]
+    losses = [[(style_loss_for(p.style), weighted_layers(p.layers)[1]) for p in ps] for ps in passes]
     content_losses = [(CONTENT_LOSSES[c.content.loss](c.content), weighted_layers(c.layers)[0]) for c in cfgs]
 
     def check(content_wh: tuple[int, int], style_whs: list[tuple[int, int]]) -> None:
@@ -120,12 +131,8 @@ def memory_check(extractor: FeatureExtractor, cfg, device: torch.device, summary
             style_hws = [(round(sh * hh / h), round(sw * hh / h)) for sw, sh in style_whs]
             styles = [memory.feature_shapes(extractor, *hw) for hw in style_hws]
             total = 0
-            for loss, layers in losses:
-                if loss.joint:  # once, with its stack's shape: the RGB and every layer's channels per pixel
-                    total += loss.working_bytes(stack_shape(result, layers, (hh, ww)),
-                                                [stack_shape(s, layers, hw) for s, hw in zip(styles, style_hws)])
-                else:
-                    total += sum(loss.working_bytes(result[k], [s[k] for s in styles]) for k in layers if k in result)
+            for job_losses in losses:
+                total += max(style_bytes(loss, layers, result, styles, (hh, ww), style_hws) for loss, layers in job_losses)
             for loss, layers in content_losses:
                 if loss.joint:
                     total += loss.working_bytes(stack_shape(result, layers, (hh, ww)))

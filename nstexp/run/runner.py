@@ -144,9 +144,7 @@ def _run(jobs: list[Job], stop: StopRequest) -> None:
         full = inputs.prepare(cfg, size, deepest, device, warnings, check, style_image)
         for w in warnings:
             print(f"warning: {w}", file=sys.stderr)
-        sizes = pyramid.levels(size, cfg.scales.min, cfg.scales.factor)
-        first = cfg.scales.first_steps if cfg.scales.first_steps is not None and len(sizes) > 1 else steps
-        level_steps = [first] + [steps] * (len(sizes) - 1)
+        sizes, level_steps = pyramid.schedule(size, steps, cfg.scales)
         for job in jobs:
             job.warnings += warnings
             job.summary["memory_estimate_mb"] = jobs[0].summary["memory_estimate_mb"]
@@ -189,11 +187,12 @@ def _optimize(jobs: list[Job], cfg: DictConfig, extractor: FeatureExtractor, ful
     image = state = None
     running = list(jobs)
     space = parameterization.build(cfg.param, cfg.param_levels)
+    n_levels = len(sizes) - (1 if cfg.scales.final_pass else 0)  # the coarse-to-fine levels; then the final pass
     try:
         for level, (level_size, n_steps) in enumerate(zip(sizes, level_steps)):
-            inp = full if level == len(sizes) - 1 else inputs.prepare(
+            inp = full if level_size == sizes[-1] else inputs.prepare(
                 cfg, level_size, deepest, full.content.device, [], check, style_image)
-            settings = [pyramid.level_settings(job.cfg, level, len(sizes)) for job in running]
+            settings = [pyramid.level_settings(job.cfg, level, n_levels) for job in running]
             objective = batch_objective([build_objective(c, extractor, inp, job.summary) for c, job in zip(settings, running)])
             # What the user sees of an image: in the content's colours, if asked.
             show = lambda x, c=inp.colours, s=inp.styles[0]: colour.present(mode, x, c, s)  # noqa: E731
@@ -203,7 +202,8 @@ def _optimize(jobs: list[Job], cfg: DictConfig, extractor: FeatureExtractor, ful
                     job.final_image = show(img[None])
                     job.latest["show"] = show
             else:
-                image = pyramid.upsample(image, inp.content.shape[-2:])
+                if image.shape[-2:] != inp.content.shape[-2:]:  # the final pass goes on at the same size
+                    image = pyramid.upsample(image, inp.content.shape[-2:])
                 # Adam and RMSprop continue with their moments resized (on the pixels; a pyramid's bands
                 # start afresh); L-BFGS's curvature pairs do not carry over.
                 state = pyramid.resize_state(state, inp.content.shape[-2:]) if state and space.resizable_state else None
