@@ -95,6 +95,9 @@ class NNSTConfig:
     # nnst_split (NNST's final pass): each layer sampled on a sub-grid of about this many positions
     # a side (NNST's 64), every position of a layer no larger.
     split_side: int = 64
+    # nnst_split: the style layers it matches (empty: every style layer). NNST's code matches
+    # relu1_1 to relu3_3 at 512 px (its relu4 terms compare mismatched tensors, see nnst_split.py).
+    split_layers: List[str] = field(default_factory=list)
 
 
 def check_nnst(o) -> None:

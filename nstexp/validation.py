@@ -118,6 +118,12 @@ def validate(cfg: DictConfig) -> None:
     if joint and len(mix) > 1:
         raise ConfigError(f"style.loss={joint[0]} takes all its style layers at once and is not for a mix "
                           f"(give style.loss={joint[0]} alone)")
+    if "nnst_split" in mix:
+        active = [k for k, w in cfg.layers.style.items() if w > 0]
+        for k in cfg.style.nnst.split_layers:
+            if k not in active:
+                raise ConfigError(f"style.nnst.split_layers: {k!r} is not a style layer weighted > 0 "
+                                  f"(layers.style: {', '.join(active)})")
     if cfg.content.mask and not declared["content"][cfg.content.loss]:
         guided = " or ".join(name for name, takes_masks in declared["content"].items() if takes_masks)
         raise ConfigError(f"content.mask works with content.loss={guided}, not {cfg.content.loss}")

@@ -79,6 +79,18 @@ def test_the_loss_is_zero_on_the_styles_own_features_and_sums_the_layers():
     assert 0 < value < 4
 
 
+def test_split_layers_restrict_the_sum_to_those_layers():
+    style, other = _stack(1), _stack(2)
+    both = _loss(split_side=8, augment="none")
+    only_b = _loss(split_side=8, augment="none", split_layers=["b"])
+    # split_layers=[b] on the two-layer stack is the loss of a stack of layer b alone.
+    alone = _loss(split_side=8, augment="none")
+    stack_b = lambda s: LayerStack(s.image, {"b": s.feats["b"]}, {"b": 1.0})  # noqa: E731
+    want = alone.distance(stack_b(other), alone.target([stack_b(style)], [1.0]))
+    assert torch.allclose(only_b.distance(other, only_b.target([style], [1.0])), want)
+    assert float(both.distance(other, both.target([style], [1.0]))) > float(want)
+
+
 @pytest.mark.parametrize("bf16", [False, True])
 def test_finite_gradients_in_fp32_and_bf16_and_the_seed_repeats(bf16):
     out = []
@@ -143,6 +155,8 @@ def test_the_memory_estimate_counts_the_final_pass():
     (["scales.final_pass=true", "scales.final_loss=nnst_split", "style.masks=[sample:coffee_saucer]"],
      "scales.final_loss=nnst_split: style.masks works with"),
     (["style.loss=nnst_split", "style.nnst.split_side=0"], "style.nnst.split_side=0 must be >= 1"),
+    (["style.loss=nnst_split", "style.nnst.split_layers=[relu4_2]"],
+     "style.nnst.split_layers: 'relu4_2' is not a style layer weighted > 0"),
 ])
 def test_a_bad_final_pass_is_refused_in_one_line(tmp_path, overrides, needle):
     line = refused_in_one_line(run_cli([*overrides, *TINY, f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path))

@@ -11,6 +11,8 @@ gives the style's y_j (K_l of them). Each set is centred by its own mean (ā, ȳ
 
     L = Σ_l ω_l · 1/n_l Σ_i min_j [ 1 − cos(a_i − ā, y_j − ȳ) ],     ω_l = w_l / max_k w_k,
 
+over the style layers, or those of `style.nnst.split_layers`,
+
 the distance to each point's nearest style point under the centred cosine (NNST's
 `pairwise_distances_cos_center`), its gradient through the matched pair and through ā, as the
 source's torch.min gives it. The matches are searched without a graph over chunks of the
@@ -20,8 +22,10 @@ distances are recomputed with one.
 Where the source differs: at a layer of at most S positions a side it compares the style's
 layer with the previous layer's sub-sampled result features reshaped to this layer's channels
 (its `cs_tmp` is only set inside the sub-sampling branch; at 512 px that is every relu4 layer):
-here every layer is compared with its own features, as the paper describes. The offsets come
-from a torch.Generator seeded with the run's seed (theirs from Python's `random`).
+here every layer is compared with its own features, and `style.nnst.split_layers` names the
+layers the sum runs over (empty: every style layer; experiment=nnst: relu1_1 to relu3_3, the
+layers their code does match at 512 px). The offsets come from a torch.Generator seeded with the
+run's seed (theirs from Python's `random`).
 """
 
 from __future__ import annotations
@@ -71,6 +75,7 @@ class NNSTSplit(StyleLoss):
         super().__init__(style, seed)
         o = style.nnst
         self.side, self.augment = int(o.split_side), o.augment
+        self.layers = set(o.split_layers)  # empty: every style layer
         self.generator = torch.Generator().manual_seed(seed)
         self.chunk: int | None = None  # result points per chunk of the search; None: CHUNK_ELEMENTS / K
 
@@ -85,6 +90,8 @@ class NNSTSplit(StyleLoss):
         top = max(f.weights.values())
         total = 0
         for k, fl in f.feats.items():
+            if self.layers and k not in self.layers:
+                continue
             stride = subgrid_stride(*fl.shape[-2:], self.side)
             offset = tuple(int(v) for v in torch.randint(stride, (2,), generator=self.generator))
             y = torch.cat([sample(s.feats[k].float(), stride, offset)[0] for s in target])
