@@ -11,7 +11,7 @@ from scipy.spatial.distance import cdist
 from conftest import TINY, refused_in_one_line, run_cli, tiny_cfg
 from nstexp.config import StyleConfig
 from nstexp.loss_options import NNSTConfig
-from nstexp.losses import STYLE_LOSSES, nnst_split
+from nstexp.losses import STYLE_LOSSES, nnst
 from nstexp.losses.base import LayerStack
 from nstexp.losses.nnst_split import sample, split_distance, subgrid_stride
 from nstexp.optim import pyramid
@@ -30,7 +30,7 @@ def test_the_distance_is_each_points_nearest_centred_cosine_distance_by_scipy(mo
     assert not np.allclose(plain, want, rtol=1e-3)  # the centring matters on this case
     for chunk in (1, 5, 26):
         assert torch.equal(split_distance(torch.tensor(a), torch.tensor(y), chunk), got)
-    monkeypatch.setattr(nnst_split, "CHUNK_ELEMENTS", 2 * 31)  # the automatic chunk: 2 rows
+    monkeypatch.setattr(nnst, "CHUNK_ELEMENTS", 2 * 31)  # the automatic chunk of the search: 2 rows
     assert torch.equal(split_distance(torch.tensor(a), torch.tensor(y)), got)
 
 

@@ -11,13 +11,11 @@ gives the style's y_j (K_l of them). Each set is centred by its own mean (ā, ȳ
 
     L = Σ_l ω_l · 1/n_l Σ_i min_j [ 1 − cos(a_i − ā, y_j − ȳ) ],     ω_l = w_l / max_k w_k,
 
-over the style layers, or those of `style.nnst.split_layers`,
-
-the distance to each point's nearest style point under the centred cosine (NNST's
-`pairwise_distances_cos_center`), its gradient through the matched pair and through ā, as the
-source's torch.min gives it. The matches are searched without a graph over chunks of the
-result's points (at most CHUNK_ELEMENTS similarities at a time), then the matched pairs'
-distances are recomputed with one.
+over the style layers (or those of `style.nnst.split_layers`): the distance to each point's
+nearest style point under the centred cosine (NNST's `pairwise_distances_cos_center`), its
+gradient through the matched pair and through ā, as the source's torch.min gives it. The matches
+are nstexp.losses.nnst's search (`nearest`: without a graph, over chunks of the result's points),
+then the matched pairs' distances are recomputed with one.
 
 Where the source differs: at a layer of at most S positions a side it compares the style's
 layer with the previous layer's sub-sampled result features reshaped to this layer's channels
@@ -33,7 +31,7 @@ from __future__ import annotations
 import torch
 
 from nstexp.losses.base import StyleLoss, register
-from nstexp.losses.nnst import CHUNK_ELEMENTS, rotated, unit
+from nstexp.losses.nnst import CHUNK_ELEMENTS, StylePoints, nearest, rotated, unit
 
 
 def subgrid_stride(h: int, w: int, side: int) -> int:
@@ -51,15 +49,10 @@ def split_distance(a: torch.Tensor, y: torch.Tensor, chunk: int | None = None) -
     """1/n Σ_i min_j (1 − cos(a_i − ā, y_j − ȳ)) of result points a (B, n, N), each sample centred by
     its own mean, against style points y (K, N) -> (B,)."""
     b, n, d = a.shape
+    style = StylePoints(y)  # its centred unit copies are the ones the search compares with
+    matched = style.centred.index_select(0, nearest(a, style, chunk).flatten()).view(b, n, d)
     a_c = a - a.mean(1, keepdim=True)
-    y_c = unit(y - y.mean(0))
-    rows = chunk or max(1, CHUNK_ELEMENTS // y_c.shape[0])
-    with torch.no_grad(), torch.autocast(a.device.type, enabled=False):
-        q = a_c.detach().float().reshape(b * n, d)
-        yf = y_c.float()
-        idx = torch.cat([(q[s:s + rows] @ yf.T).argmax(1) for s in range(0, b * n, rows)])
-    matched = y_c.index_select(0, idx).view(b, n, d).to(a_c.dtype)
-    return (1 - (unit(a_c) * matched).sum(-1)).mean(1)
+    return (1 - (unit(a_c) * matched.to(a_c.dtype)).sum(-1)).mean(1)
 
 
 @register
