@@ -7,6 +7,7 @@ makes every `sweeps/<name>.yaml` the option `sweep=<name>`.
 
 from __future__ import annotations
 
+import copy
 import itertools
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig, OmegaConf
 
 from nstexp import config as config_schema
@@ -124,10 +126,11 @@ def preflight(overrides: list[str]) -> tuple[list[str], dict]:
         # Hydra's own settings (launcher, run and sweep dirs) are Hydra's to check.
         expanded = [(t, vals) for t, vals in expanded if not vals[0].lstrip("+~").startswith("hydra")]
         swept = [vals for _, vals in expanded if len(vals) > 1]
+        compose_one = _combination_composer()
         for ovs in itertools.product(*(vals for _, vals in expanded)):
             ovs = list(ovs)
             try:
-                cfg = compose(config_name="config", overrides=ovs)
+                cfg = compose_one(ovs)
             except Exception as exc:
                 bad = next((o for o in ovs if o.split("=")[0].lstrip("+~") in str(exc)), " ".join(ovs))
                 # The default config, composed only now: it names the keys a bad one could have been.
@@ -141,6 +144,40 @@ def preflight(overrides: list[str]) -> tuple[list[str], dict]:
                 raise NstexpError(f"{exc} (in the sweep's job {combination})") from None
     GlobalHydra.instance().clear()
     return [vals[0].lstrip("+~").split("=", 1)[0] for _, vals in expanded if len(vals) > 1], params
+
+
+def _combination_composer():
+    """compose(overrides) for the many combinations of a grid, as Hydra composes each, in a fraction
+    of the time: Hydra builds the defaults list (the slow part) from the config-group choices alone,
+    then sets the values on the result; so the configs are built once per choice of groups, and each
+    combination's values are set on a copy the way Hydra sets them. Call inside initialize_config_dir."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+    loader = GlobalHydra.instance().config_loader()
+    group_exists = getattr(getattr(loader, "repository", None), "group_exists", None)
+    parser = OverridesParser.create()
+    bases: dict[tuple[str, ...], DictConfig | ConfigCompositionException] = {}
+
+    def compose_one(overrides: list[str]) -> DictConfig:
+        if group_exists is None:  # not the loader this was written against: compose each in full
+            return compose(config_name="config", overrides=overrides)
+        parsed = parser.parse_overrides(overrides)
+        # As Hydra's defaults list sorts them: a dict value is a value even for a group's key.
+        is_group = [group_exists(o.key_or_group) and not isinstance(o.value(), dict) for o in parsed]
+        groups = tuple(o.input_line for o, g in zip(parsed, is_group) if g)
+        if groups not in bases:
+            try:
+                bases[groups] = compose(config_name="config", overrides=list(groups))
+            except ConfigCompositionException as exc:
+                bases[groups] = exc
+        base = bases[groups]
+        if isinstance(base, Exception):
+            raise base
+        cfg = copy.deepcopy(base)
+        ConfigLoaderImpl._apply_overrides_to_config([o for o, g in zip(parsed, is_group) if not g], cfg)
+        return cfg
+
+    return compose_one
 
 
 def compose_job(overrides: list[str]) -> DictConfig:

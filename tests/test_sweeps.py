@@ -64,6 +64,42 @@ def test_wandb_sweep_file_mirrors_the_grid(name):
     composition.preflight([f"{key}={','.join(values)}" for key, values in params.items()])
 
 
+# Group choices alone, values alone, both in every order, additions, deletions, a dict value for
+# a group's key, and overrides Hydra refuses.
+COMBINATIONS = [
+    ["loss=w2", "pair=coffee_mosaic", "style.weight=1e6", "scales.min=128"],
+    ["style.balance=content", "loss=mean_balanced", "optimizer=lbfgs", "optimizer.lr=0.5"],
+    ["+extra_key=3", "~tv", "init=noise"],
+    ["optimizer={name: adam, lr: 0.1}"],
+    [],
+    ["style.wieght=1"],
+    ["+style.weight=2"],
+    ["optimizer=nope"],
+    ["style.weight=abc", "loss=w2"],
+]
+
+
+@pytest.mark.parametrize("overrides", COMBINATIONS, ids=lambda o: " ".join(o) or "none")
+def test_a_grid_composes_each_combination_as_hydra_does(overrides):
+    """preflight composes once per choice of config groups and sets the values on a copy: the
+    config, or the refusal, is Hydra's own compose's for the same overrides."""
+    from hydra.errors import ConfigCompositionException
+    from omegaconf import OmegaConf
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=composition.CONFIG_DIR, version_base="1.3"):
+        compose_one = composition._combination_composer()
+        compose_one(["loss=w2", "pair=coffee_mosaic"])  # the cached base of the first case, reused
+        outcomes = []
+        for make in (lambda: compose(config_name="config", overrides=overrides), lambda: compose_one(overrides)):
+            try:
+                outcomes.append(OmegaConf.to_yaml(make()))
+            except ConfigCompositionException as exc:
+                outcomes.append(("refused", type(exc), str(exc)))
+    GlobalHydra.instance().clear()
+    assert outcomes[0] == outcomes[1]
+
+
 def test_bad_swept_value_fails_before_any_job(tmp_path):
     r = run_cli(["-m", "optimizer=adam,sgd", f"hydra.sweep.dir={tmp_path}/s"], cwd=tmp_path)
     assert r.returncode == 2
