@@ -55,6 +55,11 @@ def test_our_layout_builds_torchvisions_features_module_for_module(arch):
     assert ours.state_dict().keys() == theirs_state.keys()
     for key, value in ours.state_dict().items():
         assert torch.equal(value, theirs_state[key]), key
+    # Left uninitialized for loaded weights: the same modules and tensors' shapes.
+    empty = backbone.vgg_features(arch, initialize=False)
+    assert [repr(m) for m in empty] == [repr(m) for m in theirs]
+    assert [type(m) for m in empty] == [type(m) for m in theirs]
+    assert {k: v.shape for k, v in empty.state_dict().items()} == {k: v.shape for k, v in theirs_state.items()}
 
 
 def test_pools_before():

@@ -28,9 +28,11 @@ CALIBRATION_SAMPLES = ("chelsea", "swirls")
 # Average pooling factors by (arch, weights, padding, preprocessing, seed): see FeatureExtractor.
 _CALIBRATIONS: dict[tuple, list[float]] = {}
 
-def vgg_features(arch: str) -> nn.Sequential:
+def vgg_features(arch: str, initialize: bool = True) -> nn.Sequential:
     """VGG's `features` stack for `arch`, module for module as torchvision builds it (so state
-    dicts and seeded random weights carry over), initialized with torchvision's scheme.
+    dicts and seeded random weights carry over), initialized with torchvision's scheme, or
+    with `initialize=False` left uninitialized for a state dict to fill (drawing the random
+    weights twice over, as torchvision does, takes longer than loading the real ones).
 
     Built without the classifier, which holds 85% of VGG's parameters (about 0.5 GB and a
     second of random initialization that style transfer never uses).
@@ -40,14 +42,25 @@ def vgg_features(arch: str) -> nn.Sequential:
         if item == POOL:
             modules.append(nn.MaxPool2d(kernel_size=2, stride=2))
         else:
-            modules += [nn.Conv2d(channels, item, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
+            conv = (nn.Conv2d if initialize else _EmptyConv2d)(channels, item, kernel_size=3, padding=1)
+            conv.__class__ = nn.Conv2d
+            modules += [conv, nn.ReLU(inplace=True)]
             channels = item
     features = nn.Sequential(*modules)
+    if not initialize:
+        return features
     for m in features.modules():
         if isinstance(m, nn.Conv2d):  # as in torchvision.models.VGG.__init__
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             nn.init.constant_(m.bias, 0)
     return features
+
+
+class _EmptyConv2d(nn.Conv2d):
+    """nn.Conv2d whose tensors are allocated and left as they are (torch.empty)."""
+
+    def reset_parameters(self) -> None:
+        pass
 
 
 class ScaledAvgPool2d(nn.Module):
@@ -103,7 +116,7 @@ class FeatureExtractor(nn.Module):
         super().__init__()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)  # makes weights=random reproducible
-            features = vgg_features(arch)
+            features = vgg_features(arch, initialize=weights == "random")
         state = weights_module.state_dict_for(arch, weights, features)
         if state is not None:
             features.load_state_dict(state)
