@@ -126,7 +126,7 @@ def preflight(overrides: list[str]) -> tuple[list[str], dict]:
         # Hydra's own settings (launcher, run and sweep dirs) are Hydra's to check.
         expanded = [(t, vals) for t, vals in expanded if not vals[0].lstrip("+~").startswith("hydra")]
         swept = [vals for _, vals in expanded if len(vals) > 1]
-        compose_one = _combination_composer()
+        compose_one = grid_composer()
         for ovs in itertools.product(*(vals for _, vals in expanded)):
             ovs = list(ovs)
             try:
@@ -146,7 +146,7 @@ def preflight(overrides: list[str]) -> tuple[list[str], dict]:
     return [vals[0].lstrip("+~").split("=", 1)[0] for _, vals in expanded if len(vals) > 1], params
 
 
-def _combination_composer():
+def grid_composer():
     """compose(overrides) for the many combinations of a grid, as Hydra composes each, in a fraction
     of the time: Hydra builds the defaults list (the slow part) from the config-group choices alone,
     then sets the values on the result; so the configs are built once per choice of groups, and each

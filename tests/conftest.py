@@ -111,16 +111,22 @@ def refused_in_one_line(r) -> str:
     return line
 
 
+_composer: list = []  # one per test process: it keeps the configs of the config-group choices it has built
+
+
 def tiny_cfg(*overrides):
-    """The composed config of a tiny in-process run with `overrides`."""
-    from hydra import compose, initialize_config_dir
+    """The composed config of a tiny in-process run with `overrides`, as Hydra's compose makes it
+    (composition.grid_composer: the config groups' part built once per choice of groups)."""
+    from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     from nstexp import composition
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=composition.CONFIG_DIR, version_base="1.3"):
-        return compose(config_name="config", overrides=[*RUN_TINY, *overrides])
+        if not _composer:
+            _composer.append(composition.grid_composer())
+        return _composer[0]([*RUN_TINY, *overrides])
 
 
 def sections(content_layers, style_layers, content_weight=1.0, style_weight=1e3, tv_weight=0.0,

@@ -88,7 +88,7 @@ def test_a_grid_composes_each_combination_as_hydra_does(overrides):
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=composition.CONFIG_DIR, version_base="1.3"):
-        compose_one = composition._combination_composer()
+        compose_one = composition.grid_composer()
         compose_one(["loss=w2", "pair=coffee_mosaic"])  # the cached base of the first case, reused
         outcomes = []
         for make in (lambda: compose(config_name="config", overrides=overrides), lambda: compose_one(overrides)):
@@ -330,17 +330,25 @@ nstexp.run.inputs.initial_image = crash_on_coffee
 
 @pytest.mark.parametrize("launcher", [[], ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
                                       ["hydra/launcher=submitit_local"]])
-def test_every_launcher_exits_1_when_jobs_fail_and_keeps_the_others_and_the_report(tmp_path, wandb_env, launcher):
+def test_every_launcher_exits_1_when_jobs_fail_and_keeps_the_others_and_the_report(tmp_path, wandb_env, monkeypatch,
+                                                                                   launcher):
     # Three jobs: one refuses its input (a missing file), one hits a bug that shows up in that job
-    # only, planted through sitecustomize in every process (so the command runs in its own process
-    # even under the basic launcher), one completes. Under joblib (2 workers) and submitit this is
-    # also their sweep that runs: the completed job's run, files and report are as in any sweep.
-    (tmp_path / "plant").mkdir()
-    (tmp_path / "plant" / "sitecustomize.py").write_text(CRASH_ON_COFFEE)
-    env = {"PYTHONPATH": os.pathsep.join([str(tmp_path / "plant"), os.environ.get("PYTHONPATH", "")])}
-    sweep = tmp_path / "s"
+    # only, one completes. Under joblib (2 workers) and submitit this is also their sweep that
+    # runs: the completed job's run, files and report are as in any sweep. The bug is planted
+    # through sitecustomize in every process the launchers start; the basic launcher runs the
+    # jobs in the command's own process, here this one, where it is planted directly.
+    sweep, env = tmp_path / "s", {}
+    if launcher:
+        (tmp_path / "plant").mkdir()
+        (tmp_path / "plant" / "sitecustomize.py").write_text(CRASH_ON_COFFEE)
+        env = {"PYTHONPATH": os.pathsep.join([str(tmp_path / "plant"), os.environ.get("PYTHONPATH", "")])}
+    else:
+        import nstexp.run.inputs
+
+        monkeypatch.setattr(nstexp.run.inputs, "initial_image", nstexp.run.inputs.initial_image)  # put back after
+        exec(CRASH_ON_COFFEE, {})  # as sitecustomize runs it
     r = run_cli(["-m", *TINY, "content.image=missing.png,sample:coffee,sample:chelsea", *launcher,
-                 f"hydra.sweep.dir={sweep}"], cwd=tmp_path, env=env, process=True)
+                 f"hydra.sweep.dir={sweep}"], cwd=tmp_path, env=env, process=bool(launcher))
     assert r.returncode == 1, r.stderr
     assert "Traceback" not in r.stderr
     if "submitit" not in " ".join(launcher):  # submitit keeps each job's output in its own logs

@@ -54,12 +54,12 @@ def points(job: Job, x_key: str, key: str, keep=_finite) -> list[tuple[float, fl
     return [(m[x_key], m[key]) for m in job.metrics if x_key in m and keep(m.get(key))]
 
 
-def _figure(width: float, height: float):
+def _figure(width: float, height: float, layout: str | None = "constrained"):
     # Imported here: matplotlib takes a while to import, and only drawing needs it.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), layout="constrained")
+    fig = Figure(figsize=(width, height), layout=layout)
     FigureCanvasAgg(fig)
     return fig
 
@@ -70,8 +70,11 @@ def _curves(jobs: list[Job], path: str, title: str, panels: tuple[tuple[str, str
     Values the scale cannot show (0 or inf on a log scale) are left out. A job keeps its colour in every figure.
     """
     keep = _positive if yscale == "log" else _finite
-    fig = _figure(5 * len(panels), 9)
-    axes = fig.subplots(len(X_AXES), len(panels), squeeze=False)
+    # A fixed grid rather than a layout engine, which draws the figure several times over (half
+    # of the time a sweep's report takes); saving with bbox_inches="tight" takes in the legend.
+    fig = _figure(5 * len(panels), 9, layout=None)
+    axes = fig.subplots(len(X_AXES), len(panels), squeeze=False,
+                        gridspec_kw=dict(left=0.3 / len(panels), right=0.98, bottom=0.07, top=0.92, wspace=0.3, hspace=0.3))
     for i, job in enumerate(j for j in jobs if j.metrics):
         style = {"color": f"C{i % 10}", "linestyle": ("-", "--", ":", "-.")[i // 10 % 4], "label": _legend_label(job)}
         for row, (x_key, _) in enumerate(X_AXES):
@@ -86,7 +89,8 @@ def _curves(jobs: list[Job], path: str, title: str, panels: tuple[tuple[str, str
             for handle, label in zip(*axes[row, col].get_legend_handles_labels()):
                 legend.setdefault(label, handle)
     if legend:
-        fig.legend(legend.values(), legend.keys(), loc="outside lower center", ncols=min(len(panels), len(legend)))
+        fig.legend(legend.values(), legend.keys(), loc="upper center", bbox_to_anchor=(0.5, 0.0),
+                   ncols=min(len(panels), len(legend)))
     fig.suptitle(title)
     fig.savefig(path, dpi=100, bbox_inches="tight")  # all of the labels, however long
 
