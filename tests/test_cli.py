@@ -170,7 +170,7 @@ def test_sigint_stops_within_a_step_and_keeps_everything(tmp_path, wandb_env):
 
 
 def test_sigterm_is_handled_like_ctrl_c(tmp_path, wandb_env):
-    proc, out = _start_long_run(tmp_path, "wandb.mode=disabled")
+    proc, out = _start_long_run(tmp_path, "wandb.mode=disabled", "eval.enabled=false")
     proc.send_signal(signal.SIGTERM)
     proc.communicate()
     assert proc.returncode == 130

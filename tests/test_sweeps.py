@@ -149,7 +149,8 @@ def test_shipped_sweep_runs_tiny_and_command_line_replaces_a_swept_key(tmp_path,
     assert all(j.group.startswith("optimizer_init-") for j in jobs)
 
 
-RESUME = ["-m", "size=32", "steps=2", "progress=false", "snapshot_every=0", "wandb.mode=disabled", "eval.size=64"]
+RESUME = ["-m", "size=32", "steps=2", "progress=false", "snapshot_every=0", "wandb.mode=disabled", "eval.enabled=false",
+          "eval.size=64"]
 
 
 @pytest.fixture(scope="module")
@@ -328,8 +329,16 @@ nstexp.run.inputs.initial_image = crash_on_coffee
 """
 
 
-@pytest.mark.parametrize("launcher", [[], ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
-                                      ["hydra/launcher=submitit_local"]])
+# Under joblib and submitit, a sweep whose every job starts a process of its own: long end-to-end
+# runs (half a minute on a 2-core CPU), in the slow suite; the default suite runs joblib's workers
+# in the Ctrl-C test below.
+MULTIPROCESS = pytest.mark.slow
+
+
+@pytest.mark.parametrize("launcher", [pytest.param([], id="basic"),
+                                      pytest.param(["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], id="joblib",
+                                                   marks=MULTIPROCESS),
+                                      pytest.param(["hydra/launcher=submitit_local"], id="submitit", marks=MULTIPROCESS)])
 def test_every_launcher_exits_1_when_jobs_fail_and_keeps_the_others_and_the_report(tmp_path, wandb_env, monkeypatch,
                                                                                    launcher):
     # Three jobs: one refuses its input (a missing file), one hits a bug that shows up in that job
@@ -387,9 +396,11 @@ def _start_long_sweep(tmp_path, *extra):
         time.sleep(0.2)
 
 
-@pytest.mark.parametrize("how", ["ctrl-c at the terminal", "sigterm to the launcher"])
+@pytest.mark.parametrize("how", ["ctrl-c at the terminal",
+                                 pytest.param("sigterm to the launcher", marks=MULTIPROCESS)])
 def test_interrupting_a_joblib_sweep_keeps_every_job(tmp_path, wandb_env, how):
-    proc, sweep = _start_long_sweep(tmp_path)
+    # The metrics of the interrupted images once, under Ctrl-C.
+    proc, sweep = _start_long_sweep(tmp_path, *([] if how == "ctrl-c at the terminal" else ["eval.enabled=false"]))
     if how == "ctrl-c at the terminal":
         os.killpg(proc.pid, signal.SIGINT)  # the whole foreground group: launcher, workers, W&B
     else:
