@@ -448,7 +448,8 @@ def eval_sweep(root):
 
 def test_eval_columns_compare_jobs_across_normalizations(tmp_path):
     eval_sweep(tmp_path)
-    paths = compare.write_report(str(tmp_path), cell=CELL, sort="eval/style_sw")
+    paths = compare.write_report(str(tmp_path), cell=CELL, sort="eval/style_sw", tables_only=True)
+    assert set(paths) == {"csv", "markdown"} and not list(tmp_path.glob("*.png"))  # the tables alone
     md, rows = read_markdown(paths["markdown"]), read_csv(paths["csv"])
     # Best style distance first; the running job has none and comes last, with empty cells.
     assert [r["job"] for r in rows] == [r["job"] for r in md] == ["3", "1", "2", "0", "4"]
@@ -461,9 +462,9 @@ def test_eval_columns_compare_jobs_across_normalizations(tmp_path):
     assert list(rows[0])[-len(per_layer) - 2:] == ["eval/colour_content", *per_layer, "final_png"]
     assert float(rows[0]["eval/style_sw/relu5_1"]) == 0.1 * 5
 
-    rows = read_csv(compare.write_report(str(tmp_path), cell=CELL, sort="eval/ssim")["csv"])
+    rows = read_csv(compare.write_report(str(tmp_path), cell=CELL, sort="eval/ssim", tables_only=True)["csv"])
     assert [r["job"] for r in rows] == ["0", "2", "1", "3", "4"]  # SSIM: higher is better, so highest first
-    rows = read_csv(compare.write_report(str(tmp_path), cell=CELL)["csv"])
+    rows = read_csv(compare.write_report(str(tmp_path), cell=CELL, tables_only=True)["csv"])
     assert [r["job"] for r in rows] == ["0", "1", "2", "3", "4"]  # unsorted: job order
 
 
@@ -473,7 +474,7 @@ def test_sorting_by_total_variation_puts_the_ratio_closest_to_1_first(tmp_path):
     tv = {0: 0.2, 1: 1.02, 2: 1.5, 3: 0.9}
     for num, value in tv.items():
         update_summary(tmp_path, num, **{"eval/tv": value})
-    rows = read_csv(compare.write_report(str(tmp_path), cell=CELL, sort="eval/tv")["csv"])
+    rows = read_csv(compare.write_report(str(tmp_path), cell=CELL, sort="eval/tv", tables_only=True)["csv"])
     closest_first = sorted(tv, key=lambda num: abs(tv[num] - 1))
     assert [r["job"] for r in rows] == [str(num) for num in closest_first] + ["4"]
 
@@ -494,9 +495,11 @@ def test_every_sortable_key_has_its_own_ranking_rule(tmp_path):
 
 def test_cli_sorts_the_tables_and_refuses_a_key_no_job_has(tmp_path):
     eval_sweep(tmp_path)
-    result = _cli(str(tmp_path), "--cell", "32", "--sort", "eval/style_sw")
+    result = _cli(str(tmp_path), "--cell", "32", "--sort", "eval/style_sw", "--tables-only")
     assert result.returncode == 0, result.stderr
     assert [r["job"] for r in read_csv(tmp_path / "comparison.csv")] == ["3", "1", "2", "0", "4"]
+    assert result.stdout.split() == [str(tmp_path / "comparison.csv"), str(tmp_path / "comparison.md")]
+    assert not list(tmp_path.glob("*.png"))
     (tmp_path / "comparison.csv").unlink()
     result = _cli(str(tmp_path), "--sort", "eval/style_swd")
     assert result.returncode == 2 and result.stderr.startswith("error: ") and "eval/style_swd" in result.stderr

@@ -107,25 +107,29 @@ def sort_jobs(jobs: list[Job], key: str) -> list[Job]:
     return sorted(jobs, key=rank)
 
 
-def write_report(sweep_dir: str, cell: int = CELL, jobs: list[Job] | None = None, sort: str | None = None
-                 ) -> dict[str, str]:
+def write_report(sweep_dir: str, cell: int = CELL, jobs: list[Job] | None = None, sort: str | None = None,
+                 tables_only: bool = False) -> dict[str, str]:
     """Write the comparison files into `sweep_dir`; returns the paths written, keyed as in OUTPUTS.
 
     eval_curves.png and tradeoff.png are written only when some job has the `eval/` metrics.
     `jobs` is what `collect(sweep_dir)` returns, for callers that already have it; `sort` a
-    summary key that orders the tables' rows (see sort_jobs), else they are in job order.
+    summary key that orders the tables' rows (see sort_jobs), else they are in job order;
+    `tables_only`: comparison.csv and comparison.md alone (the images do not depend on `sort`).
     """
     jobs = collect(sweep_dir) if jobs is None else jobs
     rows_order = sort_jobs(jobs, sort) if sort else jobs  # first: a wrong key must not leave half a report
     paths = {kind: os.path.join(sweep_dir, name) for kind, name in OUTPUTS.items()}
-    # Any started job's config names the inputs; job 0 may not have started (parallel launchers).
-    first = next((job for job in jobs if job.dir and os.path.isdir(job.dir)), jobs[0])
-    contact_sheet(jobs, paths["contact_sheet"], cell, input_images(first))
-    title = os.path.abspath(sweep_dir)
-    plots.loss_curves(jobs, paths["loss_curves"], title)
-    for kind, plot in (("eval_curves", plots.eval_curves), ("tradeoff", plots.tradeoff)):
-        if not plot(jobs, paths[kind], title):
-            del paths[kind]
+    if tables_only:
+        paths = {kind: paths[kind] for kind in ("csv", "markdown")}
+    else:
+        # Any started job's config names the inputs; job 0 may not have started (parallel launchers).
+        first = next((job for job in jobs if job.dir and os.path.isdir(job.dir)), jobs[0])
+        contact_sheet(jobs, paths["contact_sheet"], cell, input_images(first))
+        title = os.path.abspath(sweep_dir)
+        plots.loss_curves(jobs, paths["loss_curves"], title)
+        for kind, plot in (("eval_curves", plots.eval_curves), ("tradeoff", plots.tradeoff)):
+            if not plot(jobs, paths[kind], title):
+                del paths[kind]
     header, rows = table(rows_order, sweep_dir, every_eval=True)
     with open(paths["csv"], "w", newline="") as f:
         csv.writer(f).writerows([header, *([csv_cell(v) for v in row] for row in rows)])
@@ -155,9 +159,12 @@ def main(argv: list[str] | None = None) -> None:
                         help="order the tables' rows best first by this summary.json number, e.g. eval/style_sw "
                         "(each metric's own rule: lowest first, highest first for eval/ssim, closest to 1 first "
                         "for eval/tv)")
+    parser.add_argument("--tables-only", action="store_true",
+                        help="write only comparison.csv and comparison.md (to re-sort a sweep's tables in a moment; "
+                        "the images do not change with --sort)")
     args = parser.parse_args(argv)
     try:
-        paths = write_report(args.sweep_dir, args.cell, sort=args.sort)
+        paths = write_report(args.sweep_dir, args.cell, sort=args.sort, tables_only=args.tables_only)
     except NstexpError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
