@@ -6,7 +6,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from scipy.spatial.distance import cdist
 
 from conftest import TINY, refused_in_one_line, run_cli, tiny_cfg
 from nstexp.config import StyleConfig
@@ -20,6 +19,8 @@ F64 = torch.float64
 
 
 def test_the_distance_is_each_points_nearest_centred_cosine_distance_by_scipy(monkeypatch):
+    from scipy.spatial.distance import cdist  # here: slow to import, and only this test needs it
+
     rng = np.random.default_rng(0)
     a = rng.normal(size=(2, 13, 5)) + np.array([3.0, -2.0, 0, 0, 0])  # an offset that centring removes
     y = rng.normal(size=(31, 5)) + 1.5

@@ -31,7 +31,8 @@ def test_wheel_ships_configs_and_runs_from_another_directory(tmp_path, wandb_env
                            cwd=elsewhere, env=env, capture_output=True, text=True, check=True)
     assert probe.stdout.split() == [str(target / "nstexp" / "conf"), str(target / "nstexp" / "sweeps")]
     r = subprocess.run([sys.executable, "-m", "nstexp", "size=32", "steps=1", "progress=false",
-                        "wandb.mode=disabled", "eval.size=64", "layers=pytorch_blog", "hydra.run.dir=out"],
+                        "wandb.mode=disabled", "eval.enabled=false", "eval.size=64", "layers=pytorch_blog",
+                        "hydra.run.dir=out"],
                        cwd=elsewhere, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert (elsewhere / "out" / "final.png").is_file()

@@ -2,10 +2,8 @@
 references: closed forms in numpy, scipy's moments, POT's exact 1-D optimal transport."""
 
 import numpy as np
-import ot
 import pytest
 import torch
-from scipy import stats
 
 from conftest import sections
 from nstexp.config import CMDConfig, MMDConfig, StyleConfig
@@ -102,6 +100,8 @@ def test_bn_is_the_distance_of_numpys_means_and_deviations():
 
 
 def test_cmd_is_the_sum_of_norms_of_scipys_central_moment_differences():
+    from scipy import stats  # here: slow to import, and only this test needs it
+
     x, y = _feats(0) * 60, _feats(1, h=9, w=4, shift=0.5) * 60
     sx, sy = (1 / (1 + np.exp(-_points(f) / 57.6)) for f in (x, y))
     expected = np.linalg.norm(sx.mean(0) - sy.mean(0))
@@ -121,6 +121,8 @@ def test_blended_targets_are_the_mixtures():
 
 
 def test_histogram_is_zero_on_the_styles_own_features_and_its_remap_is_1d_optimal_transport():
+    import ot  # here: slow to import, and only this test needs it
+
     y = _feats(1, h=9, w=4)
     assert _value("histogram", y, [y]).item() == pytest.approx(0, abs=1e-20)
     x = _feats(0, h=6, w=6, shift=0.3)  # as many positions (36) as the style

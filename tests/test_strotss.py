@@ -6,7 +6,6 @@ import functools
 import json
 
 import numpy as np
-import ot
 import pytest
 import torch
 import torch.nn.functional as F
@@ -45,6 +44,8 @@ def _remd(x, y, kind):
 
 
 def _emd(c):
+    import ot  # here: slow to import, and only this test needs it
+
     n, k = c.shape
     return ot.emd2(np.full(n, 1 / n), np.full(k, 1 / k), c)
 

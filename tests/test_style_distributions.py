@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import scipy.linalg
 import torch
 
 from nstexp import losses
@@ -26,6 +25,8 @@ def _w2(features: torch.Tensor, style: torch.Tensor) -> float:
 
 def _closed_form(mu1, cov1, mu2, cov2, eps=losses.wasserstein.EPS):
     """W2² between Gaussians, with scipy's matrix square root (the loss adds eps I to both covariances)."""
+    import scipy.linalg  # here: slow to import, and only these tests need it
+
     cov1, cov2 = cov1 + eps * np.eye(len(mu1)), cov2 + eps * np.eye(len(mu2))
     root = scipy.linalg.sqrtm(cov2)
     cross = scipy.linalg.sqrtm(root @ cov1 @ root).real
@@ -53,6 +54,8 @@ def test_w2_of_full_covariance_gaussians_matches_the_closed_form():
 
 @pytest.mark.parametrize("n", [3, 16, 64])
 def test_square_roots_match_scipy_on_random_spd_matrices(n):
+    import scipy.linalg  # here: slow to import, and only these tests need it
+
     rng = np.random.default_rng(n)
     a = rng.standard_normal((n, n))
     spd = a @ a.T + 1e-3 * np.eye(n)
