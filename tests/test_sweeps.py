@@ -330,8 +330,8 @@ nstexp.run.inputs.initial_image = crash_on_coffee
 
 
 # Under joblib and submitit, a sweep whose every job starts a process of its own: long end-to-end
-# runs (half a minute on a 2-core CPU), in the slow suite; the default suite runs joblib's workers
-# in the Ctrl-C test below.
+# runs (half a minute on a 2-core CPU), in the slow suite. The default suite stops a run and a
+# batched sweep by signal (test_cli.py, test_batching.py) and fails jobs under the basic launcher.
 MULTIPROCESS = pytest.mark.slow
 
 
@@ -396,8 +396,8 @@ def _start_long_sweep(tmp_path, *extra):
         time.sleep(0.2)
 
 
-@pytest.mark.parametrize("how", ["ctrl-c at the terminal",
-                                 pytest.param("sigterm to the launcher", marks=MULTIPROCESS)])
+@MULTIPROCESS
+@pytest.mark.parametrize("how", ["ctrl-c at the terminal", "sigterm to the launcher"])
 def test_interrupting_a_joblib_sweep_keeps_every_job(tmp_path, wandb_env, how):
     # The metrics of the interrupted images once, under Ctrl-C.
     proc, sweep = _start_long_sweep(tmp_path, *([] if how == "ctrl-c at the terminal" else ["eval.enabled=false"]))
