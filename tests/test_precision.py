@@ -12,8 +12,6 @@ import os
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
 from conftest import run_cli, sections, tiny_cfg
 from wandb_offline import find_runs
@@ -46,14 +44,17 @@ CASES = {
 }
 
 
-@functools.lru_cache(maxsize=1)
+OFFLINE_WEIGHTS = ("caffe", "caffe_normalized", "random")
+
+
+@functools.lru_cache(maxsize=None)
+def _offline(name: str) -> bool:
+    """Whether recipe `name`'s weights ship with the package (seed000's VGG-16 ImageNet weights do not)."""
+    return tiny_cfg(f"experiment={name}").backbone.weights in OFFLINE_WEIGHTS
+
+
 def _recipes_offline() -> list[str]:
-    """The recipes whose weights ship with the package (seed000's VGG-16 ImageNet weights do not)."""
-    names = RECIPES
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=composition.CONFIG_DIR, version_base="1.3"):
-        return [n for n in names if compose(config_name="config", overrides=[f"experiment={n}"]).backbone.weights
-                in ("caffe", "caffe_normalized", "random")]
+    return [n for n in RECIPES if _offline(n)]
 
 
 # Every shipped recipe; the test skips one whose weights are not offline (composed when it runs,
@@ -62,7 +63,7 @@ RECIPES = sorted(f[:-5] for f in os.listdir(os.path.join(composition.CONFIG_DIR,
 
 
 def skip_unless_offline(name: str) -> None:
-    if name not in _recipes_offline():
+    if not _offline(name):
         pytest.skip(f"{name}'s weights are downloaded on first use: not offline")
 
 
