@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+from collections import OrderedDict
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -146,17 +147,24 @@ def preflight(overrides: list[str]) -> tuple[list[str], dict]:
     return [vals[0].lstrip("+~").split("=", 1)[0] for _, vals in expanded if len(vals) > 1], params
 
 
+# The configs of the choices of config groups composed in this process, latest last (the package's
+# own conf/ and sweeps/, which do not change while it runs): see grid_composer.
+_BASES: OrderedDict[tuple[str, ...], DictConfig | ConfigCompositionException] = OrderedDict()
+_MAX_BASES = 64
+
+
 def grid_composer():
     """compose(overrides) for the many combinations of a grid, as Hydra composes each, in a fraction
     of the time: Hydra builds the defaults list (the slow part) from the config-group choices alone,
-    then sets the values on the result; so the configs are built once per choice of groups, and each
-    combination's values are set on a copy the way Hydra sets them. Call inside initialize_config_dir."""
+    then sets the values on the result; so the configs are built once per choice of groups (and
+    kept for the process), and each combination's values are set on a copy the way Hydra sets
+    them. Call inside initialize_config_dir."""
     from hydra._internal.config_loader_impl import ConfigLoaderImpl
 
     loader = GlobalHydra.instance().config_loader()
     group_exists = getattr(getattr(loader, "repository", None), "group_exists", None)
     parser = OverridesParser.create()
-    bases: dict[tuple[str, ...], DictConfig | ConfigCompositionException] = {}
+    bases = _BASES
 
     def compose_one(overrides: list[str]) -> DictConfig:
         if group_exists is None:  # not the loader this was written against: compose each in full
@@ -170,6 +178,9 @@ def grid_composer():
                 bases[groups] = compose(config_name="config", overrides=list(groups))
             except ConfigCompositionException as exc:
                 bases[groups] = exc
+            while len(bases) > _MAX_BASES:
+                bases.popitem(last=False)
+        bases.move_to_end(groups)
         base = bases[groups]
         if isinstance(base, Exception):
             raise base
