@@ -42,8 +42,7 @@ def vgg_features(arch: str, initialize: bool = True) -> nn.Sequential:
         if item == POOL:
             modules.append(nn.MaxPool2d(kernel_size=2, stride=2))
         else:
-            conv = (nn.Conv2d if initialize else _EmptyConv2d)(channels, item, kernel_size=3, padding=1)
-            conv.__class__ = nn.Conv2d
+            conv = nn.Conv2d(channels, item, kernel_size=3, padding=1) if initialize else _empty_conv(channels, item)
             modules += [conv, nn.ReLU(inplace=True)]
             channels = item
     features = nn.Sequential(*modules)
@@ -61,6 +60,12 @@ class _EmptyConv2d(nn.Conv2d):
 
     def reset_parameters(self) -> None:
         pass
+
+
+def _empty_conv(channels: int, out: int) -> nn.Conv2d:
+    conv = _EmptyConv2d(channels, out, kernel_size=3, padding=1)
+    conv.__class__ = nn.Conv2d  # a plain convolution from here on
+    return conv
 
 
 class ScaledAvgPool2d(nn.Module):
