@@ -70,11 +70,12 @@ def _curves(jobs: list[Job], path: str, title: str, panels: tuple[tuple[str, str
     Values the scale cannot show (0 or inf on a log scale) are left out. A job keeps its colour in every figure.
     """
     keep = _positive if yscale == "log" else _finite
-    # A fixed grid rather than a layout engine, which draws the figure several times over (half
-    # of the time a sweep's report takes); saving with bbox_inches="tight" takes in the legend.
-    fig = _figure(5 * len(panels), 9, layout=None)
-    axes = fig.subplots(len(X_AXES), len(panels), squeeze=False,
-                        gridspec_kw=dict(left=0.3 / len(panels), right=0.98, bottom=0.07, top=0.92, wspace=0.3, hspace=0.3))
+    # A fixed grid rather than a layout engine or bbox_inches="tight", each of which draws the
+    # figure again (most of the time a sweep's report takes): the plots take `plot_w` x `plot_h`
+    # inches, and the figure grows by the legend's measured size, so long labels are kept whole.
+    plot_w, plot_h = 5.0 * len(panels), 9.0
+    fig = _figure(plot_w, plot_h, layout=None)
+    axes = fig.subplots(len(X_AXES), len(panels), squeeze=False)
     for i, job in enumerate(j for j in jobs if j.metrics):
         style = {"color": f"C{i % 10}", "linestyle": ("-", "--", ":", "-.")[i // 10 % 4], "label": _legend_label(job)}
         for row, (x_key, _) in enumerate(X_AXES):
@@ -85,14 +86,22 @@ def _curves(jobs: list[Job], path: str, title: str, panels: tuple[tuple[str, str
     legend = {}
     for row, (_, x_label) in enumerate(X_AXES):
         for col, (key, y_label) in enumerate(panels):
-            axes[row, col].set(title=key, xlabel=x_label, ylabel=y_label, yscale=yscale)
+            axes[row, col].set(xlabel=x_label, ylabel=y_label, yscale=yscale)
+            axes[row, col].set_title(key, y=1.0)  # a fixed place: no measuring of the tick labels for it
             for handle, label in zip(*axes[row, col].get_legend_handles_labels()):
                 legend.setdefault(label, handle)
+    legend_w = legend_h = 0.0  # inches
     if legend:
-        fig.legend(legend.values(), legend.keys(), loc="upper center", bbox_to_anchor=(0.5, 0.0),
-                   ncols=min(len(panels), len(legend)))
+        box = fig.legend(legend.values(), legend.keys(), loc="lower center", bbox_to_anchor=(0.5, 0.0),
+                         ncols=min(len(panels), len(legend))).get_window_extent(fig.canvas.get_renderer())
+        legend_w, legend_h = box.width / fig.dpi + 0.2, box.height / fig.dpi + 0.1
+    width, height = max(plot_w, legend_w), plot_h + legend_h
+    fig.set_size_inches(width, height)
+    x0 = (width - plot_w) / 2  # the plots, centred above the legend; margins for the axis labels
+    fig.subplots_adjust(left=(x0 + 1.1) / width, right=(x0 + 0.98 * plot_w) / width, wspace=0.3, hspace=0.3,
+                        bottom=(legend_h + 0.07 * plot_h) / height, top=(legend_h + 0.92 * plot_h) / height)
     fig.suptitle(title)
-    fig.savefig(path, dpi=100, bbox_inches="tight")  # all of the labels, however long
+    fig.savefig(path, dpi=100)
 
 
 def loss_curves(jobs: list[Job], path: str, title: str = "") -> None:
