@@ -181,6 +181,20 @@ def test_evaluate_command_fails_in_one_line(tmp_path, args, message):
     assert line.startswith(f"error: {message}")
 
 
+def test_evaluate_checks_every_result_before_it_scores_any(tmp_path, monkeypatch):
+    """A bad image after good ones is refused before the reference features are computed."""
+    from nstexp.eval import evaluation
+
+    images.load_image("sample:chelsea").resize((90, 60)).save(tmp_path / "good.png")
+    Image.new("RGB", (90, 20)).save(tmp_path / "wide.png")
+    built = []
+    monkeypatch.setattr(metrics.Evaluator, "__init__", lambda self, *a: built.append(a))
+    with pytest.raises(NstexpError, match="wide.png: 90x20 px does not have"):
+        evaluation.evaluate([str(tmp_path / "good.png"), str(tmp_path / "wide.png")], "sample:chelsea",
+                            "sample:swirls", size=64)
+    assert built == []
+
+
 def test_runs_log_the_metrics_at_snapshots_and_at_the_end(tmp_path):
     image, summary = nstexp.stylize("sample:chelsea", "sample:swirls", out_dir=str(tmp_path / "a"), size=48,
                                     steps=4, snapshot_every=2, **{"eval.size": 64})

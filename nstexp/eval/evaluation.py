@@ -63,21 +63,22 @@ def evaluate(results: list[str], content: str, style: str, size: int = rules.REF
     from nstexp.eval import metrics  # here: the command's help and refusals need no torch
 
     c = metrics.load(content, "--content", device)
-    evaluator = metrics.Evaluator(c, metrics.load(style, "--style", device), size)
+    s = metrics.load(style, "--style", device)
     # A result of this content has its aspect ratio up to the rounding of its sides, which moves
     # a small image's ratio by several percent (64 px of sample:chelsea: 64x48, 11% off).
     multiple = largest_multiple()
     slack = images.rounding_error(multiple)
-    rows = []
+    content_wh = (c.shape[-1], c.shape[-2])
+    # Every result is checked before anything is scored: a bad one is refused at once, not after
+    # the reference features and the images before it.
     for path in results:
-        image = metrics.load(path, "result", device)
-        wh, content_wh = (image.shape[-1], image.shape[-2]), (c.shape[-1], c.shape[-2])
+        wh = images.load_image(path, "result").size
         if not fits(wh, content_wh, slack):
             raise NstexpError(f"{path}: {wh[0]}x{wh[1]} px does not have the content image's aspect ratio "
                               f"({content_wh[0]}x{content_wh[1]} px, up to {slack:g} px per side, what rounding "
                               f"sides to {multiple} px allows); is it a result of this content?")
-        rows.append({"image": path, **evaluator(image)})
-    return rows
+    evaluator = metrics.Evaluator(c, s, size)
+    return [{"image": path, **evaluator(metrics.load(path, "result", device))} for path in results]
 
 
 def write(rows: list[dict], out_dir: str) -> dict[str, str]:
