@@ -122,14 +122,15 @@ class FeatureExtractor(nn.Module):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)  # makes weights=random reproducible
             features = vgg_features(arch, initialize=weights == "random")
-        state = weights_module.state_dict_for(arch, weights, features)
-        if state is not None:
-            features.load_state_dict(state)
-
+        state = weights_module.state_dict_for(arch, weights, features)  # checked against the whole network
         names = layer_names(arch)
         depth = max(names.index(n) for n in layers) + 1
+        features = nn.Sequential(*list(features)[:depth])
+        if state is not None:  # copied in for the modules kept only (a full VGG-19 is 80 MB)
+            features.load_state_dict({k: v for k, v in state.items() if int(k.split(".", 1)[0]) < depth})
+
         modules = []
-        for module in list(features)[:depth]:
+        for module in features:
             if isinstance(module, nn.ReLU):
                 # In-place ReLUs would overwrite the conv outputs we read.
                 module = nn.ReLU(inplace=False)
