@@ -59,3 +59,33 @@ def test_an_error_on_the_writer_fails_the_run_and_keeps_its_summary_and_image(tm
     assert summary["status"] == "failed" and "No space left on device" in summary["error"]
     assert (tmp_path / "final.png").exists()
     assert summary["steps"] < 4  # the run stopped at the step after the writer failed
+
+
+def test_the_wandb_run_starts_after_the_first_step_and_gets_every_step(tmp_path, wandb_env, monkeypatch):
+    """W&B's start-up waits for the optimizer's first step (it would slow the set-up and that
+    step); the steps logged before it started are in its history all the same."""
+    import wandb
+
+    from nstexp.run import runner
+    from wandb_offline import find_runs
+
+    order = []
+    real_init, real_optimize = wandb.init, runner.optimize
+
+    def init(*args, **kwargs):
+        order.append("wandb.init")
+        return real_init(*args, **kwargs)
+
+    def optimize(image, objective, optimizers, steps, clamp, on_step, *args, **kwargs):
+        def observed(ev):
+            if ev.step == 1:
+                order.append("step 1")
+            on_step(ev)
+        return real_optimize(image, objective, optimizers, steps, clamp, observed, *args, **kwargs)
+
+    monkeypatch.setattr(wandb, "init", init)
+    monkeypatch.setattr(runner, "optimize", optimize)
+    summary = runner.run(tiny_cfg("steps=2", "wandb.mode=offline"), str(tmp_path))
+    assert summary["status"] == "completed" and order == ["step 1", "wandb.init"]
+    (run,) = find_runs(str(tmp_path))
+    assert run.finished and [row["step"] for row in run.history if "loss/total" in row] == [0, 1, 2]

@@ -102,6 +102,8 @@ class Job:
         levels); returns whether it wrote a metrics line."""
         cfg = self.cfg
         self.latest["event"], self.latest["extra"], self.latest["show"] = ev, extra, show
+        if ev.step > 0:
+            self.tracker.stepped()
         if level > 0 and ev.step == self.done["steps"]:
             return False  # the upsampled image: the previous level logged this step
         every = cfg.snapshot_every if cfg.eval.every is None else cfg.eval.every
