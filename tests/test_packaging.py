@@ -5,9 +5,13 @@ import subprocess
 import sys
 import zipfile
 
+import pytest
+
 from conftest import REPO
 
 
+# A wheel built, installed and run from another directory: a long end-to-end run.
+@pytest.mark.slow
 def test_wheel_ships_configs_and_runs_from_another_directory(tmp_path, wandb_env):
     dist = tmp_path / "dist"
     subprocess.run(
