@@ -114,9 +114,11 @@ def refused_in_one_line(r) -> str:
 _composer: list = []  # one per test process: it keeps the configs of the config-group choices it has built
 
 
-def tiny_cfg(*overrides):
-    """The composed config of a tiny in-process run with `overrides`, as Hydra's compose makes it
-    (composition.grid_composer: the config groups' part built once per choice of groups)."""
+def compose_cfg(overrides):
+    """The config `nstexp OVERRIDES` composes, as Hydra's compose makes it, in a fraction of its time
+    (composition.grid_composer, as the command's own check of a sweep: the config groups' part is
+    built once per choice of groups and test process, the values set on a copy as Hydra sets them;
+    tests/test_sweeps.py holds the two equal)."""
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -126,7 +128,12 @@ def tiny_cfg(*overrides):
     with initialize_config_dir(config_dir=composition.CONFIG_DIR, version_base="1.3"):
         if not _composer:
             _composer.append(composition.grid_composer())
-        return _composer[0]([*RUN_TINY, *overrides])
+        return _composer[0](list(overrides))
+
+
+def tiny_cfg(*overrides):
+    """The composed config of a tiny in-process run with `overrides` (see compose_cfg)."""
+    return compose_cfg([*RUN_TINY, *overrides])
 
 
 def sections(content_layers, style_layers, content_weight=1.0, style_weight=1e3, tv_weight=0.0,

@@ -3,10 +3,8 @@
 import os
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
-from conftest import REPO, run_cli
+from conftest import REPO, compose_cfg, run_cli
 from nstexp import composition
 from nstexp.validation import validate
 
@@ -17,12 +15,6 @@ def _options(group):
     return sorted(f[:-5] for f in os.listdir(os.path.join(composition.CONFIG_DIR, group)) if f.endswith(".yaml"))
 
 
-def _compose(overrides):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=composition.CONFIG_DIR, version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
-
-
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in _options(g)])
 def test_every_group_option_composes_and_validates(group, option):
     overrides = [f"{group}={option}"]
@@ -30,7 +22,7 @@ def test_every_group_option_composes_and_validates(group, option):
         overrides.append("init.path=start.png")
     if group == "layers" and option == "keras_vgg16":
         overrides.append("backbone=vgg16")
-    cfg = _compose(overrides)
+    cfg = compose_cfg(overrides)
     validate(cfg)
     if group == "optimizer":
         assert cfg.optimizer.name == option
@@ -41,7 +33,7 @@ def test_every_group_option_composes_and_validates(group, option):
 
 
 def test_defaults_are_the_papers_network_and_layers_with_the_chosen_loss():
-    cfg = _compose([])
+    cfg = compose_cfg([])
     assert cfg.backbone.arch == "vgg19" and cfg.backbone.weights == "caffe"
     assert dict(cfg.layers.content) == {"relu4_2": 1.0}
     assert dict(cfg.layers.style) == {f"relu{i}_1": 0.2 for i in range(1, 6)}
@@ -59,7 +51,7 @@ RECIPES = sorted(f[:-5] for f in os.listdir(os.path.join(REPO, "conf", "experime
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_no_recipe_inherits_the_defaults_coarse_to_fine_or_balance(recipe):
     """A recipe is its source's settings: the default's levels and layer balance are not."""
-    cfg = _compose([f"experiment={recipe}"])
+    cfg = compose_cfg([f"experiment={recipe}"])
     with open(os.path.join(REPO, "conf", "experiment", f"{recipe}.yaml")) as f:
         text = f.read()
     assert cfg.scales.min is None or "scales:" in text
@@ -67,7 +59,7 @@ def test_no_recipe_inherits_the_defaults_coarse_to_fine_or_balance(recipe):
 
 
 def test_command_line_replaces_preset_values():
-    cfg = _compose(["loss=gatys", "style.weight=1e6", "layers.style={relu1_1: 1.0}",
+    cfg = compose_cfg(["loss=gatys", "style.weight=1e6", "layers.style={relu1_1: 1.0}",
                     "+layers.style.conv3_1=0.5", "layers.style.relu5_1=0"])
     assert cfg.style.weight == 1e6
     # Dict overrides merge into the preset; weight 0 is how a layer is dropped.
@@ -154,7 +146,7 @@ def test_every_number_is_finite_and_in_range(overrides, needle):
     from nstexp.errors import ConfigError
 
     with pytest.raises(ConfigError) as info:
-        validate(_compose(overrides))
+        validate(compose_cfg(overrides))
     assert needle in str(info.value) and "\n" not in str(info.value)
 
 

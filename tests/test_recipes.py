@@ -6,11 +6,9 @@ import os
 import re
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from conftest import run_cli
+from conftest import compose_cfg, run_cli
 from nstexp import composition
 from nstexp.validation import validate
 
@@ -27,14 +25,8 @@ TINY = ["size=32", "steps=1", "wandb.mode=disabled", "progress=false", "snapshot
         "eval.size=64"]
 
 
-def _compose(overrides):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=composition.CONFIG_DIR, version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
-
-
 def _recipe(name):
-    return _compose([f"experiment={name}"])
+    return compose_cfg([f"experiment={name}"])
 
 
 def test_the_expected_recipes_ship():
@@ -77,13 +69,13 @@ def test_every_recipe_sets_the_whole_run(name):
 def test_recipe_values_are_not_overridden_by_the_primary_config():
     # `_self_` of config.yaml comes after the experiment: it must not reset what a recipe sets.
     cfg = _recipe("crowsonkb")
-    base = _compose([])
+    base = compose_cfg([])
     assert cfg.optimizer.name == "adam" and base.optimizer.name == "lbfgs"
     assert cfg.steps == 500 and base.steps is None
 
 
 def test_the_command_line_overrides_a_recipe():
-    cfg = _compose(["experiment=jcjohnson", "style.weight=1e3", "steps=7", "init=content"])
+    cfg = compose_cfg(["experiment=jcjohnson", "style.weight=1e3", "steps=7", "init=content"])
     assert cfg.style.weight == 1e3 and cfg.steps == 7 and cfg.init.kind == "content"
     assert cfg.tv.weight == pytest.approx(32.768)  # the rest of the recipe stays
 
@@ -225,7 +217,7 @@ def test_the_nstexp_recipe_is_the_default_run_on_a_cpu():
     from nstexp.run.runner import DEFAULT_SIZE, DEFAULT_STEPS
 
     recipe = OmegaConf.to_container(_recipe("nstexp"))
-    default = OmegaConf.to_container(_compose([f"steps={DEFAULT_STEPS['cpu']}", f"size={DEFAULT_SIZE['cpu']}"]))
+    default = OmegaConf.to_container(compose_cfg([f"steps={DEFAULT_STEPS['cpu']}", f"size={DEFAULT_SIZE['cpu']}"]))
     assert recipe == default
 
 
@@ -388,7 +380,7 @@ def test_the_paper_recipes_weights_are_gatys_codes_on_its_terms():
     from nstexp.losses.content import content_loss
     from nstexp.losses.gram import gram_matrix, style_loss
 
-    cfg = _compose(["experiment=gatys2016"])
+    cfg = compose_cfg(["experiment=gatys2016"])
     g = torch.Generator().manual_seed(0)
     f, p = torch.rand(1, 8, 5, 6, generator=g), torch.rand(1, 8, 5, 6, generator=g)
     a, b = f.reshape(8, 30), p.reshape(8, 30)

@@ -144,6 +144,17 @@ def test_histogram_remap_of_a_larger_style_reads_its_sorted_quantiles():
         assert (np.argsort(remap[j]) == np.argsort(x[0, j].flatten().numpy())).all()  # order kept
 
 
+def test_histogram_of_a_style_layer_of_one_position_remaps_every_position_to_its_value():
+    """A 16 px style image leaves relu5_1 one position: its quantile function is that value
+    (np.interp of a single point), not an index error."""
+    x, y = _feats(0, h=3, w=2), _feats(1, h=1, w=1)
+    remap = histogram_remap(x, _loss("histogram").target([y], [1.0]))[0].flatten(1).numpy()
+    for j in range(x.shape[1]):
+        expected = np.interp((np.arange(6) + 0.5) / 6, [0.5], y[0, j].flatten().numpy())
+        assert np.allclose(remap[j], expected)
+    assert np.isfinite(_value("histogram", x, [y]).item())
+
+
 def test_histogram_is_invariant_to_permuting_positions():
     x, y = _feats(0), _feats(1, h=9, w=4)
     perm = torch.randperm(42, generator=torch.Generator().manual_seed(3))

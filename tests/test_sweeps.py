@@ -47,21 +47,19 @@ def test_the_expected_sweeps_ship():
 
 
 @pytest.mark.parametrize("name", SWEEPS)
-def test_every_sweep_composes_and_every_value_is_valid(name):
+def test_every_sweep_composes_every_value_is_valid_and_its_wandb_file_mirrors_the_grid(name):
     params = _hydra_params(name)
     assert params
     composition.preflight([f"sweep={name}"])  # composes and validates every swept value
 
-
-@pytest.mark.parametrize("name", SWEEPS)
-def test_wandb_sweep_file_mirrors_the_grid(name):
     spec = yaml.safe_load(open(os.path.join(composition.SWEEPS_DIR, "wandb", f"{name}.yaml")))
     assert spec["method"] == "grid"
     assert "${args_no_hyphens}" in spec["command"] and "nstexp" in spec["command"]
-    params = {k: [display_value(str(v)) for v in p["values"]] for k, p in spec["parameters"].items()}
-    assert params == _hydra_params(name)
-    # The grid, as `wandb agent` passes it (every key together), is valid in every combination.
-    composition.preflight([f"{key}={','.join(values)}" for key, values in params.items()])
+    wandb_params = {k: [display_value(str(v)) for v in p["values"]] for k, p in spec["parameters"].items()}
+    assert wandb_params == params
+    # The grid, as `wandb agent` passes it (every key together), is valid in every combination
+    # (composed in this process after the sweep file's own grid: the same choices of config groups).
+    composition.preflight([f"{key}={','.join(values)}" for key, values in wandb_params.items()])
 
 
 # Group choices alone, values alone, both in every order, additions, deletions, a dict value for

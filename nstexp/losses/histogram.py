@@ -57,6 +57,8 @@ def style_quantiles(feats: list[torch.Tensor], shares: list[float]) -> Quantiles
 def interpolate(levels: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
     """Row-wise np.interp: each row of fp (N, K) over increasing xp (N, K), read at levels (N, L)."""
     k = xp.shape[1]
+    if k == 1:  # a single point (a style layer of one position): its value everywhere, as np.interp
+        return fp.expand(-1, levels.shape[1])
     hi = torch.searchsorted(xp.contiguous(), levels.contiguous()).clamp(1, k - 1)
     lo = hi - 1
     x0, x1, y0, y1 = xp.gather(1, lo), xp.gather(1, hi), fp.gather(1, lo), fp.gather(1, hi)
