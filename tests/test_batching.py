@@ -200,7 +200,7 @@ def test_a_batched_sweep_writes_every_job_as_if_alone(tmp_path, wandb_env):
 def test_ctrl_c_stops_every_job_of_the_batch_and_keeps_their_images(tmp_path, wandb_env):
     sweep = tmp_path / "s"
     cmd = [sys.executable, "-m", "nstexp", "-m", "size=32", "steps=100000", "progress=false", "snapshot_every=0",
-           "eval.size=64", "seed=0,1", "init=noise", "hydra/launcher=batched", "hydra.launcher.batch_size=2",
+           "eval.enabled=false", "seed=0,1", "init=noise", "hydra/launcher=batched", "hydra.launcher.batch_size=2",
            f"hydra.sweep.dir={sweep}"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env={**os.environ}, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
