@@ -78,21 +78,6 @@ def test_two_step_run_writes_outputs_and_offline_wandb_run(tmp_path, wandb_env):
     assert run.summary["eval/ssim"] == pytest.approx(summary["eval/ssim"])
 
 
-def test_multirun_gives_distinct_finished_runs_in_one_group(tmp_path, wandb_env):
-    sweep = tmp_path / "sweep"
-    r = run_cli(["-m", *TINY, "steps=1", "optimizer=adam,lbfgs", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    runs = [r for r in find_runs(str(sweep)) if r.job_type == "run"]  # the sweep's summary run aside
-    assert len(runs) == 2
-    assert len({r.run_id for r in runs}) == 2
-    assert all(r.finished and r.exit_code == 0 for r in runs)
-    assert len({r.group for r in runs}) == 1 and runs[0].group.startswith("multirun-")
-    assert {r.config["optimizer"]["name"] for r in runs} == {"adam", "lbfgs"}
-    assert sorted(r.name for r in runs)[0].startswith("optimizer=adam")
-    for job in ("0", "1"):
-        assert json.loads((sweep / job / "summary.json").read_text())["status"] == "completed"
-
-
 def test_console_script_from_another_directory(tmp_path, wandb_env):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

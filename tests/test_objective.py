@@ -1,5 +1,7 @@
 """Style targets with the real Caffe VGG-19: their size does not change their strength."""
 
+import hashlib
+
 import pytest
 import torch
 
@@ -14,9 +16,25 @@ LOSSES = [("gram", "gatys"), ("gram", "mean"), ("gram", "cosine"), ("w2", "gatys
           ("cmd", "gatys"), ("histogram", "gatys"), ({"gram": 1.0, "histogram": 0.5}, "gatys")]
 
 
+class _SharedFeatures(FeatureExtractor):
+    """The Caffe VGG-19, whose features of an image are computed once for the module: the
+    losses compared here read the same images' features (no gradient is taken)."""
+
+    def forward(self, image, layers=None):
+        if torch.is_grad_enabled() and image.requires_grad:
+            return super().forward(image, layers)
+        key = (tuple(image.shape), hashlib.sha1(image.detach().contiguous().numpy().tobytes()).hexdigest(),
+               None if layers is None else frozenset(layers))
+        if key not in self.shared:
+            self.shared[key] = {k: v.clone() for k, v in super().forward(image, layers).items()}
+        return {k: v.clone() for k, v in self.shared[key].items()}  # a caller may change its copy
+
+
 @pytest.fixture(scope="module")
 def extractor():
-    return FeatureExtractor("vgg19", "caffe", [*STYLE, "relu4_2"])
+    net = _SharedFeatures("vgg19", "caffe", [*STYLE, "relu4_2"])
+    net.shared = {}
+    return net
 
 
 def _objective(extractor, content, styles, loss, blend=None):

@@ -134,6 +134,9 @@ def test_two_by_two_sweep_basic_launcher(tmp_path, wandb_env):
     assert r.returncode == 0, r.stderr
     jobs = _check_sweep(sweep)
     assert jobs[0].group.startswith("multirun-")
+    # Each W&B run's config is its job's own.
+    assert sorted((j.config["optimizer"]["name"], j.config["style"]["weight"]) for j in jobs) == [
+        ("adam", 1e5), ("adam", 1e6), ("lbfgs", 1e5), ("lbfgs", 1e6)]
     # Named by the swept values only, numbers as a person writes them (Hydra gives 100000.0).
     assert sorted(j.name for j in jobs)[0] == "optimizer=adam,style.weight=1e5"
 
