@@ -20,13 +20,13 @@ from nstexp.run.runner import run
 LAYERS = ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu4_2", "relu5_1"]
 
 
-def _photo(size=64):
+def _photo(size=48):
     return images.to_tensor(images.resize(images.load_image("sample:chelsea"), (size, size * 3 // 4)))
 
 
 def _objective(**network):
     extractor = FeatureExtractor("vgg19", "caffe", LAYERS, **network)
-    style = images.to_tensor(images.resize(images.load_image("sample:swirls"), (64, 64)))
+    style = images.to_tensor(images.resize(images.load_image("sample:swirls"), (48, 48)))
     return Objective(extractor, _photo(), [style], *sections({"relu4_2": 1.0}, {k: 0.2 for k in LAYERS if k != "relu4_2"},
                                                       1.0, 1e3, 0.0))
 
@@ -89,13 +89,13 @@ def test_auto_precision_follows_the_hardware():
 
 
 def test_runs_record_their_precision_and_repeat_exactly_in_bf16(tmp_path):
-    # 32 px: bf16 is emulated, and slow, on a CPU without its instructions.
-    a = run(tiny_cfg("precision=bf16", "init=noise", "size=32"), str(tmp_path / "a"))
-    b = run(tiny_cfg("precision=bf16", "init=noise", "size=32"), str(tmp_path / "b"))
+    # 24 px: bf16 is emulated, and slow, on a CPU without its instructions.
+    a = run(tiny_cfg("precision=bf16", "init=noise", "size=24"), str(tmp_path / "a"))
+    b = run(tiny_cfg("precision=bf16", "init=noise", "size=24"), str(tmp_path / "b"))
     assert a["precision"] == b["precision"] == "bf16"
     assert (tmp_path / "a" / "final.png").read_bytes() == (tmp_path / "b" / "final.png").read_bytes()
     assert a["final/loss/total"] == b["final/loss/total"]
-    fp32 = run(tiny_cfg("init=noise", "size=32"), str(tmp_path / "c"))
+    fp32 = run(tiny_cfg("init=noise", "size=24"), str(tmp_path / "c"))
     assert fp32["precision"] == "fp32" and fp32["final/loss/total"] != a["final/loss/total"]
 
 
@@ -175,20 +175,20 @@ def test_the_loop_reads_the_losses_only_every_check_every_steps(monkeypatch):
 def test_bench_reports_every_case_with_its_floor_and_ratios(tmp_path, capsys):
     from nstexp.bench import speed
 
-    speed.main(["--sizes", "32", "--steps", "2", "--optimizers", "adam", "--precision", "fp32", "bf16",
+    speed.main(["--sizes", "24", "--steps", "2", "--optimizers", "adam", "--precision", "fp32", "bf16",
                 "--no-peer", "--sweep-jobs", "2", "--sweep-size", "32", "--sweep-steps", "2", "--out", str(tmp_path)])
     report = json.loads((tmp_path / "bench.json").read_text())
     assert report["machine"]["device"] == "cpu" and report["machine"]["cpu"]
     rows = report["rows"]
-    assert [(r["size"], r["optimizer"], r["precision"]) for r in rows] == [(32, "adam", "fp32"), (32, "adam", "bf16")]
+    assert [(r["size"], r["optimizer"], r["precision"]) for r in rows] == [(24, "adam", "fp32"), (24, "adam", "bf16")]
     for row in rows:
         assert row["time_per_eval_s"] > 0 and row["floor_s"] > 0
         assert row["vs_floor"] == pytest.approx(row["time_per_eval_s"] / row["floor_s"])
         assert row["peak_memory_mb"] > 0 and row["fp32_loss_vs_fp32"] > 0
     assert rows[0]["fp32_loss_vs_fp32"] == 1.0
     table = (tmp_path / "bench.md").read_text()
-    assert "| 32 | adam | bf16 |" in table and "× floor" in table
-    assert "| 32 | adam | fp32 |" in capsys.readouterr().out
+    assert "| 24 | adam | bf16 |" in table and "× floor" in table
+    assert "| 24 | adam | fp32 |" in capsys.readouterr().out
     (sweep,) = report["sweep"]
     assert (sweep["jobs"], sweep["size"], sweep["steps"], sweep["optimizer"]) == (2, 32, 2, "adam")
     assert sweep["speedup"] == pytest.approx(sweep["sequential_s"] / sweep["batched_s"])
@@ -199,7 +199,7 @@ def test_bench_refuses_bad_arguments_in_one_line(capsys):
     from nstexp.bench import speed
 
     with pytest.raises(SystemExit) as info:
-        speed.main(["--sizes", "32", "--steps", "2", "--precision", "fp16", "--no-peer"])
+        speed.main(["--sizes", "24", "--steps", "2", "--precision", "fp16", "--no-peer"])
     assert info.value.code == 2
     assert capsys.readouterr().err.strip() == (
         "error: precision=fp16 needs a CUDA device, not cpu (allowed here: auto, fp32, bf16)")
