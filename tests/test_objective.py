@@ -20,6 +20,10 @@ class _SharedFeatures(FeatureExtractor):
     """The Caffe VGG-19, whose features of an image are computed once for the module: the
     losses compared here read the same images' features (no gradient is taken)."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.shared: dict = {}
+
     def forward(self, image, layers=None):
         if torch.is_grad_enabled() and image.requires_grad:
             return super().forward(image, layers)
@@ -32,9 +36,7 @@ class _SharedFeatures(FeatureExtractor):
 
 @pytest.fixture(scope="module")
 def extractor():
-    net = _SharedFeatures("vgg19", "caffe", [*STYLE, "relu4_2"])
-    net.shared = {}
-    return net
+    return _SharedFeatures("vgg19", "caffe", [*STYLE, "relu4_2"])
 
 
 def _objective(extractor, content, styles, loss, blend=None):
