@@ -95,8 +95,8 @@ def test_every_recipe_runs_in_bf16(tmp_path, name):
     skip_unless_offline(name)
     # One level (a case above runs two) and one step (the cases run two: the optimizers' state
     # is fp32 in every precision): crowsonkb's coarse-to-fine w2 would cost most of the file.
-    overrides = [f"experiment={name}", *BF16, f"size={RECIPE_SIZE.get(name, 24)}", "steps=1", "scales.min=null",
-                 "scales.first_steps=null"]
+    size = [f"size={RECIPE_SIZE[name]}"] if name in RECIPE_SIZE else []
+    overrides = [f"experiment={name}", *BF16, *size, "steps=1", "scales.min=null", "scales.first_steps=null"]
     _assert_bf16_run(run(tiny_cfg(*overrides), str(tmp_path)), steps=1)
 
 
