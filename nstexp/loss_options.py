@@ -9,6 +9,16 @@ from typing import List, Optional
 
 from nstexp.errors import ConfigError
 
+def style_mix(loss) -> dict[str, float]:
+    """The losses `style.loss` names, with their weights: a name is that loss, weighted 1; a mapping
+    name -> weight is a mix, whose components weighted 0 are left out. Validation and the objective
+    (nstexp.losses.mix.style_loss_for) both read `style.loss` through this, so what validation
+    accepts is what runs: a mix of one component is that loss, times its weight."""
+    if isinstance(loss, str):
+        return {loss: 1.0}
+    return {str(k): float(v) for k, v in loss.items() if float(v) > 0}
+
+
 # style.nnst.augment's choices (nstexp.losses.nnst.rotated).
 NNST_AUGMENTS = ("none", "rotations", "rotations_mirrored")
 

@@ -35,7 +35,7 @@ from nstexp.config import (
 )
 from nstexp.errors import ConfigError
 from nstexp.loss_catalogue import joint_losses, registered_losses
-from nstexp.loss_options import check_nnst
+from nstexp.loss_options import check_nnst, style_mix
 
 
 def _choice(key: str, value: Any, allowed: tuple) -> None:
@@ -77,7 +77,7 @@ def _style_mix(loss: Any, allowed: dict[str, bool]) -> dict[str, float]:
         mix[name] = float(weight)
     if not any(w > 0 for w in mix.values()):
         raise ConfigError("style.loss: every weight of the mix is 0 (give at least one loss a weight > 0)")
-    return {k: w for k, w in mix.items() if w > 0}
+    return style_mix(loss)
 
 
 def validate(cfg: DictConfig) -> None:

@@ -1,5 +1,7 @@
 """Losses behind one interface: each registered under its config name, the objective knowing none by name."""
 
+import math
+
 import pytest
 import torch
 
@@ -108,3 +110,47 @@ def test_validation_reads_the_registered_losses_off_their_source(registered):
     assert declared["style"] == {name: cls.guided for name, cls in STYLE_LOSSES.items() if cls is not registered}
     assert declared["content"] == {name: cls.guided for name, cls in CONTENT_LOSSES.items()}
     assert list(declared["style"]) == [n for n in STYLE_LOSSES if n != registered.name]  # the options' order
+
+
+_networks: dict = {}
+
+
+def _run_objective(cfg, image):
+    """The loss of `image` under the objective the runner builds for `cfg` (64 px images)."""
+    from nstexp.run import runner
+
+    validate(cfg)
+    spec = runner.network_spec(cfg)
+    key = tuple(spec["layers"])
+    if key not in _networks:
+        _networks[key] = runner.network(cfg, torch.device("cpu"), "fp32", False)
+    gen = torch.Generator().manual_seed(1)
+    content, style = torch.rand(1, 3, 48, 64, generator=gen), torch.rand(1, 3, 64, 64, generator=gen)
+    obj = Objective(_networks[key], content, [style], cfg.layers, cfg.content, cfg.style, cfg.tv, cfg.seed)
+    with torch.no_grad():  # the first evaluation: losses that draw anew at each one draw the same
+        terms = obj(image)
+    return terms.total.item(), terms.style.item(), obj
+
+
+# One loss with options that give its target more than the style image (mrf's rotated copies).
+_ONE = [(name, ()) for name in sorted(STYLE_LOSSES)] + [("mrf", ("style.mrf.rotations=[-7.5,7.5]",))]
+
+
+@pytest.mark.parametrize("name, options", _ONE, ids=[n + ("+rotations" if o else "") for n, o in _ONE])
+def test_a_mix_of_one_loss_is_that_loss_as_validation_accepts_it(name, options):
+    # Validation and the objective read style.loss the same way: {name: 1} and {name: 1, gram: 0}
+    # are the loss itself, {name: 2} twice it, with its views (mrf's copies) and its joint layers.
+    if name == "mix" or name.startswith("test_"):
+        pytest.skip("not a loss of its own")
+    extra = ("style.nnst.split_layers=[relu3_1]",) if name == "nnst_split" else ()
+    image = torch.rand(1, 3, 48, 64, generator=torch.Generator().manual_seed(2))
+    alone, style_part, obj = _run_objective(tiny_cfg(f"style.loss={name}", *options, *extra), image)
+    assert math.isfinite(alone) and alone > 0
+    n_views = len(obj.style_loss.views(torch.zeros(1, 3, 8, 8)))
+    other = "bn" if name == "gram" else "gram"
+    for mix, factor in ((f"{{{name}:1}}", 1.0), (f"{{{name}:1,{other}:0}}", 1.0), (f"{{{name}:2}}", 2.0)):
+        value, _, mixed = _run_objective(tiny_cfg(f"style.loss={mix}", *options, *extra), image)
+        assert len(mixed.style_loss.views(torch.zeros(1, 3, 8, 8))) == n_views, mix
+        assert mixed.style_loss.joint == obj.style_loss.joint
+        # The other terms are the same in both.
+        assert value == pytest.approx(alone + (factor - 1) * style_part, rel=1e-5), mix
