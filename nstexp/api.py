@@ -12,9 +12,12 @@ one-line message.
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import sys
 import tempfile
+import time
 
 from PIL import Image
 
@@ -47,16 +50,20 @@ def _value(value) -> str:
 
 
 def stylize(content, style, out_dir: str | None = None, **overrides) -> tuple[Image.Image, dict]:
-    """Run one style transfer; returns (the result image, its summary).
+    """Run one style transfer; returns (the result image, its summary: what summary.json holds).
 
-    content, style: paths, `sample:<name>` or PIL images. out_dir: where the run's files go
-    (default: a temporary folder, removed afterwards). W&B is off unless `wandb.mode` is given.
+    content, style: paths, `sample:<name>` or PIL images. out_dir: where the run's files go.
+    Without it they go to a temporary folder, removed afterwards, unless the run has a W&B run
+    (W&B is off unless `wandb.mode` is given): then the run is kept in a new folder under
+    `outputs/` of the current directory, named in the summary's `out_dir`, so that an offline
+    W&B run can still be uploaded with `wandb sync`.
     """
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     from nstexp import composition
     from nstexp.run.runner import run
+    from nstexp.run.tracking import resolve_wandb_mode
 
     with tempfile.TemporaryDirectory() as tmp:
         args = {"content.image": _spec(content, tmp, "content"), "style.image": _spec(style, tmp, "style"),
@@ -71,9 +78,19 @@ def stylize(content, style, out_dir: str | None = None, **overrides) -> tuple[Im
                 cfg = compose(config_name="config", overrides=lines)
         finally:
             GlobalHydra.instance().clear()
-        out = out_dir or os.path.join(tmp, "run")
-        summary = run(cfg, out)
-        final = os.path.join(out, "final.png")
+        out = out_dir
+        if out is None and resolve_wandb_mode(cfg.wandb.mode) != "disabled":
+            # The W&B run lives in the run's folder: a temporary one would take it away.
+            os.makedirs("outputs", exist_ok=True)
+            out = tempfile.mkdtemp(prefix=time.strftime("stylize-%Y-%m-%d_%H-%M-%S-"), dir="outputs")
+            print(f"stylize: the run (and its W&B run) is kept in {out}", file=sys.stderr)
+        folder = out or os.path.join(tmp, "run")
+        run(cfg, folder)
+        with open(os.path.join(folder, "summary.json")) as f:
+            summary = json.load(f)  # with what the tracker adds there: the W&B run's mode, id and url
+        if out is not None:
+            summary["out_dir"] = out
+        final = os.path.join(folder, "final.png")
         image = Image.open(final).convert("RGB") if os.path.exists(final) else None
     return image, summary
 
