@@ -16,7 +16,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from PIL import Image
 
-from conftest import run_cli
+from conftest import refused_in_one_line, run_cli
 from nstexp import composition
 from nstexp.sweep.results import display_value
 from wandb_offline import find_runs
@@ -285,6 +285,58 @@ def test_resume_accepts_a_sweep_from_before_an_option_existed(tmp_path, _cut_off
     _edit_recorded_config(sweep / "0", lambda c: c.pop("steps"))  # the sweep runs steps=2, the default is 400
     with pytest.raises(NstexpError, match=r"completed with steps=\"\(absent\)\", this command would run steps=2"):
         resumable.check_configs(str(sweep), composition.compose_job)
+
+
+def _edit_summary(job_dir, edit):
+    path = job_dir / "summary.json"
+    summary = json.loads(path.read_text())
+    edit(summary)
+    path.write_text(json.dumps(summary))
+
+
+def test_resume_refuses_a_job_whose_open_size_another_machine_resolved(tmp_path, _cut_off_sweep):
+    """The sweep left size to the machine (size=null): job 0 completed on a GPU at its 512 px, this
+    CPU would run 256 px (docs/config.md's device defaults). The same job from a CPU is taken."""
+    from nstexp.errors import NstexpError
+    from nstexp.sweep import resumable
+
+    sweep = _cut_off_sweep(tmp_path)
+    _edit_recorded_config(sweep / "0", lambda c: c.update(size=None))
+
+    def compose(overrides):  # the sweep's jobs as they would be without size=32
+        return composition.compose_job([*overrides, "size=null"])
+
+    def ran_on(device, size):
+        return lambda s: s.update(device=device, size=size, resolved={**s["resolved"], "device": device, "size": size})
+
+    _edit_summary(sweep / "0", ran_on("cuda", 512))
+    with pytest.raises(NstexpError) as info:
+        resumable.check_configs(str(sweep), compose)
+    assert str(info.value) == (
+        f"resume=true: job 0 ({sweep / '0'}) ran with size=512 (resolved from size=null on cuda); this machine "
+        "resolves size=256 (on cpu); resume on a machine like that one, or run without resume=true to start a "
+        "new sweep (with size=512 to match the old jobs)")
+    _edit_summary(sweep / "0", ran_on("cpu", 256))
+    resumable.check_configs(str(sweep), compose)
+    # A setting the sweep gives is no machine's choice: size=32 given, a GPU's summary is taken.
+    _edit_recorded_config(sweep / "0", lambda c: c.update(size=32))
+    _edit_summary(sweep / "0", ran_on("cuda", 32))
+    resumable.check_configs(str(sweep), composition.compose_job)
+
+
+def test_resume_refuses_in_one_line_when_this_machine_resolves_precision_otherwise(tmp_path, _cut_off_sweep):
+    """precision=auto (the sweep's): job 0's summary says it was resolved to the other precision."""
+    sweep = _cut_off_sweep(tmp_path)
+    here = json.loads((sweep / "0" / "summary.json").read_text())["precision"]  # the sweep ran on this machine
+    other = "bf16" if here == "fp32" else "fp32"
+    _edit_summary(sweep / "0", lambda s: s["resolved"].update(precision=other, device="cuda:1"))
+    before = {p: p.read_bytes() for p in sweep.rglob("*") if p.is_file()}
+    r = run_cli([*RESUME, "seed=0,1,2", "resume=true"], cwd=tmp_path)
+    line = refused_in_one_line(r)
+    assert line.startswith(f"error: resume=true: job 0 (multirun/{sweep.parent.name}/{sweep.name}/0) ran with "
+                           f"precision={other} (resolved from precision=auto on cuda:1); this machine resolves "
+                           f"precision={here} (on cpu)")
+    assert {p: p.read_bytes() for p in sweep.rglob("*") if p.is_file()} == before  # nothing touched
 
 
 def test_resume_into_a_sweep_of_another_grid_is_refused(tmp_path, _cut_off_sweep):

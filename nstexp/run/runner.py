@@ -36,6 +36,21 @@ DEFAULT_STEPS = {"cpu": 100, "gpu": 200}
 DEFAULT_LOG_EVERY = {"cpu": 1, "gpu": 10}
 
 
+def resolved(cfg: DictConfig) -> dict:
+    """The settings each machine resolves for itself (null or auto in the config) as this one
+    does: the device, the size, steps and log interval of its kind (CPU or GPU), the precision
+    and the memory format. A run writes them (the device as text) into its summary's `resolved`
+    and its W&B config; resuming a sweep compares them (nstexp.sweep.resumable)."""
+    device = hardware.resolve_device(cfg.device)
+    kind = "cpu" if device.type == "cpu" else "gpu"
+    line_search = cfg.optimizer.name == "lbfgs" and cfg.optimizer.line_search != "none"
+    return dict(device=device, size=cfg.size or DEFAULT_SIZE[kind],
+                steps=DEFAULT_STEPS[kind] if cfg.steps is None else cfg.steps,
+                log_every=cfg.log_every or DEFAULT_LOG_EVERY[kind],
+                precision=hardware.resolve_precision(cfg.precision, device, line_search),
+                channels_last=hardware.resolve_channels_last(cfg.channels_last, device))
+
+
 def network_spec(cfg: DictConfig) -> dict:
     """What the run's frozen VGG is built from: FeatureExtractor's arguments, but for the
     precision and memory format, which follow from the device. Jobs share a network (and a
@@ -104,18 +119,14 @@ def _run(jobs: list[Job], stop: StopRequest) -> None:
         # What the jobs have in common (nstexp.sweep.batching groups them so): the settings read
         # below come from it, and the per-job ones from each job's own config.
         cfg = shared_config(jobs[0].cfg)
-        device = hardware.resolve_device(cfg.device)
-        line_search = cfg.optimizer.name == "lbfgs" and cfg.optimizer.line_search != "none"
-        precision = hardware.resolve_precision(cfg.precision, device, line_search)
-        channels_last = hardware.resolve_channels_last(cfg.channels_last, device)
+        here = resolved(cfg)
+        device, size, steps, log_every = here["device"], here["size"], here["steps"], here["log_every"]
+        precision, channels_last = here["precision"], here["channels_last"]
         hardware.configure(device, cfg.deterministic, record=[job.summary for job in jobs])
         peak = memory.PeakMemory(device)
-        kind = "cpu" if device.type == "cpu" else "gpu"
-        size = cfg.size or DEFAULT_SIZE[kind]
-        steps = DEFAULT_STEPS[kind] if cfg.steps is None else cfg.steps
-        log_every = cfg.log_every or DEFAULT_LOG_EVERY[kind]
         for job in jobs:
-            job.summary.update(device=str(device), size=size, precision=precision, channels_last=channels_last)
+            job.summary.update(device=str(device), size=size, precision=precision, channels_last=channels_last,
+                               resolved={**here, "device": str(device)})
             if len(jobs) > 1:
                 job.summary["batch"] = len(jobs)
             # Log the values actually used, not the "device default" placeholders.

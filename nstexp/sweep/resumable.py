@@ -5,7 +5,9 @@ overrides as the job that would run now; anything else (interrupted, diverged, f
 summary because the machine was lost, or another configuration's results) runs again from
 scratch in the same job directory. A sweep directory whose grid differs from the command's
 is refused before anything runs, and so is one where a completed job ran another config
-than it would now (a sweep file's fixed values or a preset changed since: `check_configs`).
+than it would now (a sweep file's fixed values or a preset changed since: `check_configs`), or
+where this machine resolves a setting the config leaves open (size=null, steps=null,
+precision=auto) otherwise than the machine that ran a completed job (`PER_MACHINE`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,13 @@ _NOT_A_SETTING = ("resume",)
 # snapshots or scores its image along the way, its progress bar and W&B. A completed job whose
 # config differs only in these still holds this job's results.
 NOT_RESULTS = ("resume", "progress", "wandb", "log_every", "snapshot_every", "eval.every")
+# Settings each machine resolves for itself when the config leaves them open (nstexp.run.runner's
+# `resolved`: 256 px and 100 steps on a CPU, 512 px and 200 steps on a GPU, bf16 where the device
+# computes it natively), with their open values. Each changes a job's result, so a completed job
+# counts only if this machine resolves them as the job's did (its summary's `resolved`). Not
+# compared: the device itself (the same settings elsewhere give the same result up to rounding),
+# channels_last (a memory layout) and log_every (how a job is watched).
+PER_MACHINE = {"size": None, "steps": None, "precision": "auto"}
 
 
 def requested(overrides: list[str]) -> bool:
@@ -98,13 +107,42 @@ def plan(overrides: list[str], params: dict | None, root: str = "multirun") -> t
     )
 
 
-def completed(job_dir: Path, overrides) -> bool:
-    """True when `job_dir` holds a completed run of exactly this job."""
+def _summary(job_dir: Path) -> dict:
     try:
         summary = json.loads((job_dir / "summary.json").read_text())
     except (OSError, ValueError):
-        return False
+        return {}
+    return summary if isinstance(summary, dict) else {}
+
+
+def completed(job_dir: Path, overrides) -> bool:
+    """True when `job_dir` holds a completed run of exactly this job."""
+    summary = _summary(job_dir)
     return summary.get("status") == "completed" and summary.get("overrides") == job_key(overrides)
+
+
+def _check_resolved(num: int, path: str, cfg: DictConfig) -> None:
+    """Refuse when this machine resolves a PER_MACHINE setting the job left open otherwise than the
+    machine that ran it. A summary from before `resolved` existed holds the size and precision used."""
+    open_keys = [k for k, v in PER_MACHINE.items() if OmegaConf.select(cfg, k) == v]
+    summary = _summary(Path(path))
+    ran = summary.get("resolved") or {k: summary[k] for k in ("size", "precision", "device") if k in summary}
+    open_keys = [k for k in open_keys if k in ran]
+    if not open_keys:
+        return
+    # torch (to ask which device this is) only here: a job left a setting to the machine.
+    from nstexp.run.runner import resolved
+
+    here = resolved(cfg)
+    for key in open_keys:
+        if ran[key] != here[key]:
+            was = "null" if PER_MACHINE[key] is None else PER_MACHINE[key]
+            raise NstexpError(
+                f"resume=true: job {num} ({path}) ran with {key}={ran[key]} (resolved from {key}={was} on "
+                f"{ran.get('device', 'another machine')}); this machine resolves {key}={here[key]} (on {here['device']}); "
+                f"resume on a machine like that one, or run without resume=true to start a new sweep "
+                f"(with {key}={ran[key]} to match the old jobs)"
+            )
 
 
 def clear_attempt(job_dir: Path) -> None:
@@ -153,7 +191,8 @@ def check_configs(sweep_dir: str, compose: Callable[[list[str]], DictConfig]) ->
     it is read here, before any job of this attempt starts); what it would run is its
     overrides composed now (`compose`), which a changed sweep file or preset makes different
     even when the overrides are the same. NOT_RESULTS do not count, nor a key the job's config
-    lacks that is now at its default (an option added since). Raises NstexpError.
+    lacks that is now at its default (an option added since). The PER_MACHINE settings a job
+    left open count as its summary says they were resolved. Raises NstexpError.
     """
     recorded = _recorded(Path(sweep_dir))
     if recorded is None:
@@ -169,7 +208,8 @@ def check_configs(sweep_dir: str, compose: Callable[[list[str]], DictConfig]) ->
         if not isinstance(old, dict):
             raise NstexpError(f"resume=true: job {num} ({path}) completed, but its .hydra/config.yaml cannot be read, "
                               "so what it ran is unknown; run without resume=true to start a new sweep")
-        new = yaml.safe_load(OmegaConf.to_yaml(compose(jobs[num])))
+        cfg = compose(jobs[num])
+        new = yaml.safe_load(OmegaConf.to_yaml(cfg))
         changed = differences(_without(old), _without(new))
         if any(was == _ABSENT for _, was, _ in changed):
             # A key added to nstexp since the job ran, at its default: the default keeps what
@@ -185,3 +225,4 @@ def check_configs(sweep_dir: str, compose: Callable[[list[str]], DictConfig]) ->
                 f"would run {key}={json.dumps(now, default=str)} (a sweep file or preset changed since{more}); "
                 "run without resume=true to start a new sweep, or restore the old values"
             )
+        _check_resolved(num, path, cfg)
