@@ -178,6 +178,22 @@ def test_fp16_gradient_follows_fp32(problem, fp32, network):
         assert _cosine(grad - no_content, content_part) > 0.99
 
 
+def test_fp16_scaling_keeps_gradients_down_to_2_to_the_minus_34_of_the_largest():
+    """The largest feature gradient goes to 2**10 (TARGET_EXPONENT), and fp16's smallest subnormal
+    is 2**-24: 2**-32 times the largest (2**-22 in fp16) comes back exactly, 2**-36 times it (2**-26,
+    under half the smallest subnormal) and 1e-11 times it (1.0e-8 < 2**-24 = 5.96e-8) flush to zero."""
+    assert loss_scaling.TARGET_EXPONENT == 10
+
+    def run(x, wanted):  # an fp16 "network": the gradient crosses it in fp16
+        return {"f": (x.half() * 1).float()}
+
+    x = torch.zeros(1, 4, requires_grad=True)
+    (f,) = loss_scaling.features(run, x, ["f"], None).values()
+    upstream = torch.tensor([[1.0, 2.0**-32, 2.0**-36, 1e-11]])
+    (f * upstream).sum().backward()
+    assert x.grad.tolist() == [[1.0, 2.0**-32, 0.0, 0.0]]
+
+
 def test_fp16_overflow_halves_the_scale_until_the_gradient_is_finite(monkeypatch):
     """Scaled to 2**16, beyond fp16's largest value (65504): the first backward pass overflows."""
     extractor = FeatureExtractor("vgg19", "caffe", ["relu1_1", "relu2_1"], precision="fp16")

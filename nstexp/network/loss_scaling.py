@@ -18,9 +18,12 @@ from typing import Callable
 import torch
 
 # On the Caffe VGG-19 the largest gradient anywhere in the backward pass, the input's included,
-# was at most 10x the largest feature gradient (64 and 256 px); 2**10 leaves 64x of that
-# below fp16's largest value (65504 ~ 2**16), and keeps gradients 1e-11 times the largest
-# above its smallest subnormal (2**-24).
+# was at most 10x the largest feature gradient (64 and 256 px). With the largest feature
+# gradient at 2**10, that is about 1.0e4, 6.4x below fp16's largest value (65504 ~ 2**16); an
+# overflow all the same halves the scale (below). At the other end, fp16's smallest subnormal
+# is 2**-24 (5.96e-8): feature gradients down to 2**-34 (5.8e-11) times the largest survive,
+# those down to 2**-24 (6e-8) times it with full precision (fp16's smallest normal, 2**-14);
+# smaller ones flush to zero, far below the 2**-11 relative rounding of the sums they join.
 TARGET_EXPONENT = 10
 # Halvings tried on overflow before giving up (the gradient is then returned as it is, not finite).
 MAX_HALVINGS = 8
