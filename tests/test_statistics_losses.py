@@ -203,14 +203,19 @@ def test_the_laplacian_term_enters_the_objective_and_is_logged():
     from nstexp.network.backbone import FeatureExtractor
 
     extractor = FeatureExtractor("vgg19", "random", ["relu1_1"])
-    content, image = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)
+    # A flat black content image: its Laplacian is 0. The image: 2x2 blocks of the 4x4 image of the
+    # hand-computed test above, so after the 2x2 average pooling (pool 1) D is [[4, -1.5], [-1.5, 2]],
+    # the mean of squares 24.5 / 4, and with weight 2 the term is 12.25.
+    content = torch.zeros(1, 3, 8, 8)
+    small = torch.zeros(1, 3, 4, 4)
+    small[0, 0, 1, 1], small[0, 2, 2, 2] = 1.0, 0.5
+    image = small.repeat_interleave(2, 2).repeat_interleave(2, 3)
     args = sections({"relu1_1": 1.0}, {"relu1_1": 1.0})
     obj = Objective(extractor, content, [content], *args, laplacian_config=LaplacianConfig(weight=2.0, pool=1))
     t = obj(image)
-    lap = laplacian_loss(image, laplacian_loss.__globals__["laplacian"](content, 1), 1)
-    assert t.laplacian.item() == pytest.approx(2.0 * lap.item(), rel=1e-6)
+    assert t.laplacian.item() == pytest.approx(12.25, rel=1e-6)
     assert t.total.item() == pytest.approx((t.content + t.style + t.tv + t.laplacian).item(), rel=1e-6)
-    assert t.as_floats()["loss/laplacian"] == pytest.approx(t.laplacian.item())
+    assert t.as_floats()["loss/laplacian"] == pytest.approx(12.25, rel=1e-6)
     assert Objective(extractor, content, [content], *args)(image).as_floats()["loss/laplacian"] == 0.0
 
 
