@@ -85,20 +85,29 @@ def gaussian_mmd2_exact(x: torch.Tensor, y: torch.Tensor, gamma: float | None = 
     mean_{i≠j} k(x_i, x_j) + mean_{i≠j} k(y_i, y_j) − 2 mean k(x_i, y_j).
 
     gamma None: 1 / mean squared distance, the xx, yy and (twice) xy means weighed as in the
-    linear estimator's four terms, held constant."""
+    linear estimator's four terms, held constant.
+
+    A set of one point (a layer of one position) has no pair i ≠ j: its mean is taken over the one
+    pair (i, i), k(x, x) = 1 at distance 0, which makes the loss the MMD² of that point's Dirac
+    measure, 1 + mean_{i≠j} k(y_i, y_j) − 2 mean k(x, y_j), finite and pulling x towards the style."""
     def dist(a, b):  # (B, n, m)
         a2, b2 = a.pow(2).sum(1).unsqueeze(2), b.pow(2).sum(1).unsqueeze(1)
         return (a2 + b2 - 2 * a.transpose(1, 2) @ b).clamp_min(0)
 
     n, m = x.shape[2], y.shape[2]
     dxx, dyy, dxy = dist(x, x), dist(y, y), dist(x, y)
-    off = lambda t, k: t.sum((1, 2)) / (k * (k - 1))  # noqa: E731 (the diagonal is 0 or exp(0) = 1)
+
+    def off(t, k, diagonal):  # the mean over i ≠ j of (k, k) values whose diagonal is `diagonal`
+        if k == 1:  # one point: no pair i ≠ j; the point itself, as the V-statistic has it (see above)
+            return torch.full_like(t[:, 0, 0], diagonal)
+        return (t.sum((1, 2)) - k * diagonal) / (k * (k - 1))
+
     if gamma is None:
-        g = (4.0 / (off(dxx, n) + off(dyy, m) + 2 * dxy.mean((1, 2)))).detach().view(-1, 1, 1)
+        g = (4.0 / (off(dxx, n, 0.0) + off(dyy, m, 0.0) + 2 * dxy.mean((1, 2))).clamp_min(1e-12)).detach().view(-1, 1, 1)
     else:
         g = gamma
     kxx, kyy, kxy = torch.exp(-g * dxx), torch.exp(-g * dyy), torch.exp(-g * dxy)
-    return (kxx.sum((1, 2)) - n) / (n * (n - 1)) + (kyy.sum((1, 2)) - m) / (m * (m - 1)) - 2 * kxy.mean((1, 2))
+    return off(kxx, n, 1.0) + off(kyy, m, 1.0) - 2 * kxy.mean((1, 2))
 
 
 def sample_style(points: list[torch.Tensor], shares: list[float], count: int, generator: torch.Generator) -> torch.Tensor:
@@ -188,7 +197,10 @@ class MMDGaussian(StyleLoss):
             y = sample_style(points, shares, k, self.generator).unsqueeze(0).to(f.dtype)
             return gaussian_mmd2_exact(x, y, self.gamma)
         pairs = h * w // 2
-        x = x[:, :, torch.randperm(h * w, generator=self.generator)[:2 * pairs].to(f.device)]
+        if pairs:
+            x = x[:, :, torch.randperm(h * w, generator=self.generator)[:2 * pairs].to(f.device)]
+        else:  # one position: its point pairs with itself, the Dirac measure's MMD² (gaussian_mmd2_exact)
+            pairs, x = 1, x.repeat(1, 1, 2)
         y = sample_style(points, shares, 2 * pairs, self.generator).unsqueeze(0).to(f.dtype)
         return gaussian_mmd2_linear(x[:, :, 0::2], x[:, :, 1::2], y[:, :, 0::2], y[:, :, 1::2], self.gamma)
 
