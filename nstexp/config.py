@@ -15,7 +15,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from nstexp.errors import NstexpError
-from nstexp.loss_options import CMDConfig, MMDConfig, MRFConfig, NNSTConfig, SelfSimilarityConfig, STROTSSConfig
+from nstexp.loss_options import (MRF_REDUCTIONS, CMDConfig, MMDConfig, MRFConfig, NNSTConfig,  # noqa: F401
+                                 SelfSimilarityConfig, STROTSSConfig)
 
 
 def _data_dir(name: str, marker: str) -> str:
@@ -41,7 +42,6 @@ PADDINGS = ("zeros", "reflect", "replicate")
 CONTENT_NORMALIZATIONS = ("gatys", "mean")
 STYLE_NORMALIZATIONS = ("gatys", "mean", "cosine")
 STYLE_BALANCES = ("none", "content")
-MRF_REDUCTIONS = ("mean", "sum")
 COLOR_MODES = ("none", "luminance", "histogram", "swap", "nnst")
 OPTIMIZERS = ("lbfgs", "adam", "rmsprop")
 # What the optimizer moves (nstexp/optim/parameterization.py).

@@ -40,6 +40,22 @@ def joint_losses() -> dict[str, set[str]]:
     return found
 
 
+def min_positions() -> dict[str, dict[str, int | str]]:
+    """{"style": {name: need}, "content": {...}}: the losses that need more than one position per
+    side at their layers (StyleLoss.min_positions: a number, or the key of an option of the loss's
+    config section), read off their source as `registered_losses` reads them."""
+    found = {kind: {name: values["min_positions"] for name, values in classes.items()
+                    if values.get("min_positions", 1) != 1}
+             for kind, classes in classes_in_source().items()}
+    base = sys.modules.get("nstexp.losses.base")
+    if base is not None:
+        for kind, table in (("style", base.STYLE_LOSSES), ("content", base.CONTENT_LOSSES)):
+            for name, cls in table.items():
+                if cls.min_positions != 1:
+                    found[kind].setdefault(name, cls.min_positions)
+    return found
+
+
 @functools.lru_cache(maxsize=None)
 def losses_in_source() -> dict[str, dict[str, bool]]:
     """The losses of nstexp/losses/ (nstexp.losses.base): the classes decorated with @register in
@@ -52,7 +68,7 @@ def losses_in_source() -> dict[str, dict[str, bool]]:
 def classes_in_source() -> dict[str, dict[str, dict[str, Any]]]:
     """{"style": {name: constants}, "content": {...}}: each class decorated with @register in the
     families nstexp/losses/__init__.py imports, in its order, with the constants its body assigns
-    (`name`, `guided`, `joint`)."""
+    (`name`, `guided`, `joint`, `min_positions`)."""
     found: dict[str, dict[str, dict[str, Any]]] = {"style": {}, "content": {}}
     folder = Path(__file__).resolve().parent / "losses"
     # The families nstexp/losses/__init__.py imports, in its order, which is the registries' order.

@@ -4,6 +4,7 @@ includes these). Each loss reads its own section; validation checks them."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import List, Optional
 
@@ -19,6 +20,8 @@ def style_mix(loss) -> dict[str, float]:
     return {str(k): float(v) for k, v in loss.items() if float(v) > 0}
 
 
+# style.mrf.reduction's choices (nstexp.losses.mrf.mrf_loss).
+MRF_REDUCTIONS = ("mean", "sum")
 # style.nnst.augment's choices (nstexp.losses.nnst.rotated).
 NNST_AUGMENTS = ("none", "rotations", "rotations_mirrored")
 
@@ -69,6 +72,31 @@ class MRFConfig:
     scales: List[float] = field(default_factory=list)
 
 
+def rotated_size(h: int, w: int, degrees: float) -> tuple[int, int]:
+    """(height, width) of an h × w image rotated by `degrees` and cropped to the largest centred
+    rectangle of its aspect ratio inside the rotated one (nstexp.losses.mrf.rotate)."""
+    a = math.radians(degrees)
+    c, s = abs(math.cos(a)), abs(math.sin(a))
+    keep = min(w / (w * c + h * s), h / (w * s + h * c))  # the crop's sides over the image's
+    return max(1, math.floor(h * keep)), max(1, math.floor(w * keep))
+
+
+def scaled_size(h: int, w: int, factor: float) -> tuple[int, int]:
+    """(height, width) of an h × w image resized by `factor` (nstexp.losses.mrf.rescale)."""
+    return max(1, round(h * factor)), max(1, round(w * factor))
+
+
+def mrf_view_sizes(h: int, w: int, rotations, scales) -> list[tuple[int, int]]:
+    """(height, width) of each of mrf's views of an h × w style image, in `augmented`'s order: the
+    image, and its copies for every rotation × every scale (each rotation also unscaled, each
+    scale also unrotated)."""
+    out = []
+    for r in dict.fromkeys([0.0, *map(float, rotations)]):
+        turned = rotated_size(h, w, r) if r else (h, w)
+        out.extend(scaled_size(*turned, s) if s != 1 else turned for s in dict.fromkeys([1.0, *map(float, scales)]))
+    return out
+
+
 @dataclass
 class STROTSSConfig:
     # strotss (Kolkin et al. 2019): the result's hypercolumns at this many random positions, drawn anew
@@ -108,6 +136,60 @@ class NNSTConfig:
     # nnst_split: the style layers it matches (empty: every style layer). NNST's code matches
     # relu1_1 to relu3_3 at 512 px (its relu4 terms compare mismatched tensors, see nnst_split.py).
     split_layers: List[str] = field(default_factory=list)
+
+
+def choice(key: str, value, allowed: tuple) -> None:
+    """Refuse a value outside `allowed` in one line (the config's checks, nstexp.validation, use it too)."""
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not allowed (allowed: {', '.join(allowed)})")
+
+
+def at_least(key: str, value: float, low: float, strict: bool = False) -> None:
+    """Refuse a value below `low` (or equal to it, `strict`) in one line."""
+    if value < low or (strict and value == low):
+        raise ConfigError(f"{key}={value} must be {'>' if strict else '>='} {low}")
+
+
+def check_options(style, content, mix: dict[str, float]) -> None:
+    """Refuse bad options of the single losses in one line: `style.mmd`, `style.cmd`, `style.mrf`
+    (`mix`: the style losses `style.loss` names), `style.strotss`, `style.nnst`, `content.self_similarity`."""
+    at_least("style.mmd.c", style.mmd.c, 0)
+    if style.mmd.gamma is not None:
+        at_least("style.mmd.gamma", style.mmd.gamma, 0, strict=True)
+    if style.mmd.samples < 0 or style.mmd.samples == 1:
+        raise ConfigError(f"style.mmd.samples={style.mmd.samples} must be 0 (the linear-time estimator) or >= 2")
+    at_least("style.cmd.order", style.cmd.order, 1)
+    at_least("style.cmd.scale", style.cmd.scale, 0, strict=True)
+    check_mrf(style.mrf, mix)
+    st = style.strotss
+    at_least("style.strotss.samples", st.samples, 2)
+    at_least("style.strotss.style_samples", st.style_samples, 2)
+    at_least("style.strotss.moment_weight", st.moment_weight, 0)
+    at_least("style.strotss.palette_weight", st.palette_weight, 0)
+    at_least("style.strotss.scale", st.scale, 0, strict=True)
+    check_nnst(style.nnst)
+    ss = content.self_similarity
+    at_least("content.self_similarity.samples", ss.samples, 2)
+    at_least("content.self_similarity.scale", ss.scale, 0, strict=True)
+
+
+def check_mrf(mrf, mix: dict[str, float]) -> None:
+    """Refuse bad `style.mrf` options in one line (the sizes its patches need: nstexp.input_sizes)."""
+    at_least("style.mrf.patch_size", mrf.patch_size, 1)
+    at_least("style.mrf.stride", mrf.stride, 1)
+    choice("style.mrf.reduction", mrf.reduction, MRF_REDUCTIONS)
+    if mrf.stride > mrf.patch_size:
+        raise ConfigError(f"style.mrf.stride={mrf.stride} must be <= style.mrf.patch_size={mrf.patch_size} "
+                          "(a larger stride leaves positions between the patches out)")
+    for angle in mrf.rotations:
+        if not -180 <= angle <= 180:
+            raise ConfigError(f"style.mrf.rotations: {angle} must be in [-180, 180] (degrees)")
+    for factor in mrf.scales:
+        if not 0 < factor <= 4:
+            raise ConfigError(f"style.mrf.scales: {factor} must be in (0, 4]")
+    if (mrf.rotations or mrf.scales) and "mrf" in mix and len(mix) > 1:
+        raise ConfigError("style.mrf.rotations and style.mrf.scales take style.loss=mrf alone, not in a mix "
+                          "(the losses of a mix share one set of style images)")
 
 
 def check_nnst(o) -> None:

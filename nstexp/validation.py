@@ -1,7 +1,7 @@
 """Checks of a composed config that its types cannot express; each failure is one line.
 
-Choices, ranges, layer names, list lengths and files are all checked before any work
-starts, so a bad value never costs a run.
+Choices, ranges, layer names, list lengths, files and the sizes the run works at (nstexp.input_sizes)
+are all checked before any work starts, so a bad value never costs a run.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from nstexp.config import (
     CONTENT_WEIGHT_AT,
     INITS,
     LINE_SEARCHES,
-    MRF_REDUCTIONS,
     OPTIMIZERS,
     PADDINGS,
     PARAMS,
@@ -35,12 +34,9 @@ from nstexp.config import (
 )
 from nstexp.errors import ConfigError
 from nstexp.loss_catalogue import joint_losses, registered_losses
-from nstexp.loss_options import check_nnst, style_mix
-
-
-def _choice(key: str, value: Any, allowed: tuple) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{key}={value!r} is not allowed (allowed: {', '.join(allowed)})")
+from nstexp import input_sizes
+# The one-line checks of a choice and of a lower bound, which the single losses' options share.
+from nstexp.loss_options import at_least as _at_least, check_options, choice as _choice, style_mix
 
 
 def _check_finite(node: Any, key: str = "") -> None:
@@ -53,11 +49,6 @@ def _check_finite(node: Any, key: str = "") -> None:
             _check_finite(v, f"{key}[{i}]")
     elif isinstance(node, float) and not math.isfinite(node):
         raise ConfigError(f"{key}={node} must be a finite number")
-
-
-def _at_least(key: str, value: float, low: float, strict: bool = False) -> None:
-    if value < low or (strict and value == low):
-        raise ConfigError(f"{key}={value} must be {'>' if strict else '>='} {low}")
 
 
 def _style_mix(loss: Any, allowed: dict[str, bool]) -> dict[str, float]:
@@ -81,14 +72,34 @@ def _style_mix(loss: Any, allowed: dict[str, bool]) -> dict[str, float]:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Check what the schema's types cannot; raise ConfigError with a one-line message."""
-    from nstexp.network.layout import layer_names
+    """Check what the schema's types cannot; raise ConfigError with a one-line message.
 
+    One check per concern, in this order: numbers, backbone, layers, losses, weights and blends,
+    masks, the single losses' options, controls, optimizer, start, schedule, outputs, the final
+    pass (as a run of its own), and last the sizes (nstexp.input_sizes), which need all the rest.
+    """
     declared = registered_losses()
-
     _check_finite(OmegaConf.to_container(cfg, resolve=True))
     _choice("precision", cfg.precision, PRECISIONS)
-    b = cfg.backbone
+    names = _backbone(cfg.backbone)
+    _layers(cfg, names)
+    mix = _losses(cfg, declared)
+    _weights_and_blends(cfg)
+    _masks(cfg, mix, declared)
+    check_options(cfg.style, cfg.content, mix)
+    _controls(cfg, names)
+    _optimizer(cfg.optimizer)
+    _start(cfg)
+    _schedule(cfg)
+    _outputs(cfg)
+    _final_pass(cfg, declared)
+    input_sizes.check(cfg)
+
+
+def _backbone(b) -> tuple[str, ...]:
+    """`backbone`: the network and its weights; returns its layer names."""
+    from nstexp.network.layout import layer_names
+
     _choice("backbone.arch", b.arch, ARCHS)
     if b.weights not in WEIGHTS and not os.path.isfile(b.weights):
         raise ConfigError(f"backbone.weights={b.weights!r} is neither a known source nor a file "
@@ -99,17 +110,24 @@ def validate(cfg: DictConfig) -> None:
     _choice("backbone.preprocessing", b.preprocessing, PREPROCESSING)
     _choice("backbone.pooling", b.pooling, POOLING)
     _choice("backbone.padding", b.padding, PADDINGS)
+    return layer_names(b.arch)
 
-    names = layer_names(b.arch)
+
+def _layers(cfg: DictConfig, names: tuple[str, ...]) -> None:
+    """`layers.content`, `layers.style`: the network's layer names, weights >= 0, one > 0 where the part counts."""
     for part in ("content", "style"):
         layers = cfg.layers[part]
         if not any(w > 0 for w in layers.values()) and cfg[part].weight > 0:
             raise ConfigError(f"layers.{part} has no layer with a weight > 0 but {part}.weight > 0")
         for name, w in layers.items():
             if name not in names:
-                raise ConfigError(f"layers.{part}: unknown layer {name!r} for {b.arch} (allowed: {', '.join(names)})")
+                raise ConfigError(f"layers.{part}: unknown layer {name!r} for {cfg.backbone.arch} "
+                                  f"(allowed: {', '.join(names)})")
             _at_least(f"layers.{part}.{name}", w, 0)
 
+
+def _losses(cfg: DictConfig, declared: dict) -> dict[str, float]:
+    """`content.loss`, `style.loss` (a name or a mix) and their normalizations; returns the mix."""
     _choice("content.normalization", cfg.content.normalization, CONTENT_NORMALIZATIONS)
     _choice("style.normalization", cfg.style.normalization, STYLE_NORMALIZATIONS)
     _choice("content.loss", cfg.content.loss, tuple(declared["content"]))
@@ -124,10 +142,12 @@ def validate(cfg: DictConfig) -> None:
             if k not in active:
                 raise ConfigError(f"style.nnst.split_layers: {k!r} is not a style layer weighted > 0 "
                                   f"(layers.style: {', '.join(active)})")
-    if cfg.content.mask and not declared["content"][cfg.content.loss]:
-        guided = " or ".join(name for name, takes_masks in declared["content"].items() if takes_masks)
-        raise ConfigError(f"content.mask works with content.loss={guided}, not {cfg.content.loss}")
     _choice("style.balance", cfg.style.balance, STYLE_BALANCES)
+    return mix
+
+
+def _weights_and_blends(cfg: DictConfig) -> None:
+    """The terms' weights, `style.scale`, `tv.exponent`, and `style.blend_weights` against the style images."""
     for key in ("content.weight", "style.weight", "tv.weight"):
         _at_least(key, cfg[key.split(".")[0]].weight, 0)
     _at_least("style.scale", cfg.style.scale, 0, strict=True)
@@ -144,6 +164,13 @@ def validate(cfg: DictConfig) -> None:
     if cfg.style.blend_weights and sum(cfg.style.blend_weights) <= 0:
         raise ConfigError("style.blend_weights are all 0 (give at least one weight > 0, or none for equal weights)")
 
+
+def _masks(cfg: DictConfig, mix: dict[str, float], declared: dict) -> None:
+    """`content.mask` and `style.masks`: one mask per style image, and losses that take them."""
+    if cfg.content.mask and not declared["content"][cfg.content.loss]:
+        guided = " or ".join(name for name, takes_masks in declared["content"].items() if takes_masks)
+        raise ConfigError(f"content.mask works with content.loss={guided}, not {cfg.content.loss}")
+    n_styles = 1 + len(cfg.style.blend_images)
     if cfg.style.masks and len(cfg.style.masks) != n_styles:
         raise ConfigError(
             f"style.masks has {len(cfg.style.masks)} images for {n_styles} style images "
@@ -153,79 +180,57 @@ def validate(cfg: DictConfig) -> None:
     if cfg.style.masks and unguided:
         guided = " or ".join(name for name, takes_masks in declared["style"].items() if takes_masks)
         raise ConfigError(f"style.masks works with style.loss={guided} (every loss of a mix), not {unguided[0]}")
-    _at_least("style.mmd.c", cfg.style.mmd.c, 0)
-    if cfg.style.mmd.gamma is not None:
-        _at_least("style.mmd.gamma", cfg.style.mmd.gamma, 0, strict=True)
-    if cfg.style.mmd.samples < 0 or cfg.style.mmd.samples == 1:
-        raise ConfigError(f"style.mmd.samples={cfg.style.mmd.samples} must be 0 (the linear-time estimator) or >= 2")
-    _at_least("style.cmd.order", cfg.style.cmd.order, 1)
-    _at_least("style.cmd.scale", cfg.style.cmd.scale, 0, strict=True)
-    mrf = cfg.style.mrf
-    _at_least("style.mrf.patch_size", mrf.patch_size, 1)
-    _at_least("style.mrf.stride", mrf.stride, 1)
-    _choice("style.mrf.reduction", mrf.reduction, MRF_REDUCTIONS)
-    if mrf.stride > mrf.patch_size:
-        raise ConfigError(f"style.mrf.stride={mrf.stride} must be <= style.mrf.patch_size={mrf.patch_size} "
-                          "(a larger stride leaves positions between the patches out)")
-    for angle in mrf.rotations:
-        if not -180 <= angle <= 180:
-            raise ConfigError(f"style.mrf.rotations: {angle} must be in [-180, 180] (degrees)")
-    for factor in mrf.scales:
-        if not 0 < factor <= 4:
-            raise ConfigError(f"style.mrf.scales: {factor} must be in (0, 4]")
-    if (mrf.rotations or mrf.scales) and "mrf" in mix and len(mix) > 1:
-        raise ConfigError("style.mrf.rotations and style.mrf.scales take style.loss=mrf alone, not in a mix "
-                          "(the losses of a mix share one set of style images)")
-    st = cfg.style.strotss
-    _at_least("style.strotss.samples", st.samples, 2)
-    _at_least("style.strotss.style_samples", st.style_samples, 2)
-    _at_least("style.strotss.moment_weight", st.moment_weight, 0)
-    _at_least("style.strotss.palette_weight", st.palette_weight, 0)
-    _at_least("style.strotss.scale", st.scale, 0, strict=True)
-    check_nnst(cfg.style.nnst)
-    ss = cfg.content.self_similarity
-    _at_least("content.self_similarity.samples", ss.samples, 2)
-    _at_least("content.self_similarity.scale", ss.scale, 0, strict=True)
-    _at_least("laplacian.weight", cfg.laplacian.weight, 0)
-    _at_least("laplacian.pool", cfg.laplacian.pool, 0)
     if cfg.laplacian.weight > 0 and cfg.content.mask:
         raise ConfigError("laplacian.weight > 0 does not take content.mask (the Laplacian term has no region; "
                           "set laplacian.weight=0 or drop the mask)")
+
+
+def _controls(cfg: DictConfig, names: tuple[str, ...]) -> None:
+    """The Laplacian term's settings, `color.preserve` and `style.scale_control`."""
+    _at_least("laplacian.weight", cfg.laplacian.weight, 0)
+    _at_least("laplacian.pool", cfg.laplacian.pool, 0)  # the largest the image allows: nstexp.input_sizes
     _choice("color.preserve", cfg.color.preserve, COLOR_MODES)
     sc = cfg.style.scale_control
     for name in sc.fine_layers:
         if name not in names:
-            raise ConfigError(f"style.scale_control.fine_layers: unknown layer {name!r} for {b.arch} "
+            raise ConfigError(f"style.scale_control.fine_layers: unknown layer {name!r} for {cfg.backbone.arch} "
                               f"(allowed: {', '.join(names)})")
     if sc.fine_image is not None and not sc.fine_layers:
         raise ConfigError("style.scale_control.fine_layers is empty (name the layers whose statistics are fine)")
     _at_least("style.scale_control.steps", sc.steps, 0)
 
-    opt = cfg.optimizer
+
+def _optimizer(opt) -> None:
+    """`optimizer`: the settings of the chosen optimizer."""
     _choice("optimizer.name", opt.name, OPTIMIZERS)
     _at_least("optimizer.lr", opt.lr, 0, strict=True)
     if opt.name == "lbfgs":
         _choice("optimizer.line_search", opt.line_search, LINE_SEARCHES)
         _at_least("optimizer.max_iter", opt.max_iter, 1)
         _at_least("optimizer.history_size", opt.history_size, 1)
-    else:
-        if opt.name == "adam" and (len(opt.betas) != 2 or not all(0 <= b < 1 for b in opt.betas)):
-            raise ConfigError(f"optimizer.betas={list(opt.betas)} must be two numbers in [0, 1)")
-        if opt.name == "rmsprop" and not 0 <= opt.alpha < 1:
-            raise ConfigError(f"optimizer.alpha={opt.alpha} must be in [0, 1) (the decay of the gradients' squares)")
-        _at_least("optimizer.eps", opt.eps, 0, strict=True)
-        if not 0 <= opt.ema < 1:
-            raise ConfigError(f"optimizer.ema={opt.ema} must be in [0, 1) (0 = no averaging)")
+        return
+    if opt.name == "adam" and (len(opt.betas) != 2 or not all(0 <= b < 1 for b in opt.betas)):
+        raise ConfigError(f"optimizer.betas={list(opt.betas)} must be two numbers in [0, 1)")
+    if opt.name == "rmsprop" and not 0 <= opt.alpha < 1:
+        raise ConfigError(f"optimizer.alpha={opt.alpha} must be in [0, 1) (the decay of the gradients' squares)")
+    _at_least("optimizer.eps", opt.eps, 0, strict=True)
+    if not 0 <= opt.ema < 1:
+        raise ConfigError(f"optimizer.ema={opt.ema} must be in [0, 1) (0 = no averaging)")
 
+
+def _start(cfg: DictConfig) -> None:
+    """What is optimized and from where: `param`, `init`, `clamp`."""
     _choice("param", cfg.param, PARAMS)
     if cfg.param == "laplacian_pyramid":
         _at_least("param_levels (the Laplacian pyramid's bands)", cfg.param_levels, 1)
-
     _choice("init.kind", cfg.init.kind, INITS)
     if cfg.init.kind == "image" and not cfg.init.path:
         raise ConfigError("init.kind=image needs init.path=<image file>")
     _choice("clamp", cfg.clamp, CLAMPS)
-    _choice("wandb.mode", cfg.wandb.mode, WANDB_MODES)
+
+
+def _schedule(cfg: DictConfig) -> None:
+    """`steps`, `size` and the coarse-to-fine `scales` (their final pass: `_final_pass`)."""
     if cfg.steps is not None:
         _at_least("steps", cfg.steps, 0)
     if cfg.size is not None:
@@ -239,18 +244,13 @@ def validate(cfg: DictConfig) -> None:
     _choice("scales.content_weight_at", cfg.scales.content_weight_at, CONTENT_WEIGHT_AT)
     if cfg.scales.final_steps is not None:
         _at_least("scales.final_steps", cfg.scales.final_steps, 0)
-    if cfg.scales.final_loss is not None:
-        _choice("scales.final_loss", cfg.scales.final_loss, tuple(declared["style"]))
-        if cfg.scales.final_pass:  # the final pass's settings, checked as a run of their own
-            final = cfg.copy()
-            with open_dict(final):
-                final.style.loss, final.scales.final_loss = cfg.scales.final_loss, None
-            try:
-                validate(final)
-            except ConfigError as exc:
-                raise ConfigError(f"scales.final_loss={cfg.scales.final_loss}: {exc}") from None
     if cfg.scales.last_lr is not None:
         _at_least("scales.last_lr", cfg.scales.last_lr, 0, strict=True)
+
+
+def _outputs(cfg: DictConfig) -> None:
+    """The seed, the yardstick, what is logged and where the run goes: `seed`, `eval`, `log_every`,
+    `snapshot_every`, `wandb.mode`, `device`."""
     if not 0 <= cfg.seed < 2**63:
         raise ConfigError(f"seed={cfg.seed} must be in [0, 2**63)")
     if cfg.eval.every is not None:
@@ -259,6 +259,23 @@ def validate(cfg: DictConfig) -> None:
     if cfg.log_every is not None:
         _at_least("log_every", cfg.log_every, 1)
     _at_least("snapshot_every (0 disables snapshots)", cfg.snapshot_every, 0)
+    _choice("wandb.mode", cfg.wandb.mode, WANDB_MODES)
     dev = cfg.device
     if dev not in ("auto", "cpu", "mps") and not (dev == "cuda" or dev.startswith("cuda:")):
         raise ConfigError(f"device={dev!r} is not allowed (allowed: auto, cpu, cuda, cuda:N, mps)")
+
+
+def _final_pass(cfg: DictConfig, declared: dict) -> None:
+    """`scales.final_loss`: a style loss; with `scales.final_pass`, its settings checked as a run of
+    their own, at the finest size only (the one the final pass takes)."""
+    if cfg.scales.final_loss is None:
+        return
+    _choice("scales.final_loss", cfg.scales.final_loss, tuple(declared["style"]))
+    if cfg.scales.final_pass:
+        final = cfg.copy()
+        with open_dict(final):
+            final.style.loss, final.scales.final_loss, final.scales.min = cfg.scales.final_loss, None, None
+        try:
+            validate(final)
+        except ConfigError as exc:
+            raise ConfigError(f"scales.final_loss={cfg.scales.final_loss}: {exc}") from None

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO, TINY, run_cli
+from conftest import REPO, TINY, refused_in_one_line, run_cli
 from wandb_offline import find_runs
 
 from nstexp.network.hardware import resolve_precision
@@ -100,11 +100,12 @@ def test_bad_image_fails_in_one_line_and_leaves_a_failed_summary(tmp_path, wandb
 
 
 def test_image_too_small_for_the_deepest_layer(tmp_path, wandb_env):
-    Image.new("RGB", (200, 10), (50, 60, 70)).save(tmp_path / "thin.png")
+    # Refused before the run (nstexp.input_sizes), from the file's header: 200x10 px at size=200.
+    Image.new("RGB", (400, 20), (50, 60, 70)).save(tmp_path / "thin.png")
     r = run_cli([*TINY, "size=200", f"content.image={tmp_path}/thin.png", "wandb.mode=disabled",
                  f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path)
-    assert r.returncode == 1
-    assert "200x10 px after resizing is too small for layer relu5_1 (needs at least 16 px" in r.stderr
+    line = refused_in_one_line(r)
+    assert "200x10 px after resizing at size=200 is too small for layer relu5_1 (needs at least 16 px" in line
 
 
 def test_divergence_keeps_the_last_good_image(tmp_path, wandb_env):

@@ -27,7 +27,8 @@ RANKS = {
 }
 TOP_LEVEL = {
     "nstexp.errors": "base", "nstexp.config": "base", "nstexp.loss_options": "base", "nstexp.images": "base",
-    "nstexp.validation": "validation", "nstexp.loss_catalogue": "validation", "nstexp.composition": "composition",
+    "nstexp.validation": "validation", "nstexp.loss_catalogue": "validation",
+    "nstexp.input_sizes": "validation", "nstexp.composition": "composition",
     "nstexp": "entry", "nstexp.__main__": "entry", "nstexp.cli": "entry", "nstexp.api": "entry",
     "hydra_plugins.nstexp_batched_launcher": "entry",
     "hydra_plugins.nstexp_batched_launcher.batched_launcher": "entry",

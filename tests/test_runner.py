@@ -161,11 +161,12 @@ def test_peak_memory_is_per_run_in_a_shared_process(tmp_path):
 
 
 def test_a_small_image_is_upscaled_with_a_warning(tmp_path, capsys):
-    Image.new("RGB", (20, 12), (10, 200, 30)).save(tmp_path / "tiny.png")
+    # 16 px on the shorter side: the smallest image a run takes (one position of relu5_1).
+    Image.new("RGB", (20, 16), (10, 200, 30)).save(tmp_path / "tiny.png")
     summary = run(_cfg("size=64", f"content.image={tmp_path}/tiny.png", "steps=0"), str(tmp_path / "out"))
     err = capsys.readouterr().err
     (line,) = [line for line in err.splitlines() if line.startswith("warning:")]
-    assert "content.image is 20x12 px: upscaled 3.2x to 64 px" in line
+    assert "content.image is 20x16 px: upscaled 3.2x to 64 px" in line
     assert summary["warnings"] == [line.removeprefix("warning: ")]
 
 

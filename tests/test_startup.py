@@ -39,6 +39,7 @@ def _probe(args, tmp_path):
     (["style.loss=nope"], 2),
     (["layers.style.relu9_1=1"], 2),  # +key on a dict: layer names come from the layout
     (["-m", "seed=0,1", "backbone.arch=vgg11"], 2),
+    (["laplacian.weight=1", "laplacian.pool=64"], 2),  # the sizes, read off the image files' headers
     (["compare", "no/such/sweep"], 2),
 ])
 def test_help_and_refusals_import_no_heavy_library(tmp_path, args, code):

@@ -52,6 +52,12 @@ class StyleLoss:
     # A joint loss's: the content's share α of the image (1 − α) x + α c whose features it
     # searches with (nnst), which the objective hands it as the result's LayerStack.query; 0: none.
     query_blend: float = 0.0
+    # The fewest positions per side the loss needs at each of its layers, of the result's features
+    # and of some view of the style's: a number, or the key of the option in its config section that
+    # gives it (mrf: "mrf.patch_size"). Read off the source (nstexp.loss_catalogue), so that the
+    # checks before a run (nstexp.input_sizes) refuse smaller sizes at every level without torch.
+    # Every loss is finite on a layer of one position otherwise (tests/test_small_inputs.py).
+    min_positions: ClassVar[int | str] = 1
 
     def __init__(self, style: Any, seed: int = 0):
         self.options = style
@@ -89,6 +95,8 @@ class ContentLoss:
     guided: ClassVar[bool] = True
     # As StyleLoss.joint: `target` and `distance` take the content's and the result's LayerStack.
     joint: ClassVar[bool] = False
+    # As StyleLoss.min_positions, for the result's and the content's features.
+    min_positions: ClassVar[int | str] = 1
 
     def __init__(self, content: Any, seed: int = 0):
         self.options = content

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from nstexp.errors import NstexpError
+from nstexp.loss_options import rotated_size, scaled_size
 from nstexp.losses.base import StyleLoss, register
 
 CHUNK_ELEMENTS = 2**24  # similarities held at once (64 MiB in fp32); the chunk of result patches is this / K
@@ -131,9 +132,7 @@ def rotate(image: torch.Tensor, degrees: float) -> torch.Tensor:
     that no blank corner enters the style (CNNMRF crops too, its computeBB)."""
     h, w = image.shape[-2:]
     a = math.radians(degrees)
-    c, s = abs(math.cos(a)), abs(math.sin(a))
-    keep = min(w / (w * c + h * s), h / (w * s + h * c))  # the crop's sides over the image's
-    ho, wo = max(1, math.floor(h * keep)), max(1, math.floor(w * keep))
+    ho, wo = rotated_size(h, w, degrees)
     # Output pixel (X, Y) from the centre (in pixels, y downwards) samples the input at
     # (cos X − sin Y, sin X + cos Y): content turns counter-clockwise on the screen, as torch.rot90.
     cos, sin = math.cos(a), math.sin(a)
@@ -146,14 +145,14 @@ def rotate(image: torch.Tensor, degrees: float) -> torch.Tensor:
 
 def rescale(image: torch.Tensor, factor: float) -> torch.Tensor:
     """An image (B, C, H, W) resized by `factor` (bilinear, antialiased when shrinking)."""
-    h, w = image.shape[-2:]
-    size = (max(1, round(h * factor)), max(1, round(w * factor)))
+    size = scaled_size(*image.shape[-2:], factor)
     return F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=factor < 1)
 
 
 def augmented(image: torch.Tensor, rotations, scales) -> list[torch.Tensor]:
     """The image, and its copies for every rotation × every scale (each rotation also unscaled,
-    each scale also unrotated), as CNNMRF rotates, crops, then scales."""
+    each scale also unrotated), as CNNMRF rotates, crops, then scales; their sizes are
+    nstexp.loss_options.mrf_view_sizes's, which the checks before a run read."""
     out = []
     for r in dict.fromkeys([0.0, *map(float, rotations)]):
         turned = rotate(image, r) if r else image
@@ -166,6 +165,7 @@ class MRF(StyleLoss):
     """style.loss=mrf: each result patch's squared distance to its most correlated style patch."""
 
     name = "mrf"
+    min_positions = "mrf.patch_size"  # a k × k patch at each style layer, of the result and of a view of the style
 
     def __init__(self, style, seed: int = 0):
         super().__init__(style, seed)

@@ -18,17 +18,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-
-def levels(size: int, smallest: int | None, factor: float) -> list[int]:
-    """Longest sides from `smallest` up to `size`, each `factor` times the previous, counted down
-    from `size` (512 -> 362 -> 256 -> 181 -> 128 for a factor of √2); [size] without `smallest`."""
-    if smallest is None or smallest >= size:
-        return [size]
-    out, k = [], 0
-    while round(size / factor**k) >= smallest:
-        out.append(round(size / factor**k))
-        k += 1
-    return sorted(set(out))
+from nstexp.optim.levels import levels
 
 
 def level_settings(cfg: DictConfig, level: int, n_levels: int) -> DictConfig:

@@ -15,6 +15,7 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
+from nstexp import input_sizes
 from nstexp.errors import NstexpError
 from nstexp.eval import metrics
 from nstexp.losses.objective import Objective, batch_objective, weighted_layers
@@ -31,7 +32,7 @@ from nstexp.validation import validate
 
 # Defaults that depend on the device: a GPU affords larger images and more steps (steps count
 # within each coarse-to-fine level; docs/default.md measures the CPU default at under 3 min).
-DEFAULT_SIZE = {"cpu": 256, "gpu": 512}
+DEFAULT_SIZE = input_sizes.DEFAULT_SIZE  # the checks before a run read it there, without torch
 DEFAULT_STEPS = {"cpu": 100, "gpu": 200}
 DEFAULT_LOG_EVERY = {"cpu": 1, "gpu": 10}
 
