@@ -229,3 +229,61 @@ def test_a_bad_batch_size_is_refused_in_one_line(value):
     with pytest.raises(NstexpError, match=rf"^hydra.launcher.batch_size={value} must be a whole number >= 1, "
                                           r"or null \(chosen from the memory\)$"):
         composition.preflight(["seed=0,1", "hydra/launcher=batched", f"hydra.launcher.batch_size={value}"])
+
+
+# A batch whose jobs end before some of them step (a set-up that fails, a job that diverges at
+# step 0, Ctrl-C during the set-up) with W&B on: each job's W&B run starts on the process's one
+# writer thread, which must never wait for one job's event, or the batch hangs for ever. A
+# process of its own, with a time limit: a hang fails the test instead of the suite.
+BATCH_OF_2 = ["-m", "steps=2", "progress=false", "eval.enabled=false", "scales.min=null", "device=cpu",
+              "precision=fp32", "hydra/launcher=batched", "hydra.launcher.batch_size=2", "wandb.mode=offline"]
+
+
+def _every_job_has_its_files_and_a_finished_wandb_run(sweep, statuses):
+    runs = {run.run_id: run for run in find_runs(str(sweep)) if run.job_type == "run"}
+    for job, status in enumerate(statuses):
+        summary = json.loads((sweep / str(job) / "summary.json").read_text())
+        assert summary["status"] == status, (job, summary)
+        assert (sweep / str(job) / "metrics.jsonl").is_file()
+        run = runs[summary["wandb_id"]]
+        assert run.finished and run.exit_code == (0 if status == "completed" else 1)
+    assert len(runs) == len(statuses)
+
+
+def test_a_batch_that_fails_during_set_up_ends_with_every_jobs_wandb_run(tmp_path, wandb_env):
+    sweep = tmp_path / "s"
+    r = run_cli([*BATCH_OF_2, "size=100000", "seed=0,1", f"hydra.sweep.dir={sweep}"], cwd=tmp_path,
+                process=True, timeout=300)
+    assert "size=100000" in r.stderr and "needs about" in r.stderr and "Traceback" not in r.stderr
+    _every_job_has_its_files_and_a_finished_wandb_run(sweep, ["failed", "failed"])
+
+
+def test_a_batch_with_a_job_that_diverges_at_step_0_ends_with_every_jobs_wandb_run(tmp_path, wandb_env):
+    sweep = tmp_path / "s"
+    r = run_cli([*BATCH_OF_2, "size=32", "style.weight=1e3,1e38", f"hydra.sweep.dir={sweep}"], cwd=tmp_path,
+                process=True, timeout=300)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr  # a job of the sweep did not complete
+    _every_job_has_its_files_and_a_finished_wandb_run(sweep, ["completed", "diverged"])
+    # The healthy job's every step is in its metrics; the other's, like alone, has none.
+    assert len((sweep / "0" / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_ctrl_c_during_the_set_up_of_a_batch_ends_with_every_jobs_wandb_run(tmp_path, wandb_env):
+    # Scale control's style image, made during the set-up, takes as long as it is let (steps=10^6).
+    sweep = tmp_path / "s"
+    cmd = [sys.executable, "-m", "nstexp", *BATCH_OF_2, "size=32", "seed=0,1", f"hydra.sweep.dir={sweep}",
+           "style.scale_control.fine_image=sample:mosaic", "style.scale_control.steps=1000000"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    # The jobs' outputs exist once the batch handles signals; no step yet.
+    while proc.poll() is None and not all((sweep / j / "metrics.jsonl").exists() for j in "01"):
+        time.sleep(0.2)
+    time.sleep(1.0)
+    assert all((sweep / j / "metrics.jsonl").read_text() == "" for j in "01")  # still setting up
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    _every_job_has_its_files_and_a_finished_wandb_run(sweep, ["interrupted", "interrupted"])

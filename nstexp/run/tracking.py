@@ -117,24 +117,28 @@ class Tracker:
         self.mode = "disabled"
         self.info: dict[str, Any] = {}
         self._pending: list[Future] = []  # this tracker's work on the writer, not yet seen done
-        self._stepped = threading.Event()  # see `start`
+        self._start_submitted = False  # see `stepped`
+        self._backlog: list[Callable] = []  # W&B logs made before its run started (writer thread only)
 
     def start(self) -> None:
-        """Start the W&B run (none when its mode is disabled) on the writer, once `stepped` says the
-        optimizer has made its first step: W&B's start-up (its import and its service process,
-        about 0.6 s of a 2-core CPU) then takes no time from the set-up and the first step the
-        user waits for. What is logged before then waits for it, in order."""
+        """Resolve the W&B mode; the W&B run itself (none when disabled) starts on the writer once
+        `stepped` says the optimizer has made its first step: W&B's start-up (its import and its
+        service process, about 0.6 s of a 2-core CPU) then takes no time from the set-up and the
+        first step the user waits for. What is logged before then goes to the files at once and
+        to W&B once its run has started, in order."""
         self.mode = resolve_wandb_mode(self._wandb_cfg.mode)
         self.info["wandb_mode"] = self.mode
-        if self.mode != "disabled":
-            self._submit(self._start_wandb)
 
     def stepped(self) -> None:
-        """The run has made its first step, or ended: the W&B run may start."""
-        self._stepped.set()
+        """The run has made its first step, or ended: the W&B run starts (once). Called on the
+        run's thread: the writer, which every job of a process shares, never waits for one job's
+        event (a job of a batch that never steps would hold up every other job's work)."""
+        if self.mode != "disabled" and not self._start_submitted:
+            self._start_submitted = True
+            # Not `_submit`: an error the writer met earlier must not keep the run from starting.
+            self._pending.append(writer().submit(self._start_wandb))
 
     def _start_wandb(self) -> None:
-        self._stepped.wait()
         import wandb
 
         wandb_cfg = self._wandb_cfg
@@ -153,6 +157,16 @@ class Tracker:
         )
         # Where to find this run again (the sweep's comparison links to it).
         self.info.update(wandb_id=self.run.id, wandb_url=self.run.url)
+        backlog, self._backlog = self._backlog, []
+        for log in backlog:
+            log(self.run)
+
+    def _to_wandb(self, log: Callable) -> None:
+        """On the writer: `log(run)` now, or once the W&B run has started (none: W&B is off)."""
+        if self.run is not None:
+            log(self.run)
+        elif self.mode != "disabled":
+            self._backlog.append(log)
 
     def _submit(self, fn: Callable, *args) -> None:
         """Run `fn(*args)` on the writer, after everything submitted before it. An error the
@@ -188,14 +202,12 @@ class Tracker:
             self._submit(self._log_inputs, content.detach().clone(), [s.detach().clone() for s in styles])
 
     def _log_inputs(self, content: torch.Tensor, styles: list[torch.Tensor]) -> None:
-        if self.run is None:
-            return
         import wandb
 
         images = {"inputs/content": wandb.Image(to_pil(content), caption="content")}
         for i, s in enumerate(styles):
             images[f"inputs/style{'' if i == 0 else i}"] = wandb.Image(to_pil(s), caption=f"style {i}")
-        self.run.log(images, step=0)
+        self._to_wandb(lambda run: run.log(images, step=0))
 
     def save_input(self, name: str, image: Image.Image) -> None:
         """An input the run made itself (scale control's style image): `<name>.png`, and in W&B."""
@@ -204,10 +216,10 @@ class Tracker:
             self._submit(self._log_image, f"inputs/{name}", image, name, 0)
 
     def _log_image(self, key: str, image: Image.Image, caption: str, step: int) -> None:
-        if self.run is not None:
-            import wandb
+        import wandb
 
-            self.run.log({key: wandb.Image(image, caption=caption)}, step=step)
+        data = {key: wandb.Image(image, caption=caption)}
+        self._to_wandb(lambda run: run.log(data, step=step))
 
     def log_step(self, metrics: dict[str, Any], image: torch.Tensor | None,
                  score: Callable[[torch.Tensor], dict] | None = None, scored: torch.Tensor | None = None) -> None:
@@ -224,13 +236,13 @@ class Tracker:
         step = metrics["step"]
         if image is not None:
             save_image(image, os.path.join(self.out_dir, "snapshots", f"step_{step:06d}.png"))
-        if self.run is not None:
+        if self.mode != "disabled":
             data = dict(metrics)
             if image is not None:
                 import wandb
 
                 data["snapshot"] = wandb.Image(to_pil(image), caption=f"step {step}")
-            self.run.log(data, step=step)
+            self._to_wandb(lambda run: run.log(data, step=step))
 
     def finish(self, summary: dict[str, Any], final_image: torch.Tensor | None) -> None:
         """Write final.png and summary.json, and end the W&B run. Safe to call once, always;
