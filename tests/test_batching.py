@@ -287,3 +287,54 @@ def test_ctrl_c_during_the_set_up_of_a_batch_ends_with_every_jobs_wandb_run(tmp_
     assert proc.returncode == 130, err
     assert "Traceback" not in err
     _every_job_has_its_files_and_a_finished_wandb_run(sweep, ["interrupted", "interrupted"])
+
+
+def _every_loss_case():
+    """Each registered style loss in its preset (conf/loss/<name>.yaml, else the paper's loss with
+    style.loss=<name>), and each content loss: squared_error is every preset's but strotss's;
+    self_similarity in STROTSS's recipe (RMSprop on a Laplacian pyramid) and in its loss preset."""
+    from pathlib import Path
+
+    from nstexp.loss_catalogue import registered_losses
+
+    presets = {p.stem for p in (Path(__file__).parents[1] / "conf" / "loss").glob("*.yaml")}
+    cases = {name: [f"loss={name}"] if name in presets else ["loss=gatys", f"style.loss={name}"]
+             for name in registered_losses()["style"]}
+    cases["mrf"].append("size=64")  # 3x3 patches at relu5_1
+    for name in registered_losses()["content"]:
+        cases.setdefault(f"content:{name}", ["loss=gatys", f"content.loss={name}"])
+    cases["content:self_similarity"] = ["experiment=strotss"]
+    return cases
+
+
+EVERY_LOSS = _every_loss_case()
+
+
+# Within one 8-bit level (what docs/sweeps.md calls the same), but where RMSprop's sign-like first
+# steps on a Laplacian pyramid (STROTSS's recipe) carry the last bits further: there a mean of a
+# quarter level, a few levels at most, against about 4 levels between two seeds.
+LOOSER = {"content:self_similarity": (0.25, 4)}
+
+
+@pytest.mark.parametrize("case", sorted(EVERY_LOSS))
+def test_every_loss_gives_a_job_of_a_batch_what_it_gets_alone(tmp_path, case):
+    # From init=content, where a content term starts at 0 (and self_similarity on its |.|'s
+    # kink), a few steps: each job's image as alone, and far closer to it than to another seed's
+    # where the loss draws at random.
+    import numpy as np
+
+    base = ["size=48", *EVERY_LOSS[case], "init=content", "steps=4", "scales.min=null"]
+    cfgs = [tiny_cfg(*base, f"seed={s}") for s in (0, 1)]
+    assert batching.group(cfgs, batch_size=2) == [[0, 1]]
+    together = run_batch([JobSpec(cfg, str(tmp_path / f"b{i}")) for i, cfg in enumerate(cfgs)])
+    mean, most = LOOSER.get(case, (0.05, 1))
+    images = {}
+    for i, cfg in enumerate(cfgs):
+        alone = run(cfg, str(tmp_path / f"a{i}"))
+        assert together[i]["status"] == alone["status"] == "completed"
+        assert together[i]["final/loss/total"] == pytest.approx(alone["final/loss/total"], rel=1e-3)
+        a, b = (np.asarray(Image.open(tmp_path / f"{k}{i}" / "final.png"), dtype=float) for k in "ab")
+        assert np.abs(a - b).max() <= most and np.abs(a - b).mean() <= mean, case
+        images[i] = a
+    seeds = np.abs(images[0] - images[1]).mean()
+    assert seeds == 0 or seeds >= 10 * mean

@@ -117,12 +117,14 @@ def test_chunked_self_similarity_equals_the_unchunked_one_with_its_gradient():
         assert torch.allclose(v, values[0], rtol=1e-12) and torch.allclose(gr, grads[0], rtol=1e-10, atol=1e-14)
 
 
-def _numpy_self_similarity(x, c):
-    """L = 1/n Σ_ij |D^X_ij / Σ_k D^X_kj − D^C_ij / Σ_k D^C_kj|, D = 1 − cos, one entry at a time."""
+def _numpy_self_similarity(x, c, kink=self_similarity.KINK):
+    """L = 1/n Σ_ij |D^X_ij / Σ_k D^X_kj − D^C_ij / Σ_k D^C_kj|, D = 1 − cos, one entry at a time,
+    |d| smoothed below β = kink / n: d² / (2β) there, |d| − β/2 above."""
     def normalized(p):
         d = np.array([[1 - a @ b / (np.linalg.norm(a) * np.linalg.norm(b)) for b in p] for a in p])
         return d / d.sum(0, keepdims=True)
-    return np.abs(normalized(x) - normalized(c)).sum() / len(x)
+    d, beta = np.abs(normalized(x) - normalized(c)), kink / len(x)
+    return np.where(d < beta, d * d / (2 * beta), d - beta / 2).sum() / len(x)
 
 
 def test_self_similarity_is_the_papers_column_normalized_l1_distance():
@@ -130,6 +132,21 @@ def test_self_similarity_is_the_papers_column_normalized_l1_distance():
     got = self_similarity_loss(torch.tensor(x)[None], torch.tensor(c)[None])[0].item()
     assert got == pytest.approx(_numpy_self_similarity(x, c), rel=1e-6)
     assert 0 < got <= 2
+    # The smoothing lowers L by at most kink / 2 from the paper's |d| (β/2 for each of n² entries, / n).
+    paper = _numpy_self_similarity(x, c, kink=0.0)
+    assert paper - self_similarity.KINK / 2 <= got < paper
+
+
+def test_self_similarity_near_the_content_has_a_slope_of_the_differences_size():
+    # On the content up to rounding, |d|'s slope ±1 would take its sign from the last bits; the
+    # smoothed loss's gradient there is as small as the difference (0 on the content itself).
+    c = torch.tensor(_points(1, 9, 5))[None]
+    x = (c * (1 + 1e-9 * torch.randn(c.shape, generator=torch.Generator().manual_seed(0), dtype=F64))).requires_grad_()
+    self_similarity_loss(x, c).sum().backward()
+    assert x.grad.abs().max().item() < 1e-3
+    y = c.clone().requires_grad_()
+    self_similarity_loss(y, c).sum().backward()
+    assert y.grad.abs().max().item() == 0
 
 
 def test_self_similarity_is_zero_on_the_content_and_blind_to_scaling_the_features():

@@ -91,7 +91,8 @@ class Objective:
     Built from the config sections `layers`, `content`, `style`, `tv` and `laplacian` (a composed
     config's, or the schema's dataclasses in nstexp.config): the style and content losses are the
     registered classes that `style.loss` (or a weighted mix of them, nstexp.losses.mix) and
-    `content.loss` name (nstexp.losses.base).
+    `content.loss` name (nstexp.losses.base). `batch`: how many images the run evaluates at once,
+    which the content's features are computed with (see the targets below).
     """
 
     def __init__(
@@ -107,6 +108,7 @@ class Objective:
         style_masks: list[torch.Tensor] | None = None,
         content_mask: torch.Tensor | None = None,
         laplacian_config=None,
+        batch: int = 1,
     ):
         self.extractor = extractor
         self.content_image = content_image  # nnst's query blends the result with it (`_query`)
@@ -124,9 +126,13 @@ class Objective:
         self.laplacian_target = laplacian(content_image, self.laplacian_pool) if self.laplacian_weight else None
         self.style_balance = {k: 1.0 for k in self.style_terms}  # see `balance_style`
 
-        # Targets are constants: computed once, without a graph.
+        # Targets are constants: computed once, without a graph. The content's features come from a
+        # batch of `batch` copies, the size of the batch the run evaluates (a batched sweep's jobs):
+        # a convolution over a batch adds in another order than over one image, and so an image
+        # equal to the content (init=content) has its features bit for bit in a batch as alone,
+        # where a content term starts at exactly 0 with a gradient of exactly 0.
         with torch.no_grad():
-            feats = extractor(content_image)
+            feats = {k: v[:1] for k, v in extractor(content_image.repeat(batch, 1, 1, 1)).items()}
             if self.content_loss.joint:
                 if content_mask is not None:
                     raise ValueError(f"content.loss={content.loss} takes no content.mask")

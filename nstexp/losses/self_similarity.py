@@ -9,6 +9,8 @@ content likewise), each column normalized to sum 1, are compared entry by entry:
 
     L = 1/n Σ_i,j | D^X_ij / Σ_k D^X_kj − D^C_ij / Σ_k D^C_kj |,
 
+(|·| smoothed within 1e-4 / n of 0, see KINK),
+
 STROTSS's code's normalization (its paper writes 1/n²): each normalized column sums to 1, so L
 is in [0, 2] whatever n. A cosine ignores a column's length, so scaling the features (all
 positions together, or each by its own factor) leaves L unchanged; L is 0 on the content itself.
@@ -21,6 +23,7 @@ recomputed in the backward pass (torch.utils.checkpoint), so one chunk's matrice
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from nstexp.losses.base import ContentLoss, register
@@ -28,6 +31,12 @@ from nstexp.losses.hypercolumn import hypercolumns, sample_positions, unit
 
 CHUNK_ELEMENTS = 2**24  # entries of D^X held at once (64 MiB in fp32); the chunk of columns is this / (B n)
 SUM_FLOOR = 1e-12  # under a column's sum: all-equal columns (a flat image) give 0, not 0/0
+# |d| is smoothed below KINK / n (a normalized entry is 1/n on average): d² n / (2 KINK) there, |d| − KINK / (2n)
+# above. On the content itself every d is 0 up to rounding, where |d|'s slope ±1 would take its
+# sign from the last bits of the convolutions (which differ between a batch and one image, or
+# after a pyramid's round trip); smoothed, a difference of rounding's size has a slope of its
+# size. L moves by at most KINK / 2.
+KINK = 1e-2
 
 
 def _columns(ux: torch.Tensor, uc: torch.Tensor, start: int, stop: int) -> torch.Tensor:
@@ -37,7 +46,7 @@ def _columns(ux: torch.Tensor, uc: torch.Tensor, start: int, stop: int) -> torch
     dc = 1 - uc @ uc[:, start:stop].transpose(1, 2)
     px = dx / dx.sum(1, keepdim=True).clamp_min(SUM_FLOOR)
     pc = dc / dc.sum(1, keepdim=True).clamp_min(SUM_FLOOR)
-    return (px - pc).abs().sum((1, 2))
+    return F.smooth_l1_loss(px, pc.expand_as(px), reduction="none", beta=KINK / ux.shape[1]).sum((1, 2))
 
 
 def self_similarity_loss(x: torch.Tensor, c: torch.Tensor, chunk: int | None = None) -> torch.Tensor:

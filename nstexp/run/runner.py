@@ -72,10 +72,12 @@ def network(cfg: DictConfig, device: torch.device, precision: str, channels_last
     return FeatureExtractor(**network_spec(cfg), precision=precision, channels_last=channels_last).to(device)
 
 
-def build_objective(cfg: DictConfig, extractor: FeatureExtractor, inp: inputs.Inputs, summary: dict) -> Objective:
-    """The loss for the inputs at one size (a coarse-to-fine level's)."""
+def build_objective(cfg: DictConfig, extractor: FeatureExtractor, inp: inputs.Inputs, summary: dict,
+                    batch: int = 1) -> Objective:
+    """The loss for the inputs at one size (a coarse-to-fine level's), of one of `batch` jobs evaluated together."""
     objective = Objective(extractor, inp.content, inp.styles, cfg.layers, cfg.content, cfg.style, cfg.tv, cfg.seed,
-                          style_masks=inp.style_masks, content_mask=inp.content_mask, laplacian_config=cfg.laplacian)
+                          style_masks=inp.style_masks, content_mask=inp.content_mask, laplacian_config=cfg.laplacian,
+                          batch=batch)
     if cfg.style.balance == "content":
         try:
             summary["style_balance"] = objective.balance_style(inp.content)
@@ -205,7 +207,8 @@ def _optimize(jobs: list[Job], cfg: DictConfig, extractor: FeatureExtractor, ful
             inp = full if level_size == sizes[-1] else inputs.prepare(
                 cfg, level_size, deepest, full.content.device, [], check, style_image)
             settings = [pyramid.level_settings(job.cfg, level, n_levels) for job in running]
-            objective = batch_objective([build_objective(c, extractor, inp, job.summary) for c, job in zip(settings, running)])
+            objective = batch_objective([build_objective(c, extractor, inp, job.summary, len(running))
+                                         for c, job in zip(settings, running)])
             # What the user sees of an image: in the content's colours, if asked.
             show = lambda x, c=inp.colours, s=inp.styles[0]: colour.present(mode, x, c, s)  # noqa: E731
             if image is None:
