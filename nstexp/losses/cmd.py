@@ -76,3 +76,26 @@ class CMD(StyleLoss):
 
     def distance(self, f, target, guide=None):
         return cmd_loss(torch.sigmoid(f / self.scale), target, guide)
+
+    # The power sums Σ_p (s_p − a)^k, k = 1..K, per channel over the positions, a = the style's c_1,
+    # accumulated in float64: the binomial expansion c_k = Σ_j C(k, j) E[(s − a)^j] (−d)^(k − j),
+    # d = c_1 − a, cancels digits (c_5 ~ 1e-6 from terms ~ 1e-2), and raw fp32 sums (a = 0) left
+    # relative errors of 1e-3 to 1e-2 in c_5; centring on a keeps the cancellation small as d shrinks.
+    decomposes = "statistics"
+
+    def partial(self, f, target, box):
+        s = torch.sigmoid(f.float() / self.scale).flatten(2)  # (B, N, m), as `distance` squashes
+        c = s.double() - target[0].double().unsqueeze(2)
+        out, power = [c.sum(2)], c
+        for _ in range(2, self.order + 1):
+            power = power * c
+            out.append(power.sum(2))
+        return tuple(out)  # (B, N) each, float64
+
+    def finish(self, sums, target, positions):
+        raw = [torch.ones_like(sums[0]), *(s.double() / positions for s in sums)]  # E[(s − a)^j], j = 0..K
+        d = raw[1]  # c_1 − a
+        moments = [target[0].double() + d]
+        moments += [raw[k] + sum(comb(k, j) * raw[j] * (-d).pow(k - j) for j in range(k))
+                    for k in range(2, self.order + 1)]
+        return sum(((m - t.double()).pow(2).sum(1) + EPS).sqrt() for m, t in zip(moments, target)).float()

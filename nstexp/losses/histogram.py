@@ -89,6 +89,7 @@ class Histogram(StyleLoss):
 
     name = "histogram"
     guided = False  # the remap matches whole distributions, not a region's
+    # decomposes: none — a global sort of each channel's values (a position's remap is its rank among all M)
 
     def target(self, feats, shares):
         return style_quantiles(feats, shares)

@@ -29,6 +29,11 @@ class Mix(StyleLoss):
         if len(self.parts) == 1:
             only = self.parts[0][1]
             self.joint, self.guided, self.query_blend = only.joint, only.guided, only.query_blend
+        # Σ_k a_k E_k decomposes when every E_k does: over positions if each is a sum over them,
+        # else as statistics (sums of both kinds, handed on); a mix of one is its component's.
+        kinds = {loss.decomposes for _, loss in self.parts}
+        self.decomposes = "none" if "none" in kinds else kinds.pop() if len(kinds) == 1 else "statistics"
+        self.counts: list[int] | None = None  # how many of `partial`'s sums each component gave
 
     def views(self, image):
         return self.parts[0][1].views(image) if len(self.parts) == 1 else [image]
@@ -39,6 +44,22 @@ class Mix(StyleLoss):
     def distance(self, f, target, guide=None):
         return sum(w * (loss.distance(f, t) if guide is None else loss.distance(f, t, guide))
                    for (w, loss), t in zip(self.parts, target))
+
+    def partial(self, f, target, box):
+        """Each component's sums, one after the other."""
+        parts = [loss.partial(f, t, box) for (_, loss), t in zip(self.parts, target)]
+        self.counts = [len(p) for p in parts]
+        return tuple(s for p in parts for s in p)
+
+    def finish(self, sums, target, positions):
+        """Σ_k a_k E_k, each E_k finished from its own sums."""
+        if self.counts is None:
+            raise RuntimeError("Mix.finish takes the sums of Mix.partial, which has not run")
+        total, start = 0, 0
+        for (w, loss), t, count in zip(self.parts, target, self.counts):
+            total = total + w * loss.finish(tuple(sums[start:start + count]), t, positions)
+            start += count
+        return total
 
     def working_bytes(self, result, styles, batch=1):
         return sum(loss.working_bytes(result, styles, batch) for _, loss in self.parts)

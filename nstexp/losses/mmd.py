@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from nstexp.losses.base import StyleLoss, register
-from nstexp.losses.gram import gram_matrix
+from nstexp.losses.gram import gram_matrix, outer_product
 
 EPS = 1e-8  # inside σ's square root: a flat image (σ = 0) keeps a finite gradient
 
@@ -154,6 +154,15 @@ class MMDLinear(StyleLoss):
     def distance(self, f, target, guide=None):
         return mmd_linear_loss(f, target, guide)
 
+    decomposes = "statistics"  # Σ_p (x_p − μ_Y) over the positions: M (μ_X − μ_Y)
+
+    def partial(self, f, target, box):
+        return ((f.float().flatten(2) - target.float().unsqueeze(2)).sum(2),)  # (B, N)
+
+    def finish(self, sums, target, positions):
+        (s,) = sums
+        return (s / positions).pow(2).sum(1)
+
 
 @register
 class MMDPoly(StyleLoss):
@@ -168,6 +177,21 @@ class MMDPoly(StyleLoss):
     def distance(self, f, target, guide=None):
         return mmd_poly_loss(f, *target, c=self.options.mmd.c, guide=guide)
 
+    # Σ_p x_p x_pᵀ = G_X over the positions, and with c ≠ 0 Σ_p (x_p − μ_Y) = M (μ_X − μ_Y) too
+    # (only what the loss uses: each sum must take a part in its gradient).
+    decomposes = "statistics"
+
+    def partial(self, f, target, box):
+        x = f.float().flatten(2)  # (B, N, m)
+        if not self.options.mmd.c:
+            return (outer_product(x),)
+        return outer_product(x), (x - target[0].float().unsqueeze(2)).sum(2)
+
+    def finish(self, sums, target, positions):
+        loss = (sums[0] / positions - target[1]).pow(2).flatten(1).sum(1)
+        c = self.options.mmd.c
+        return loss + 2 * c * (sums[1] / positions).pow(2).sum(1) if c else loss
+
 
 @register
 class MMDGaussian(StyleLoss):
@@ -177,6 +201,8 @@ class MMDGaussian(StyleLoss):
 
     name = "mmd_gaussian"
     guided = False  # the random pairs have no notion of a region
+    # decomposes: none — the kernel's pairs of positions are drawn at random over the whole image
+    # (and exp(−γ‖x − y‖²) of all pairs has no sums over single positions; γ is a global mean)
 
     def __init__(self, style, seed: int = 0):
         super().__init__(style, seed)
@@ -217,3 +243,19 @@ class BN(StyleLoss):
 
     def distance(self, f, target, guide=None):
         return bn_loss(f, *target, guide=guide)
+
+    # Σ_p (x_p − μ_Y) and Σ_p (x_p − μ_Y)² per channel over the positions, centred on the style's
+    # mean so that the variance E[(x − μ_Y)²] − (μ_X − μ_Y)² loses few digits in fp32.
+    decomposes = "statistics"
+
+    def partial(self, f, target, box):
+        c = f.float().flatten(2) - target[0].float().unsqueeze(2)  # (B, N, m)
+        return c.sum(2), c.pow(2).sum(2)
+
+    def finish(self, sums, target, positions):
+        s1, s2 = (s.double() for s in sums)  # (B, N) each
+        d = s1 / positions  # μ_X − μ_Y
+        # bn_loss's biased deviation, (E[(x − μ_X)²] + EPS)^½ (clamped: rounding may cross 0)
+        std = ((s2 / positions - d.pow(2)).clamp_min(0) + EPS).sqrt()
+        n = d.shape[1]
+        return ((d.pow(2).sum(1) + (std - target[1].double()).pow(2).sum(1)) / n).float()

@@ -166,6 +166,11 @@ class MRF(StyleLoss):
 
     name = "mrf"
     min_positions = "mrf.patch_size"  # a k × k patch at each style layer, of the result and of a view of the style
+    # decomposes: none for now. Each result patch's match and distance are its own (no gradient through the match),
+    # so L is a sum over patches (divided by their count m for reduction=mean): "positions", given each block a halo
+    # of k − 1 positions below and to the right, the layer's whole H and W in `partial` (box and positions do not
+    # give them) to place the grid (`grid`'s last row and column are off the stride) and count each patch in the
+    # one block where it starts, and m (from H, W, k and the stride) in `finish`.
 
     def __init__(self, style, seed: int = 0):
         super().__init__(style, seed)

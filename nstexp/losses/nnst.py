@@ -128,6 +128,8 @@ class NNST(StyleLoss):
     name = "nnst"
     guided = False  # NNST has no regions; a nearest neighbour search over all positions
     joint = True
+    # decomposes: none — hypercolumns of layers resized to one grid (bilinear across block edges) matched under a
+    # cosine centred by the mean of all the query's positions
 
     def __init__(self, style, seed: int = 0):
         super().__init__(style, seed)  # the search is exact: no randomness, the seed is unused

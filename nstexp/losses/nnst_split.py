@@ -63,6 +63,8 @@ class NNSTSplit(StyleLoss):
     name = "nnst_split"
     guided = False
     joint = True
+    # decomposes: none — a sub-grid from a random offset over the whole image, its points centred by their
+    # mean over all of them (ā) before the nearest-neighbour search
 
     def __init__(self, style, seed: int = 0):
         super().__init__(style, seed)

@@ -71,6 +71,8 @@ class SelfSimilarity(ContentLoss):
     name = "self_similarity"
     guided = False  # a mask has no place in a comparison of all pairs of positions
     joint = True
+    # decomposes: none — all pairs of positions drawn at random over the whole image, each column of
+    # distances normalized by its sum over all of them
 
     def __init__(self, content, seed: int = 0):
         super().__init__(content, seed)

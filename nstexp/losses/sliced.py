@@ -58,6 +58,7 @@ class Sliced(StyleLoss):
 
     name = "sliced"
     guided = False  # the quantile match has no notion of a region
+    # decomposes: none — a global sort of the projections on each direction (drawn at random, anew each evaluation)
 
     def __init__(self, style, seed: int = 0):
         super().__init__(style, seed)

@@ -148,6 +148,8 @@ class STROTSS(StyleLoss):
     name = "strotss"
     guided = False  # STROTSS's own guidance (matched regions) is not the harness's masks
     joint = True
+    # decomposes: none — positions drawn at random over the whole image, each matched to its nearest
+    # style point and the style's to their nearest result point (a min over all of them), and the max of both means
 
     def __init__(self, style, seed: int = 0):
         super().__init__(style, seed)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from nstexp.losses.base import StyleLoss, register
+from nstexp.losses.gram import outer_product
 
 # Added to every covariance's diagonal, as crowsonkb does: Σ_s^½ and the eigenvalues below
 # it stay away from 0. Negligible next to VGG activations (variances of 1e2 to 1e6).
@@ -83,14 +84,19 @@ def w2_loss(
     With a guide (see `centered_covariance`), of the features' fit inside the guided region.
     """
     mean, cov = centered_covariance(features, guide=guide)
+    return gaussian_w2(mean, cov, target_mean, target_cov, target_cov_sqrt).to(features.dtype)
+
+
+def gaussian_w2(mean: torch.Tensor, cov: torch.Tensor, target_mean: torch.Tensor, target_cov: torch.Tensor,
+                target_cov_sqrt: torch.Tensor) -> torch.Tensor:
+    """W2² between the fit μ (B, N), Σ + eps I (B, N, N) and the float64 target's -> (B,), float64."""
     # The trace terms nearly cancel (W2² is small next to tr Σ): in float32 their rounding
     # made W2² of identical distributions negative, so they are taken in float64.
     cov = cov.double()
     cross = target_cov_sqrt @ cov @ target_cov_sqrt  # Σ_s^½ Σ Σ_s^½, symmetric
     cross = (cross + cross.transpose(1, 2)) / 2  # exactly so, for eigvalsh
     trace = cov.diagonal(dim1=1, dim2=2).sum(1) + target_cov.diagonal(dim1=1, dim2=2).sum(1)
-    w2 = (mean.double() - target_mean).pow(2).sum(1) + trace - 2 * trace_sqrt(cross)
-    return w2.to(features.dtype)
+    return (mean.double() - target_mean).pow(2).sum(1) + trace - 2 * trace_sqrt(cross)
 
 
 @register
@@ -109,3 +115,21 @@ class W2(StyleLoss):
 
     def distance(self, f, target, guide=None):
         return w2_loss(f, *target, guide=guide)
+
+    # Σ_p (f_p − a) and Σ_p (f_p − a)(f_p − a)ᵀ over the positions, a = μ_s in fp32: centred on
+    # the style's mean, so that Σ = E[(f − a)(f − a)ᵀ] − (μ − a)(μ − a)ᵀ loses few digits in fp32
+    # (μ − a shrinks as the result's statistics approach the style's).
+    decomposes = "statistics"
+
+    def partial(self, f, target, box):
+        shift = target[0].float().unsqueeze(2)  # a, (1, N, 1)
+        c = f.float().flatten(2) - shift  # (B, N, m)
+        return c.sum(2), outer_product(c)
+
+    def finish(self, sums, target, positions):
+        s1, s2 = (s.double() for s in sums)  # (B, N), (B, N, N)
+        d = s1 / positions  # μ − a
+        eye = torch.eye(d.shape[1], dtype=d.dtype, device=d.device)
+        cov = s2 / positions - d.unsqueeze(2) * d.unsqueeze(1) + EPS * eye
+        mean = target[0].float().double() + d  # the a of `partial`, exactly
+        return gaussian_w2(mean, cov, *target).float()
