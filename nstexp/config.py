@@ -31,7 +31,6 @@ def _data_dir(name: str, marker: str) -> str:
 CONFIG_DIR = _data_dir("conf", "config.yaml")
 SWEEPS_DIR = _data_dir("sweeps", "seeds.yaml")
 
-
 ARCHS = ("vgg19", "vgg16")
 WEIGHTS = ("caffe", "caffe_normalized", "imagenet", "random")  # or a path to a state dict file
 # The weights that exist only for VGG-19 and take Caffe's preprocessing.
@@ -44,8 +43,7 @@ STYLE_NORMALIZATIONS = ("gatys", "mean", "cosine")
 STYLE_BALANCES = ("none", "content")
 COLOR_MODES = ("none", "luminance", "histogram", "swap", "nnst")
 OPTIMIZERS = ("lbfgs", "adam", "rmsprop")
-# What the optimizer moves (nstexp/optim/parameterization.py).
-PARAMS = ("pixels", "laplacian_pyramid")
+PARAMS = ("pixels", "laplacian_pyramid")  # what the optimizer moves (nstexp/optim/parameterization.py)
 LINE_SEARCHES = ("none", "strong_wolfe")
 INITS = ("content", "noise", "style", "image")
 CLAMPS = ("every_step", "at_end")
@@ -274,6 +272,8 @@ class Config:
     channels_last: Optional[bool] = None
     # Recompute each VGG block's activations in the backward pass: larger images fit, ~1.3x time.
     checkpoint: bool = False
+    # Exact tiled evaluation (nstexp.tiling): auto (when the run would not fit whole), off, or a tile's side in px.
+    tiles: Any = "auto"
     # torch.compile the network (the first evaluation then takes a while to compile).
     compile: bool = False
     # true: deterministic algorithms only (cuDNN's, torch's), so a rerun on the same GPU and

@@ -40,6 +40,18 @@ def joint_losses() -> dict[str, set[str]]:
     return found
 
 
+def decomposing_losses() -> dict[str, set[str]]:
+    """{"style": names, "content": names}: the losses whose value decomposes over positions
+    (StyleLoss.decomposes is "positions" or "statistics"), which a tiled run can evaluate."""
+    found = {kind: {name for name, values in classes.items() if values.get("decomposes", "none") != "none"}
+             for kind, classes in classes_in_source().items()}
+    base = sys.modules.get("nstexp.losses.base")
+    if base is not None:
+        found["style"] |= {name for name, cls in base.STYLE_LOSSES.items() if cls.decomposes != "none"}
+        found["content"] |= {name for name, cls in base.CONTENT_LOSSES.items() if cls.decomposes != "none"}
+    return found
+
+
 def min_positions() -> dict[str, dict[str, int | str]]:
     """{"style": {name: need}, "content": {...}}: the losses that need more than one position per
     side at their layers (StyleLoss.min_positions: a number, or the key of an option of the loss's

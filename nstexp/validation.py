@@ -33,7 +33,7 @@ from nstexp.config import (
     WEIGHTS,
 )
 from nstexp.errors import ConfigError
-from nstexp.loss_catalogue import joint_losses, registered_losses
+from nstexp.loss_catalogue import decomposing_losses, joint_losses, registered_losses
 from nstexp import input_sizes
 # The one-line checks of a choice and of a lower bound, which the single losses' options share.
 from nstexp.loss_options import at_least as _at_least, check_options, choice as _choice, style_mix
@@ -86,6 +86,7 @@ def validate(cfg: DictConfig) -> None:
     mix = _losses(cfg, declared)
     _weights_and_blends(cfg)
     _masks(cfg, mix, declared)
+    _tiles(cfg, mix)
     check_options(cfg.style, cfg.content, mix)
     _controls(cfg, names)
     _optimizer(cfg.optimizer)
@@ -246,6 +247,23 @@ def _schedule(cfg: DictConfig) -> None:
         _at_least("scales.final_steps", cfg.scales.final_steps, 0)
     if cfg.scales.last_lr is not None:
         _at_least("scales.last_lr", cfg.scales.last_lr, 0, strict=True)
+
+
+def _tiles(cfg: DictConfig, mix: dict[str, float]) -> None:
+    """`tiles`: auto, off, or a tile's side in px, for losses that decompose over positions only."""
+    t = cfg.tiles
+    if t in ("auto", "off"):
+        return
+    if isinstance(t, bool) or not isinstance(t, int) or t < 16:
+        raise ConfigError(f"tiles={t!r} is not allowed (allowed: auto, off, or a tile's side in px >= 16)")
+    ok = decomposing_losses()
+    for kind, names in (("content", [cfg.content.loss]), ("style", list(mix))):
+        for name in names:
+            if name not in ok[kind]:
+                raise ConfigError(f"tiles={t}: {kind}.loss={name} does not decompose over positions, so it cannot "
+                                  f"be tiled (tiled: {', '.join(sorted(ok[kind]))}; or tiles=off)")
+    if cfg.style.masks or cfg.content.mask:
+        raise ConfigError(f"tiles={t}: style.masks and content.mask are not tiled (drop them, or tiles=off)")
 
 
 def _outputs(cfg: DictConfig) -> None:

@@ -18,6 +18,7 @@ RANKS = {
     "losses": 2,
     "optim": 3,
     "eval": 3,
+    "tiling": 3,
     "validation": 4,
     "composition": 5,
     "run": 6,

@@ -73,6 +73,24 @@ class StyleLoss:
         weights in [0, 1] when given -> (B,)."""
         raise NotImplementedError
 
+    # How the loss of a layer decomposes over the result's positions, which a tiled evaluation of
+    # the objective (nstexp.tiling) needs: "positions" (a sum of per-position terms), "statistics"
+    # (a function of sums over the positions), or "none" (a global sort, all pairs, positions drawn
+    # at random: such a loss is refused for tiled runs). With "positions" or "statistics" the
+    # loss implements `partial` and `finish`.
+    decomposes: ClassVar[str] = "none"
+
+    def partial(self, f: torch.Tensor, target: Any, box: tuple[int, int, int, int]) -> tuple[torch.Tensor, ...]:
+        """Sums over the positions of f (B, N, h, w), the result's features at the layer's
+        positions [y0, y1) x [x0, x1) (`box`), that add up over disjoint blocks of positions to
+        what `finish` takes; each (B, ...), in fp32. No guide: a tiled run takes no masks."""
+        raise NotImplementedError
+
+    def finish(self, sums: tuple[torch.Tensor, ...], target: Any, positions: int) -> torch.Tensor:
+        """The loss (B,) from `partial`'s sums over all the layer's `positions` (H x W):
+        finish(partial(f, target, (0, H, 0, W)), target, H W) = distance(f, target)."""
+        raise NotImplementedError
+
     def views(self, image: torch.Tensor) -> list[torch.Tensor]:
         """The images (1, 3, H, W) whose features make up one style image's part of the target:
         the image itself, or more (mrf adds rotated and scaled copies). Each view gets an equal
@@ -101,9 +119,18 @@ class ContentLoss:
     def __init__(self, content: Any, seed: int = 0):
         self.options = content
 
+    # As StyleLoss.decomposes, with `partial` and `finish` as there (box: where f lies in the target).
+    decomposes: ClassVar[str] = "none"
+
     def target(self, p: torch.Tensor) -> Any:
         """The target of one layer from the content image's features P (1, N, H, W)."""
         return p
+
+    def partial(self, f: torch.Tensor, target: Any, box: tuple[int, int, int, int]) -> tuple[torch.Tensor, ...]:
+        raise NotImplementedError
+
+    def finish(self, sums: tuple[torch.Tensor, ...], target: Any, positions: int) -> torch.Tensor:
+        raise NotImplementedError
 
     def distance(self, f: torch.Tensor, target: Any, guide: torch.Tensor | None = None) -> torch.Tensor:
         """The loss of features F (B, N, H, W) against `target`, weighted by `guide` (1, 1, H, W) -> (B,)."""

@@ -43,3 +43,13 @@ class SquaredError(ContentLoss):
 
     def distance(self, f, target, guide=None):
         return content_loss(f, target, self.normalization, guide)
+
+    decomposes = "positions"  # Σ (F − P)² over the positions
+
+    def partial(self, f, target, box):
+        y0, y1, x0, x1 = box
+        return ((f.float() - target[..., y0:y1, x0:x1].float()).pow(2).flatten(1).sum(1),)
+
+    def finish(self, sums, target, positions):
+        (s,) = sums  # (B,)
+        return 0.5 * s if self.normalization == "gatys" else s / (target.shape[1] * positions)

@@ -91,3 +91,19 @@ class Gram(StyleLoss):
 
     def distance(self, f, target, guide=None):
         return style_loss(gram_matrix(f, self.normalization, guide), target, f.shape[1], self.normalization)
+
+    decomposes = "statistics"  # Σ_k F_ik F_jk over the positions: the unnormalized Gram matrix
+
+    def partial(self, f, target, box):
+        flat = f.float().flatten(2)  # (B, N, m)
+        return (outer_product(flat),)
+
+    def finish(self, sums, target, positions):
+        (s,) = sums  # (B, N, N)
+        n = s.shape[1]
+        if self.normalization == "cosine":  # the channels' norms are the diagonal's roots
+            norms = s.diagonal(dim1=1, dim2=2).clamp_min(0).sqrt() + 1e-8  # (B, N)
+            gram = s / (norms[:, :, None] * norms[:, None, :])
+        else:
+            gram = s / (positions if self.normalization == "gatys" else n * positions)
+        return style_loss(gram, target, n, self.normalization)

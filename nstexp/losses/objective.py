@@ -92,7 +92,8 @@ class Objective:
     config's, or the schema's dataclasses in nstexp.config): the style and content losses are the
     registered classes that `style.loss` (or a weighted mix of them, nstexp.losses.mix) and
     `content.loss` name (nstexp.losses.base). `batch`: how many images the run evaluates at once,
-    which the content's features are computed with (see the targets below).
+    which the content's features are computed with (see the targets below); `features(image,
+    layers)`: how they are computed (the extractor, or tile by tile: nstexp.tiling).
     """
 
     def __init__(
@@ -109,6 +110,7 @@ class Objective:
         content_mask: torch.Tensor | None = None,
         laplacian_config=None,
         batch: int = 1,
+        features=None,
     ):
         self.extractor = extractor
         self.content_image = content_image  # nnst's query blends the result with it (`_query`)
@@ -132,7 +134,11 @@ class Objective:
         # equal to the content (init=content) has its features bit for bit in a batch as alone,
         # where a content term starts at exactly 0 with a gradient of exactly 0.
         with torch.no_grad():
-            feats = {k: v[:1] for k, v in extractor(content_image.repeat(batch, 1, 1, 1)).items()}
+            # The layers read off the content: its terms', and the style layers' sizes for masks.
+            wanted = [*self.content_layers, *(self.style_layers if style_masks is not None else [])]
+            batch_of_content = content_image.repeat(batch, 1, 1, 1)
+            feats = features(batch_of_content, wanted) if features else extractor(batch_of_content)
+            feats = {k: v[:1] for k, v in feats.items()}
             if self.content_loss.joint:
                 if content_mask is not None:
                     raise ValueError(f"content.loss={content.loss} takes no content.mask")
@@ -170,7 +176,7 @@ class Objective:
                                     if (guide := to_layer(mask, feats[k].shape[-2:])).sum() > 0]
                                 for k in self.style_layers}
 
-    def balance_style(self, image: torch.Tensor) -> dict[str, float]:
+    def balance_style(self, image: torch.Tensor, values: dict[str, float] | None = None) -> dict[str, float]:
         """Rescale each layer's style term so that on `image` (1, 3, H, W) every layer contributes
         in proportion to its weight w_l, and the weighted style loss there is what it was.
 
@@ -181,9 +187,11 @@ class Objective:
         A layer whose term is 0 on `image` (it has the style's statistics there, e.g. a photo
         stylized with itself) has nothing to balance and keeps factor 1, and so does a joint loss's
         one term (strotss), which is the whole style term: the balance changes nothing there.
+        `values`: the unweighted style terms of `image` where measured already (in tiles).
         """
-        with torch.no_grad():
-            values = {k: v[0].item() for k, v in self._style_terms(self.extractor(image), image).items()}
+        if values is None:
+            with torch.no_grad():
+                values = {k: v[0].item() for k, v in self._style_terms(self.extractor(image), image).items()}
         for k, v in values.items():
             if not v >= 0:
                 raise ValueError(f"layer {k}: the style term of the balancing image is {v}, so it cannot be balanced")

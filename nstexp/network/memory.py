@@ -87,6 +87,26 @@ def estimate_bytes(extractor, height: int, width: int, optimizer_cfg, batch: int
     return int(factor * acts + 2 * largest + weights + state + (extra(height, width) if extra else 0))
 
 
+def tiled_estimate_bytes(extractor, height: int, width: int, tile: int, halo: int, optimizer_cfg, batch: int = 1,
+                         extra=None, kept: int = 0) -> int:
+    """Peak bytes of one evaluation in tiles of `tile` px interiors with a `halo` (nstexp.tiling):
+    one tile's evaluation (its crop, tile + 2 halo per side at most) plus what stays at the
+    image's size: the optimizer's state and the image with its gradient and its pixel terms
+    (`image_bytes`), and `kept` bytes (the content's target features)."""
+    side = tile + 2 * halo
+    h, w = min(height, side), min(width, side)
+    return estimate_bytes(extractor, h, w, optimizer_cfg, batch, extra) + image_bytes(height, width, optimizer_cfg,
+                                                                                       batch) + kept
+
+
+def image_bytes(height: int, width: int, optimizer_cfg, batch: int = 1) -> int:
+    """What a run holds at the image's size whatever its tiles: the optimizer's state (see
+    `estimate_bytes`) and about 8 more images (the image, its gradient, the TV and Laplacian terms)."""
+    image = batch * 3 * height * width * BYTES
+    state = (2 * optimizer_cfg.history_size + 4) * image if optimizer_cfg.name == "lbfgs" else 3 * image
+    return state + 8 * image
+
+
 def largest_fitting(extractor, height: int, width: int, optimizer_cfg, have: int, batch: int = 1, extra=None) -> int:
     """The largest longest side, a multiple of 16 with height:width kept, whose estimate fits in
     `have` bytes (0 when not even 16 px fits). Sides are rounded to multiples of 16 as a run

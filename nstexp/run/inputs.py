@@ -21,7 +21,7 @@ from nstexp.losses.objective import weighted_layers
 from nstexp.network import memory
 from nstexp.network.backbone import FeatureExtractor
 from nstexp.optim.pyramid import level_settings
-from nstexp.run import colour, masks
+from nstexp.run import colour, masks, tiling
 
 # Upscaling an input by more than this blurs it visibly: the run says so.
 UPSCALE_WARNING = 2.0
@@ -123,6 +123,8 @@ def memory_check(extractor: FeatureExtractor, cfg, device: torch.device, summary
     losses = [[(style_loss_for(p.style), weighted_layers(p.layers)[1]) for p in ps] for ps in passes]
     content_losses = [(CONTENT_LOSSES[c.content.loss](c.content), weighted_layers(c.layers)[0]) for c in cfgs]
 
+    can_tile = tiling.tileable(cfgs)
+
     def check(content_wh: tuple[int, int], style_whs: list[tuple[int, int]]) -> None:
         w, h = content_wh
 
@@ -141,11 +143,23 @@ def memory_check(extractor: FeatureExtractor, cfg, device: torch.device, summary
             return total
 
         need = memory.estimate_bytes(extractor, h, w, cfg.optimizer, batch, loss_bytes)
+        have = memory.available_bytes(device)
+        tile = tiling.plan(cfg, extractor, h, w, batch, need, have, loss_bytes, can_tile)
+        if tile:  # the level is evaluated in tiles (nstexp.tiling): a tile's memory, and the image's
+            check.tiles[(h, w)] = tile
+            need = tiling.estimate(cfg, extractor, h, w, tile, batch, loss_bytes)
         for sw, sh in style_whs:  # style images pass once, without a graph: about their largest activations
             need = max(need, 3 * memory.activation_bytes(extractor, sh, sw)[1])
         # The largest of the sizes checked (a coarse-to-fine run checks each level).
         summary["memory_estimate_mb"] = max(summary.get("memory_estimate_mb", 0.0), need / 2**20)
-        have = memory.available_bytes(device)
+        if have is not None and need > have and tile:
+            raise NstexpError(
+                f"size={max(w, h)} in tiles of {tile} px (precision={extractor.precision}"
+                f"{f', a batch of {batch} jobs' if batch > 1 else ''}): needs about {need / 2**30:.1f} GiB, "
+                f"{have / 2**30:.1f} GiB available on {device}: tiles bound the network's memory, not the "
+                f"image's, the optimizer's state ({memory.image_bytes(h, w, cfg.optimizer, batch) / 2**30:.1f} GiB "
+                "with the image and its gradient) or the style image's pass (lower size, style.scale, "
+                "optimizer.history_size or the tiles, or use optimizer=adam)")
         if have is not None and need > have:
             fits = memory.largest_fitting(extractor, h, w, cfg.optimizer, have, batch, loss_bytes)
             hint = f"size={fits} would fit" if fits else "no size fits"
@@ -158,6 +172,7 @@ def memory_check(extractor: FeatureExtractor, cfg, device: torch.device, summary
                 "lower size or style.scale)"
             )
 
+    check.tiles = {}  # (H, W) -> the tile side of a level that is evaluated in tiles
     return check
 
 

@@ -28,6 +28,7 @@ from nstexp.optim.optimizers import select_state
 from nstexp.optim.stopping import StopRequest
 from nstexp.run import colour, inputs, scale_control
 from nstexp.run.job import Job, JobSpec, shared_config
+from nstexp.tiling.objective import TiledObjective, stitched
 from nstexp.validation import validate
 
 # Defaults that depend on the device: a GPU affords larger images and more steps (steps count
@@ -73,14 +74,16 @@ def network(cfg: DictConfig, device: torch.device, precision: str, channels_last
 
 
 def build_objective(cfg: DictConfig, extractor: FeatureExtractor, inp: inputs.Inputs, summary: dict,
-                    batch: int = 1) -> Objective:
-    """The loss for the inputs at one size (a coarse-to-fine level's), of one of `batch` jobs evaluated together."""
+                    batch: int = 1, tile: int | None = None) -> Objective:
+    """The loss for the inputs at one size (a coarse-to-fine level's), of one of `batch` jobs
+    evaluated together, in tiles of `tile` px (None: whole)."""
     objective = Objective(extractor, inp.content, inp.styles, cfg.layers, cfg.content, cfg.style, cfg.tv, cfg.seed,
                           style_masks=inp.style_masks, content_mask=inp.content_mask, laplacian_config=cfg.laplacian,
-                          batch=batch)
+                          batch=batch, features=stitched(extractor, tile) if tile else None)
     if cfg.style.balance == "content":
         try:
-            summary["style_balance"] = objective.balance_style(inp.content)
+            measure = TiledObjective([objective], tile) if tile else objective
+            summary["style_balance"] = measure.balance_style(inp.content)
         except ValueError as exc:
             raise NstexpError(f"style.balance=content: {exc} (the content image has the style's statistics)") from None
     return objective
@@ -207,8 +210,13 @@ def _optimize(jobs: list[Job], cfg: DictConfig, extractor: FeatureExtractor, ful
             inp = full if level_size == sizes[-1] else inputs.prepare(
                 cfg, level_size, deepest, full.content.device, [], check, style_image)
             settings = [pyramid.level_settings(job.cfg, level, n_levels) for job in running]
-            objective = batch_objective([build_objective(c, extractor, inp, job.summary, len(running))
-                                         for c, job in zip(settings, running)])
+            tile = check.tiles.get(tuple(inp.content.shape[-2:]))
+            if tile and not isinstance(cfg.tiles, int):
+                print(f"{level_size} px does not fit the memory whole: evaluated in tiles of {tile} px "
+                      "(exact; tiles=off to refuse instead)", file=sys.stderr)
+            objectives = [build_objective(c, extractor, inp, job.summary, len(running), tile)
+                          for c, job in zip(settings, running)]
+            objective = TiledObjective(objectives, tile) if tile else batch_objective(objectives)
             # What the user sees of an image: in the content's colours, if asked.
             show = lambda x, c=inp.colours, s=inp.styles[0]: colour.present(mode, x, c, s)  # noqa: E731
             if image is None:

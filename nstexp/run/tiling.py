@@ -1,0 +1,43 @@
+"""Whether a run evaluates its objective in tiles (nstexp.tiling), and in tiles of which size.
+
+`tiles=<px>` tiles every level; `tiles=auto` (the default) tiles a level whose untiled estimate
+does not fit the device's memory, in the largest tiles that do, when every loss of every job
+decomposes over positions and no masks are used; `tiles=off` never tiles. Tiling bounds the
+network's activations; the image, its gradient and the optimizer's state stay at the image's
+size, which is what no tile size can lift (nstexp.network.memory.image_bytes).
+"""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from nstexp.losses.base import CONTENT_LOSSES
+from nstexp.losses.mix import style_loss_for
+from nstexp.network import memory
+from nstexp.tiling import grid
+
+
+def tileable(cfgs: list[DictConfig]) -> bool:
+    """Every job's losses decompose over positions, and no job has masks."""
+    return all(style_loss_for(c.style).decomposes != "none" and CONTENT_LOSSES[c.content.loss].decomposes != "none"
+               and not c.style.masks and not c.content.mask for c in cfgs)
+
+
+def plan(cfg: DictConfig, extractor, h: int, w: int, batch: int, need: int, have: int | None, extra,
+         can_tile: bool) -> int | None:
+    """The side of the tiles' interiors for a level of h × w px (None: whole), given the untiled
+    estimate `need` and the memory `have` (None: unknown)."""
+    if isinstance(cfg.tiles, int) and not isinstance(cfg.tiles, bool):
+        return cfg.tiles
+    if cfg.tiles == "off" or have is None or need <= have or not can_tile:
+        return None
+    step, halo = grid.halo(extractor.arch, extractor.layers)
+    fits = [t for t in range(step, max(h, w), step)
+            if memory.tiled_estimate_bytes(extractor, h, w, t, halo, cfg.optimizer, batch, extra) <= have]
+    return max(fits) if fits else None
+
+
+def estimate(cfg: DictConfig, extractor, h: int, w: int, tile: int, batch: int, extra) -> int:
+    """Peak bytes of an evaluation in tiles of `tile` px (nstexp.network.memory.tiled_estimate_bytes)."""
+    _, halo = grid.halo(extractor.arch, extractor.layers)
+    return memory.tiled_estimate_bytes(extractor, h, w, tile, halo, cfg.optimizer, batch, extra)

@@ -1,0 +1,127 @@
+"""Tiled evaluation of the objective (nstexp.tiling): the tiles' geometry, features equal to the
+whole image's, and the loss and gradient of the whole image for every loss that decomposes."""
+
+import pytest
+import torch
+
+from conftest import refused_in_one_line, run_cli, sections, tiny_cfg
+from nstexp.losses.base import CONTENT_LOSSES, STYLE_LOSSES
+from nstexp.losses.objective import Objective
+from nstexp.network.backbone import FeatureExtractor
+from nstexp.tiling import grid
+from nstexp.tiling.objective import TiledObjective, stitched
+
+STYLE = {"relu1_1": 1.0, "relu2_1": 1.0, "relu3_1": 1.0, "relu4_1": 1.0, "relu5_1": 1.0}
+
+
+@pytest.fixture(scope="module")
+def extractor():
+    return FeatureExtractor("vgg19", "caffe", [*STYLE, "relu4_2"])
+
+
+@pytest.mark.parametrize("layer", ["relu1_1", "relu2_1", "relu3_1", "relu4_2", "relu5_1"])
+def test_the_reach_is_the_receptive_field_measured_by_a_gradient(layer):
+    # The pixels one feature depends on, found by back-propagating from it through a random VGG-19.
+    net = FeatureExtractor("vgg19", "random", [layer], padding="zeros")
+    x = torch.rand(1, 3, 240, 240, requires_grad=True)
+    f = net(x)[layer]
+    stride, reach = grid.stride_and_reach("vgg19", layer)
+    i = f.shape[-1] // 2
+    f[0, :, i, i].sum().backward()
+    cols = torch.nonzero(x.grad.abs().sum((0, 1, 2)) > 0).flatten()
+    assert (cols.min().item(), cols.max().item()) == (i * stride - reach, i * stride + stride - 1 + reach)
+
+
+def test_the_interiors_cover_every_pixel_once_and_the_halo_is_aligned():
+    h, w = 208, 144
+    tiles = grid.tiles(h, w, 50, "vgg19", ["relu5_1"])
+    count = torch.zeros(h, w)
+    for t in tiles:
+        y0, y1, x0, x1 = t.interior
+        count[y0:y1, x0:x1] += 1
+        assert all(v % 16 == 0 or v in (h, w) for v in (*t.interior, *t.crop))
+        assert t.crop[0] == max(0, y0 - 80) and t.crop[3] == min(w, x1 + 80)
+    assert (count == 1).all() and len(tiles) == 5 * 3  # 48 px interiors (50 down to a multiple of 16)
+
+
+@pytest.mark.parametrize("options", [{}, {"padding": "reflect"}, {"pooling": "avg_scaled"}])
+def test_stitched_features_are_the_whole_images(options):
+    layers = ["relu1_1", "relu3_1", "relu4_2", "relu5_1"]
+    net = FeatureExtractor("vgg19", "caffe", layers, **options)
+    x = torch.rand(2, 3, 176, 144, generator=torch.Generator().manual_seed(0))
+    whole, tiled = net(x), stitched(net, 32)(x, layers)
+    for k in layers:
+        assert torch.allclose(whole[k], tiled[k], rtol=1e-5, atol=1e-5 * whole[k].abs().max().item()), k
+
+
+def _decomposing():
+    from nstexp import losses  # noqa: F401  (registers every loss)
+
+    cases = [({"loss": name}, {}) for name, cls in sorted(STYLE_LOSSES.items()) if cls.decomposes != "none"]
+    cases += [({"loss": "gram", "normalization": n}, {}) for n in ("gatys", "cosine")]
+    cases += [({"loss": {"gram": 1.0, "bn": 0.5}}, {}), ({"loss": "gram"}, {"normalization": "gatys"})]
+    assert all(cls.decomposes != "none" for cls in CONTENT_LOSSES.values() if cls.name == "squared_error")
+    return cases
+
+
+@pytest.mark.parametrize("style, content", _decomposing(), ids=str)
+def test_a_tiled_objective_has_the_whole_images_loss_and_gradient(extractor, style, content):
+    gen = torch.Generator().manual_seed(1)
+    image, content_image, style_image = (torch.rand(s, generator=gen) for s in
+                                         ((2, 3, 128, 160), (1, 3, 128, 160), (1, 3, 96, 112)))
+    objective = Objective(extractor, content_image, [style_image], *sections(
+        {"relu4_2": 1.0}, STYLE, 1.0, 1e3, 1e-4, style={"normalization": "mean", **style}, content=content))
+    x = image.clone().requires_grad_(True)
+    whole = objective(x)
+    whole.total.sum().backward()
+    expected, x.grad = x.grad.clone(), None
+    tiled = TiledObjective([objective], 32)
+    got = tiled(x)
+    got.total.sum().backward()
+    assert torch.allclose(got.total, whole.total, rtol=1e-5)
+    for k in whole.style_layers:
+        assert torch.allclose(got.style_layers[k], whole.style_layers[k], rtol=1e-4), k
+    cosine = torch.nn.functional.cosine_similarity(x.grad.flatten(), expected.flatten(), dim=0).item()
+    assert cosine >= 0.99999 and tiled.tiles_done == 2 * 20  # 4 x 5 tiles, forward and backward
+
+
+def test_a_tiled_run_makes_the_untiled_runs_image(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from nstexp.run.runner import run
+
+    common = ["size=128", "steps=10", "scales.min=null", "precision=fp32"]
+    whole = run(tiny_cfg(*common, "tiles=off"), str(tmp_path / "whole"))
+    tiled = run(tiny_cfg(*common, "tiles=48"), str(tmp_path / "tiled"))
+    assert whole["status"] == tiled["status"] == "completed"
+    assert tiled["final/loss/total"] == pytest.approx(whole["final/loss/total"], rel=1e-4)
+    a, b = (np.asarray(Image.open(tmp_path / k / "final.png"), dtype=float) for k in ("whole", "tiled"))
+    assert np.abs(a - b).max() <= 2
+
+
+def test_auto_tiles_a_level_only_when_it_does_not_fit_and_every_loss_decomposes(extractor):
+    from nstexp.network import memory
+    from nstexp.run import tiling
+
+    cfg = tiny_cfg("tiles=auto", "optimizer=adam")  # a small state: the network's activations dominate
+    need = memory.estimate_bytes(extractor, 1024, 1024, cfg.optimizer)
+    assert tiling.plan(cfg, extractor, 1024, 1024, 1, need, 2 * need, None, True) is None
+    tile = tiling.plan(cfg, extractor, 1024, 1024, 1, need, need // 2, None, True)
+    assert tile and tile % 16 == 0 and tiling.estimate(cfg, extractor, 1024, 1024, tile, 1, None) <= need // 2
+    assert tiling.estimate(cfg, extractor, 1024, 1024, tile + 16, 1, None) > need // 2  # the largest that fits
+    assert tiling.plan(cfg, extractor, 1024, 1024, 1, need, need // 2, None, False) is None
+    assert tiling.plan(tiny_cfg("tiles=off"), extractor, 1024, 1024, 1, need, need // 2, None, True) is None
+    assert tiling.tileable([cfg]) and not tiling.tileable([tiny_cfg("style.loss=sliced")])
+    # What no tile lifts: the optimizer's state and the image at the image's size.
+    assert tiling.plan(cfg, extractor, 1024, 1024, 1, need, memory.image_bytes(1024, 1024, cfg.optimizer), None,
+                       True) is None
+
+
+@pytest.mark.parametrize("args, message", [
+    (["tiles=64", "style.loss=sliced"], "error: tiles=64: style.loss=sliced does not decompose over positions"),
+    (["tiles=64", "experiment=strotss"], "error: tiles=64: content.loss=self_similarity does not decompose"),
+    (["tiles=8"], "error: tiles=8 is not allowed (allowed: auto, off, or a tile's side in px >= 16)"),
+])
+def test_what_cannot_be_tiled_is_refused_in_one_line(tmp_path, args, message):
+    assert refused_in_one_line(run_cli(args, cwd=tmp_path)).startswith(message)
