@@ -37,7 +37,7 @@ WEIGHTS = ("caffe", "caffe_normalized", "imagenet", "random")  # or a path to a 
 CAFFE_WEIGHTS = ("caffe", "caffe_normalized")
 PREPROCESSING = ("auto", "caffe", "imagenet")
 POOLING = ("max", "avg", "avg_scaled")
-PADDINGS = ("zeros", "reflect", "replicate")
+PADDINGS = ("zeros", "reflect", "replicate", "circular")
 CONTENT_NORMALIZATIONS = ("gatys", "mean")
 STYLE_NORMALIZATIONS = ("gatys", "mean", "cosine")
 STYLE_BALANCES = ("none", "content")
@@ -62,7 +62,7 @@ class BackboneConfig:
     # The paper reports slightly nicer results with average pooling; avg_scaled keeps the
     # activations' magnitudes of max pooling.
     pooling: str = "max"
-    # Of every convolution: zeros (VGG's), reflect, replicate (fewer edge artefacts).
+    # Of every convolution: zeros (VGG's), reflect, replicate (fewer edge artefacts), circular (seamless textures).
     padding: str = "zeros"
 
 

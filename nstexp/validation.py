@@ -262,8 +262,8 @@ def _tiles(cfg: DictConfig, mix: dict[str, float]) -> None:
             if name not in ok[kind]:
                 raise ConfigError(f"tiles={t}: {kind}.loss={name} does not decompose over positions, so it cannot "
                                   f"be tiled (tiled: {', '.join(sorted(ok[kind]))}; or tiles=off)")
-    if cfg.style.masks or cfg.content.mask:
-        raise ConfigError(f"tiles={t}: style.masks and content.mask are not tiled (drop them, or tiles=off)")
+    if cfg.style.masks or cfg.content.mask or cfg.backbone.padding == "circular":
+        raise ConfigError(f"tiles={t}: masks and backbone.padding=circular are not tiled (drop them, or tiles=off)")
 
 
 def _outputs(cfg: DictConfig) -> None:

@@ -138,7 +138,7 @@ def test_bad_values_fail_in_one_line(tmp_path, override, needle):
          "scales.content_weight_at='middle' is not allowed (allowed: finest, coarsest)"),
         (["optimizer=adam", "optimizer.ema=1.0"], "optimizer.ema=1.0 must be in [0, 1)"),
         (["style.balance=layers"], "style.balance='layers' is not allowed (allowed: none, content)"),
-        (["backbone.padding=circular"], "backbone.padding='circular' is not allowed (allowed: zeros, reflect,"),
+        (["backbone.padding=wrap"], "backbone.padding='wrap' is not allowed (allowed: zeros, reflect, replicate, circular)"),
         (["backbone.pooling=l2"], "backbone.pooling='l2' is not allowed (allowed: max, avg, avg_scaled)"),
     ],
 )

@@ -254,3 +254,14 @@ def test_bench_startup_refuses_bad_repeats_in_one_line(capsys):
         speed.main(["--startup", "--repeats", "0"])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip() == "error: bench: --repeats must be >= 1 (got 0)"
+
+
+def test_bench_tiles_times_a_step_whole_and_in_tiles(tmp_path, capsys):
+    from nstexp.bench import speed
+
+    speed.main(["--tiles", "32", "--sizes", "64", "--steps", "2", "--optimizers", "adam", "--out", str(tmp_path)])
+    (row,) = json.loads((tmp_path / "tiles.json").read_text())["rows"]
+    assert row["tile"] == 32 and row["whole_s"] > 0 and row["tiled_s"] > 0 and row["precision"] == "fp32"
+    assert row["time_vs_whole"] == pytest.approx(row["tiled_s"] / row["whole_s"])
+    assert row["peak_vs_whole"] == pytest.approx(row["tiled_peak_mb"] / row["whole_peak_mb"])
+    assert "| 64 | 48x64 | 32 | adam | fp32 |" in (tmp_path / "tiles.md").read_text()

@@ -122,6 +122,51 @@ def test_auto_tiles_a_level_only_when_it_does_not_fit_and_every_loss_decomposes(
     (["tiles=64", "style.loss=sliced"], "error: tiles=64: style.loss=sliced does not decompose over positions"),
     (["tiles=64", "experiment=strotss"], "error: tiles=64: content.loss=self_similarity does not decompose"),
     (["tiles=8"], "error: tiles=8 is not allowed (allowed: auto, off, or a tile's side in px >= 16)"),
+    (["tiles=64", "backbone.padding=circular"], "error: tiles=64: masks and backbone.padding=circular are not tiled"),
 ])
 def test_what_cannot_be_tiled_is_refused_in_one_line(tmp_path, args, message):
     assert refused_in_one_line(run_cli(args, cwd=tmp_path)).startswith(message)
+
+
+def _seam(path) -> tuple[float, float]:
+    """The texture as if tiled 2 x 2: (the correlation of neighbouring rows and columns across the
+    wrap lines, its last column with its first and its last row with its first, minus that of
+    neighbours inside; the mean luminance step across the wrap lines over the mean step inside)."""
+    import numpy as np
+    from PIL import Image
+
+    x = np.asarray(Image.open(path), dtype=float).mean(2)
+
+    def corr(a, b):
+        return float(np.corrcoef(a, b)[0, 1])
+
+    inside = np.mean([corr(x[:, j], x[:, j + 1]) for j in range(x.shape[1] - 1)] +
+                     [corr(x[i], x[i + 1]) for i in range(x.shape[0] - 1)])
+    across = (corr(x[:, -1], x[:, 0]) + corr(x[-1], x[0])) / 2
+    step_inside = (np.abs(np.diff(x, axis=0)).mean() + np.abs(np.diff(x, axis=1)).mean()) / 2
+    step_across = (np.abs(x[-1] - x[0]).mean() + np.abs(x[:, -1] - x[:, 0]).mean()) / 2
+    return across - inside, step_across / step_inside
+
+
+def test_tv_wraps_around_by_hand():
+    from nstexp.losses.tv import tv_loss
+
+    dot = torch.zeros(1, 1, 3, 3)
+    dot[0, 0, 0, 0] = 1.0  # Δx and Δy of 1 at the dot; wrapped, also from its left and upper neighbours
+    assert tv_loss(dot).item() == 2.0 and tv_loss(dot, wrap=True).item() == 4.0
+
+
+def test_a_texture_made_with_circular_padding_tiles_seamlessly(tmp_path):
+    # Texture synthesis from noise (the default loss, no content term): with every convolution and
+    # TV wrapping around, neighbours across a tile's edge are like neighbours inside; with reflect
+    # padding the edges are unrelated (a seam).
+    from nstexp.run.runner import run
+
+    common = ["content.weight=0", "init=noise", "size=96", "steps=100", "scales.min=null"]
+    seams = {}
+    for padding in ("circular", "reflect"):
+        summary = run(tiny_cfg(*common, f"backbone.padding={padding}"), str(tmp_path / padding))
+        assert summary["status"] == "completed"
+        seams[padding] = _seam(tmp_path / padding / "final.png")
+    assert abs(seams["circular"][0]) < 0.15 and seams["circular"][1] < 1.15, seams
+    assert seams["reflect"][0] < -0.3 and seams["reflect"][1] > 1.3, seams

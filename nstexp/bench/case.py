@@ -42,6 +42,7 @@ class Case:
         from nstexp.losses.objective import weighted_layers
         from nstexp.network.layout import pools_before
         from nstexp.run import runner
+        from nstexp.tiling.objective import TiledObjective
 
         self.cfg, self.device = cfg, device
         line_search = cfg.optimizer.name == "lbfgs" and cfg.optimizer.line_search != "none"
@@ -53,7 +54,10 @@ class Case:
         summary: dict = {}
         check = inputs.memory_check(self.extractor, cfg, device, summary)
         self.inputs = inputs.prepare(cfg, cfg.size, deepest, device, [], check)
-        self.objective = runner.build_objective(cfg, self.extractor, self.inputs, summary)
+        # In tiles where the run would tile (tiles=<px>, or a size that does not fit whole).
+        self.tile = check.tiles.get(tuple(self.inputs.content.shape[-2:]))
+        objective = runner.build_objective(cfg, self.extractor, self.inputs, summary, tile=self.tile)
+        self.objective = TiledObjective([objective], self.tile) if self.tile else objective
         self.log_every = cfg.log_every or runner.DEFAULT_LOG_EVERY["cpu" if device.type == "cpu" else "gpu"]
 
     def run(self, steps: int, keep=lambda step, loss: False) -> dict:

@@ -173,6 +173,27 @@ def _losses(presets: list[str], args, precision: str) -> None:
     print(f"wrote {os.path.join(args.out, 'losses.json')} and losses.md")
 
 
+def _tiles(tile: int, args, precision: str) -> None:
+    from nstexp.bench import tiles
+
+    sizes = args.sizes or [512, 1024]
+    steps = args.steps or 5
+    device = hardware.resolve_device(args.device)
+    machine = hardware.describe(device)
+    print(f"bench --tiles on {machine.get('gpu', machine['cpu'])} ({device}), {machine['threads']} threads")
+    rows = tiles.tile_costs(sizes, tile, steps, args.optimizers[0], precision, args.device, args.overrides)
+    where = machine.get("gpu") or f"{machine['cpu']}, {machine['threads']} threads"
+    text = "\n".join([f"Machine: {where}; torch {machine['torch']}; {steps} steps after {WARMUP} warm-up steps.",
+                      "", *tiles.markdown(rows)]) + "\n"
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "tiles.json"), "w") as f:
+        json.dump({"machine": machine, "steps": steps, "warmup": WARMUP, "rows": rows}, f, indent=2)
+    with open(os.path.join(args.out, "tiles.md"), "w") as f:
+        f.write(text)
+    print()
+    print(text)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="nstexp bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", help="longest sides (default: 256 512 on a CPU, "
@@ -192,6 +213,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--losses", nargs="*", default=None, metavar="PRESET",
                         help="time each loss preset (default: all of conf/loss/) per step against gatys's Gram "
                         "loss instead, at the first --sizes and --optimizers; writes losses.json and losses.md")
+    parser.add_argument("--tiles", type=int, default=None, metavar="PX",
+                        help="time a step whole and in tiles of PX px (and the peak memory of each) at --sizes "
+                        "(default 512 1024), at the first --optimizers; writes tiles.json and tiles.md")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default=".", help="folder for bench.json and bench.md")
     parser.add_argument("overrides", nargs="*", help="config overrides for every case, e.g. layers=tensorflow_blog")
@@ -202,6 +226,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.losses is not None:
             _losses(args.losses, args, (args.precision or ["fp32"])[0])
+            return
+        if args.tiles is not None:
+            _tiles(args.tiles, args, (args.precision or ["fp32"])[0])
             return
         device = hardware.resolve_device(args.device)
         gpu = device.type == "cuda"

@@ -117,6 +117,7 @@ class Objective:
         self.content_layers, self.style_layers = weighted_layers(layers)
         self.content_weight, self.style_weight, self.tv_weight = content.weight, style.weight, tv.weight
         self.tv_exponent = tv.exponent
+        self.tv_wrap = getattr(extractor, "padding", None) == "circular"  # the network sees a torus: so does TV
         self.content_loss = CONTENT_LOSSES[content.loss](content, seed)
         self.style_loss = style_loss_for(style, seed)
         # The terms summed, with their weights: one per layer, or a joint loss's one (weight 1).
@@ -247,7 +248,7 @@ class Objective:
             (w * content_layers[k] for k, w in self.content_terms.items()), zero
         )
         style = self.style_weight * sum((w * balanced[k] for k, w in self.style_terms.items()), zero)
-        tv = self.tv_weight * tv_loss(image, self.tv_exponent) if self.tv_weight else zero
+        tv = self.tv_weight * tv_loss(image, self.tv_exponent, self.tv_wrap) if self.tv_weight else zero
         lap = (self.laplacian_weight * laplacian_loss(image, self.laplacian_target, self.laplacian_pool)
                if self.laplacian_weight else zero)
         return LossTerms(content + style + tv + lap, content, style, tv, content_layers, style_layers, lap)

@@ -142,7 +142,7 @@ class FeatureExtractor(nn.Module):
                 module = ScaledAvgPool2d()
             modules.append(module)
         self.features = nn.Sequential(*modules).eval().requires_grad_(False)
-        self.arch = arch
+        self.arch, self.padding = arch, padding
         self.names = names[:depth]
         self.layers = set(layers)
         # The blocks of the network, (start, stop) module indices, each ending at a pooling:

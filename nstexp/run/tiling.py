@@ -18,9 +18,10 @@ from nstexp.tiling import grid
 
 
 def tileable(cfgs: list[DictConfig]) -> bool:
-    """Every job's losses decompose over positions, and no job has masks."""
+    """Every job's losses decompose over positions, and no job has masks or wraps around (circular
+    padding: its tiles at the borders would need the other side's pixels)."""
     return all(style_loss_for(c.style).decomposes != "none" and CONTENT_LOSSES[c.content.loss].decomposes != "none"
-               and not c.style.masks and not c.content.mask for c in cfgs)
+               and not c.style.masks and not c.content.mask and c.backbone.padding != "circular" for c in cfgs)
 
 
 def plan(cfg: DictConfig, extractor, h: int, w: int, batch: int, need: int, have: int | None, extra,

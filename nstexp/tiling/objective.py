@@ -165,7 +165,7 @@ class TiledObjective:
             o = self._objective(b)
             x = image[b:b + 1]
             zero = x.new_zeros(1)
-            tv = o.tv_weight * tv_loss(x, o.tv_exponent) if o.tv_weight else zero
+            tv = o.tv_weight * tv_loss(x, o.tv_exponent, o.tv_wrap) if o.tv_weight else zero
             lap = (o.laplacian_weight * laplacian_loss(x, o.laplacian_target, o.laplacian_pool)
                    if o.laplacian_weight else zero)
             terms.append((tv, lap))
