@@ -18,7 +18,7 @@ from tqdm import tqdm
 from nstexp import input_sizes
 from nstexp.errors import NstexpError
 from nstexp.eval import metrics
-from nstexp.losses.objective import Objective, batch_objective, weighted_layers
+from nstexp.losses.objective import Objective, weighted_layers
 from nstexp.network import hardware, memory
 from nstexp.network.backbone import FeatureExtractor
 from nstexp.network.layout import pools_before
@@ -26,7 +26,7 @@ from nstexp.optim import parameterization, pyramid
 from nstexp.optim.engine import StepEvent, optimize
 from nstexp.optim.optimizers import select_state
 from nstexp.optim.stopping import StopRequest
-from nstexp.run import colour, inputs, scale_control
+from nstexp.run import colour, inputs, scale_control, tiling
 from nstexp.run.job import Job, JobSpec, shared_config
 from nstexp.tiling.objective import TiledObjective, stitched
 from nstexp.validation import validate
@@ -211,12 +211,9 @@ def _optimize(jobs: list[Job], cfg: DictConfig, extractor: FeatureExtractor, ful
                 cfg, level_size, deepest, full.content.device, [], check, style_image)
             settings = [pyramid.level_settings(job.cfg, level, n_levels) for job in running]
             tile = check.tiles.get(tuple(inp.content.shape[-2:]))
-            if tile and not isinstance(cfg.tiles, int):
-                print(f"{level_size} px does not fit the memory whole: evaluated in tiles of {tile} px "
-                      "(exact; tiles=off to refuse instead)", file=sys.stderr)
             objectives = [build_objective(c, extractor, inp, job.summary, len(running), tile)
                           for c, job in zip(settings, running)]
-            objective = TiledObjective(objectives, tile) if tile else batch_objective(objectives)
+            objective = tiling.level_objective(objectives, tile, cfg, level_size, bar)
             # What the user sees of an image: in the content's colours, if asked.
             show = lambda x, c=inp.colours, s=inp.styles[0]: colour.present(mode, x, c, s)  # noqa: E731
             if image is None:

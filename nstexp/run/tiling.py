@@ -9,12 +9,16 @@ size, which is what no tile size can lift (nstexp.network.memory.image_bytes).
 
 from __future__ import annotations
 
+import sys
+
 from omegaconf import DictConfig
 
 from nstexp.losses.base import CONTENT_LOSSES
+from nstexp.losses.objective import batch_objective
 from nstexp.losses.mix import style_loss_for
 from nstexp.network import memory
 from nstexp.tiling import grid
+from nstexp.tiling.objective import TiledObjective
 
 
 def tileable(cfgs: list[DictConfig]) -> bool:
@@ -42,3 +46,16 @@ def estimate(cfg: DictConfig, extractor, h: int, w: int, tile: int, batch: int, 
     """Peak bytes of an evaluation in tiles of `tile` px (nstexp.network.memory.tiled_estimate_bytes)."""
     _, halo = grid.halo(extractor.arch, extractor.layers)
     return memory.tiled_estimate_bytes(extractor, h, w, tile, halo, cfg.optimizer, batch, extra)
+
+
+def level_objective(objectives: list, tile: int | None, cfg: DictConfig, level_size: int, bar):
+    """A level's objective for its jobs: whole (one forward pass for the batch), or in tiles of
+    `tile` px, said in one line where the memory chose them, with the tiles shown on `bar`."""
+    if not tile:
+        return batch_objective(objectives)
+    if not isinstance(cfg.tiles, int):
+        print(f"{level_size} px does not fit the memory whole: evaluated in tiles of {tile} px (exact; "
+              "tiles=off to refuse instead)", file=sys.stderr)
+    objective = TiledObjective(objectives, tile)
+    objective.on_tile = lambda done, total: bar.set_postfix_str(f"tile {done}/{total}")
+    return objective

@@ -82,6 +82,10 @@ class TiledObjective:
         self.arch = self.extractor.arch
         self.strides = {k: grid.stride_and_reach(self.arch, k)[0] for k in self.layers}
         self.tiles_done = 0  # tiles evaluated so far (forward or backward): progress for long steps
+        # Called with (tiles done in this evaluation, tiles it takes) after each tile: a step at
+        # 8K px takes minutes on a CPU, and the runner shows its tiles.
+        self.on_tile = None
+        self._evaluation = 0
 
     def _objective(self, b: int) -> Objective:
         return self.objectives[b if len(self.objectives) > 1 else 0]
@@ -112,13 +116,15 @@ class TiledObjective:
     def sums(self, image: torch.Tensor) -> list[dict]:
         """Pass 1: for each sample, {term key: sums over every position}, without a graph."""
         total: list[dict] = [{} for _ in range(image.shape[0])]
+        tiles = grid.tiles(*image.shape[-2:], self.tile, self.arch, self.layers)
+        self._evaluation = 0  # tiles of this evaluation: its pass 1, then (with a gradient) pass 2
         with torch.no_grad():
-            for tile in grid.tiles(*image.shape[-2:], self.tile, self.arch, self.layers):
+            for tile in tiles:
                 y0, y1, x0, x1 = tile.crop
                 for b, sums in enumerate(self._tile_partials(image[..., y0:y1, x0:x1], tile)):
                     for key, part in sums.items():
                         total[b][key] = part if key not in total[b] else tuple(a + p for a, p in zip(total[b][key], part))
-                self.tiles_done += 1
+                self._done(tiles)
         return total
 
     def _values(self, b: int, sums: dict, hw) -> tuple[dict, dict, torch.Tensor]:
@@ -145,7 +151,8 @@ class TiledObjective:
                 it = iter(gs)
                 weights.append({key: tuple(next(it) for _ in part) for key, part in leaves.items()})
         out = torch.zeros_like(image)
-        for tile in grid.tiles(*hw, self.tile, self.arch, self.layers):
+        tiles = grid.tiles(*hw, self.tile, self.arch, self.layers)
+        for tile in tiles:
             y0, y1, x0, x1 = tile.crop
             crop = image[..., y0:y1, x0:x1].detach().requires_grad_(True)
             with torch.enable_grad():
@@ -154,8 +161,15 @@ class TiledObjective:
                             for p, g in zip(part, weights[b][key]) if g is not None)
                 (g_crop,) = torch.autograd.grad(inner, crop)
             out[..., y0:y1, x0:x1] += g_crop
-            self.tiles_done += 1
+            self._done(tiles)
         return out
+
+    def _done(self, tiles: list) -> None:
+        """One more tile of an evaluation (a pass over the tiles, then one back over them) is done."""
+        self.tiles_done += 1
+        self._evaluation += 1
+        if self.on_tile is not None:
+            self.on_tile(self._evaluation, 2 * len(tiles))
 
     def __call__(self, image: torch.Tensor) -> LossTerms:
         features = _FeatureTerms.apply(image, self)  # (B,): the weighted content and style terms
