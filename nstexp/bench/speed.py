@@ -154,44 +154,44 @@ def _losses(presets: list[str], args, precision: str) -> None:
     unknown = [p for p in presets if p not in known]
     if unknown:
         raise NstexpError(f"bench: --losses {unknown[0]}: not a loss preset (allowed: {', '.join(known)})")
-    size = (args.sizes or [256])[0]
     steps = args.steps or 30
-    device = hardware.resolve_device(args.device)
-    machine = hardware.describe(device)
-    print(f"bench --losses on {machine.get('gpu', machine['cpu'])} ({device}), {machine['threads']} threads")
-    rows = losses.loss_costs(presets, size, steps, args.optimizers[0], precision, args.device, args.overrides)
-    where = machine.get("gpu") or f"{machine['cpu']}, {machine['threads']} threads"
-    text = "\n".join([f"Machine: {where}; torch {machine['torch']}; {steps} steps after {WARMUP} warm-up steps.",
-                      "", *losses.markdown(rows)]) + "\n"
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "losses.json"), "w") as f:
-        json.dump({"machine": machine, "steps": steps, "warmup": WARMUP, "rows": rows}, f, indent=2)
-    with open(os.path.join(args.out, "losses.md"), "w") as f:
-        f.write(text)
-    print()
-    print(text)
-    print(f"wrote {os.path.join(args.out, 'losses.json')} and losses.md")
+    machine = _announce("--losses", args.device)
+    rows = losses.loss_costs(presets, (args.sizes or [256])[0], steps, args.optimizers[0], precision, args.device,
+                             args.overrides)
+    _write(args.out, "losses", machine, steps, rows, losses.markdown(rows))
 
 
 def _tiles(tile: int, args, precision: str) -> None:
     from nstexp.bench import tiles
 
-    sizes = args.sizes or [512, 1024]
     steps = args.steps or 5
-    device = hardware.resolve_device(args.device)
+    machine = _announce("--tiles", args.device)
+    rows = tiles.tile_costs(args.sizes or [512, 1024], tile, steps, args.optimizers[0], precision, args.device,
+                            args.overrides)
+    _write(args.out, "tiles", machine, steps, rows, tiles.markdown(rows))
+
+
+def _announce(what: str, device_name: str) -> dict:
+    """The machine a table of `nstexp bench <what>` is measured on, said before it starts."""
+    device = hardware.resolve_device(device_name)
     machine = hardware.describe(device)
-    print(f"bench --tiles on {machine.get('gpu', machine['cpu'])} ({device}), {machine['threads']} threads")
-    rows = tiles.tile_costs(sizes, tile, steps, args.optimizers[0], precision, args.device, args.overrides)
+    print(f"bench {what} on {machine.get('gpu', machine['cpu'])} ({device}), {machine['threads']} threads")
+    return machine
+
+
+def _write(out: str, name: str, machine: dict, steps: int, rows: list[dict], table: list[str]) -> None:
+    """`<name>.json` (the rows) and `<name>.md` (the table, under its machine) in `out`, and the table printed."""
     where = machine.get("gpu") or f"{machine['cpu']}, {machine['threads']} threads"
     text = "\n".join([f"Machine: {where}; torch {machine['torch']}; {steps} steps after {WARMUP} warm-up steps.",
-                      "", *tiles.markdown(rows)]) + "\n"
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "tiles.json"), "w") as f:
+                      "", *table]) + "\n"
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, f"{name}.json"), "w") as f:
         json.dump({"machine": machine, "steps": steps, "warmup": WARMUP, "rows": rows}, f, indent=2)
-    with open(os.path.join(args.out, "tiles.md"), "w") as f:
+    with open(os.path.join(out, f"{name}.md"), "w") as f:
         f.write(text)
     print()
     print(text)
+    print(f"wrote {os.path.join(out, name + '.json')} and {name}.md")
 
 
 def main(argv: list[str] | None = None) -> None:
