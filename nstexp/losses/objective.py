@@ -12,6 +12,7 @@ style loss with `query_blend` α > 0 (nnst) also gets, on demand, the stack of t
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -23,6 +24,16 @@ from nstexp.losses.laplacian import laplacian, laplacian_loss
 from nstexp.losses.mix import style_loss_for
 from nstexp.losses.tv import tv_loss
 from nstexp.network.backbone import FeatureExtractor
+
+
+class _Lazy:
+    """A view's features, layer by layer on demand (`get(layers)` -> {layer: features}), not kept."""
+
+    def __init__(self, get):
+        self.get = get
+
+    def __getitem__(self, layer: str) -> torch.Tensor:
+        return self.get([layer])[layer]
 
 
 @dataclass
@@ -151,7 +162,10 @@ class Objective:
             shares = [w / sum(blend) for w in blend]
             # Each style image's views (itself, or with copies: mrf), an equal part of its share each.
             style_views = [self.style_loss.views(img) for img in style_images]
-            style_feats = [[extractor(view) for view in views] for views in style_views]
+            # Tiled (`features` given: no joint loss, no masks), one layer's maps at a time: the memory
+            # of a tile and of one layer's features, not of the whole network's activations.
+            style_feats = [[extractor(view) if features is None else
+                            _Lazy(functools.partial(features, view)) for view in views] for views in style_views]
             # Masks at each layer's resolution (the generated image has the content's size).
             self.content_guides = {k: to_layer(content_mask, feats[k].shape[-2:])
                                    for k in self.content_layers} if content_mask is not None else {}

@@ -144,12 +144,15 @@ def memory_check(extractor: FeatureExtractor, cfg, device: torch.device, summary
 
         need = memory.estimate_bytes(extractor, h, w, cfg.optimizer, batch, loss_bytes)
         have = memory.available_bytes(device)
-        tile = tiling.plan(cfg, extractor, h, w, batch, need, have, loss_bytes, can_tile)
+        # Tiled, the style images pass in tiles one layer at a time (nstexp.losses.objective): one
+        # layer's maps at the style's size stay, beside a tile's memory.
+        maps = max(4 * c * hh * ww for sw, sh in style_whs for c, hh, ww in memory.feature_shapes(extractor, sh, sw).values())
+        tile = tiling.plan(cfg, extractor, h, w, batch, need, have, loss_bytes, can_tile, maps)
         if tile:  # the level is evaluated in tiles (nstexp.tiling): a tile's memory, and the image's
             check.tiles[(h, w)] = tile
-            need = tiling.estimate(cfg, extractor, h, w, tile, batch, loss_bytes)
-        for sw, sh in style_whs:  # style images pass once, without a graph: about their largest activations
-            need = max(need, 3 * memory.activation_bytes(extractor, sh, sw)[1])
+            need = tiling.estimate(cfg, extractor, h, w, tile, batch, loss_bytes, maps)
+        for sw, sh in style_whs if not tile else []:  # style images pass once, without a graph: about
+            need = max(need, 3 * memory.activation_bytes(extractor, sh, sw)[1])  # their largest activations
         # The largest of the sizes checked (a coarse-to-fine run checks each level).
         summary["memory_estimate_mb"] = max(summary.get("memory_estimate_mb", 0.0), need / 2**20)
         if have is not None and need > have and tile:

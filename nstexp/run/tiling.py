@@ -29,23 +29,24 @@ def tileable(cfgs: list[DictConfig]) -> bool:
 
 
 def plan(cfg: DictConfig, extractor, h: int, w: int, batch: int, need: int, have: int | None, extra,
-         can_tile: bool) -> int | None:
+         can_tile: bool, kept: int = 0) -> int | None:
     """The side of the tiles' interiors for a level of h × w px (None: whole), given the untiled
-    estimate `need` and the memory `have` (None: unknown)."""
+    estimate `need`, the memory `have` (None: unknown) and `kept` bytes a tiled run holds besides
+    (a style layer's maps)."""
     if isinstance(cfg.tiles, int) and not isinstance(cfg.tiles, bool):
         return cfg.tiles
     if cfg.tiles == "off" or have is None or need <= have or not can_tile:
         return None
     step, halo = grid.halo(extractor.arch, extractor.layers)
     fits = [t for t in range(step, max(h, w), step)
-            if memory.tiled_estimate_bytes(extractor, h, w, t, halo, cfg.optimizer, batch, extra) <= have]
+            if memory.tiled_estimate_bytes(extractor, h, w, t, halo, cfg.optimizer, batch, extra, kept) <= have]
     return max(fits) if fits else None
 
 
-def estimate(cfg: DictConfig, extractor, h: int, w: int, tile: int, batch: int, extra) -> int:
+def estimate(cfg: DictConfig, extractor, h: int, w: int, tile: int, batch: int, extra, kept: int = 0) -> int:
     """Peak bytes of an evaluation in tiles of `tile` px (nstexp.network.memory.tiled_estimate_bytes)."""
     _, halo = grid.halo(extractor.arch, extractor.layers)
-    return memory.tiled_estimate_bytes(extractor, h, w, tile, halo, cfg.optimizer, batch, extra)
+    return memory.tiled_estimate_bytes(extractor, h, w, tile, halo, cfg.optimizer, batch, extra, kept)
 
 
 def level_objective(objectives: list, tile: int | None, cfg: DictConfig, level_size: int, bar):
