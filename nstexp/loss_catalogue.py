@@ -31,24 +31,24 @@ def registered_losses() -> dict[str, dict[str, bool]]:
 def joint_losses() -> dict[str, set[str]]:
     """{"style": names, "content": names}: the losses that take all their layers at once
     (StyleLoss.joint, ContentLoss.joint), read off their source as `registered_losses` reads them."""
-    found = {kind: {name for name, values in classes.items() if values.get("joint", False)}
-             for kind, classes in classes_in_source().items()}
-    base = sys.modules.get("nstexp.losses.base")
-    if base is not None:
-        found["style"] |= {name for name, cls in base.STYLE_LOSSES.items() if cls.joint}
-        found["content"] |= {name for name, cls in base.CONTENT_LOSSES.items() if cls.joint}
-    return found
+    return _losses_with("joint", False, lambda value: bool(value))
 
 
 def decomposing_losses() -> dict[str, set[str]]:
     """{"style": names, "content": names}: the losses whose value decomposes over positions
     (StyleLoss.decomposes is "positions" or "statistics"), which a tiled run can evaluate."""
-    found = {kind: {name for name, values in classes.items() if values.get("decomposes", "none") != "none"}
+    return _losses_with("decomposes", "none", lambda value: value != "none")
+
+
+def _losses_with(attribute: str, default, keep) -> dict[str, set[str]]:
+    """The losses whose class constant `attribute` (`default` where unset) passes `keep`: read off
+    nstexp/losses/'s source, and where the registries are loaded already, off theirs too."""
+    found = {kind: {name for name, values in classes.items() if keep(values.get(attribute, default))}
              for kind, classes in classes_in_source().items()}
     base = sys.modules.get("nstexp.losses.base")
     if base is not None:
-        found["style"] |= {name for name, cls in base.STYLE_LOSSES.items() if cls.decomposes != "none"}
-        found["content"] |= {name for name, cls in base.CONTENT_LOSSES.items() if cls.decomposes != "none"}
+        found["style"] |= {name for name, cls in base.STYLE_LOSSES.items() if keep(getattr(cls, attribute))}
+        found["content"] |= {name for name, cls in base.CONTENT_LOSSES.items() if keep(getattr(cls, attribute))}
     return found
 
 

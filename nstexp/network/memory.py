@@ -78,13 +78,16 @@ def estimate_bytes(extractor, height: int, width: int, optimizer_cfg, batch: int
     when given (the style loss's own: mrf's patches and similarity matrices)."""
     acts, largest = activation_bytes(extractor, height, width, batch)
     weights = sum(p.numel() * p.element_size() for p in extractor.features.parameters())
-    image = batch * 3 * height * width * BYTES
-    if optimizer_cfg.name == "lbfgs":
-        state = (2 * optimizer_cfg.history_size + 4) * image  # curvature pairs, d, grads
-    else:
-        state = 3 * image  # Adam's two moments and the gradient
     factor = CHECKPOINT_FACTOR if extractor.checkpoint else AUTOGRAD_FACTOR
+    state = state_bytes(height, width, optimizer_cfg, batch)
     return int(factor * acts + 2 * largest + weights + state + (extra(height, width) if extra else 0))
+
+
+def state_bytes(height: int, width: int, optimizer_cfg, batch: int = 1) -> int:
+    """The optimizer's state: L-BFGS's curvature pairs, its direction and gradients; Adam's (or
+    RMSprop's) moments and the gradient."""
+    image = batch * 3 * height * width * BYTES
+    return (2 * optimizer_cfg.history_size + 4) * image if optimizer_cfg.name == "lbfgs" else 3 * image
 
 
 def tiled_estimate_bytes(extractor, height: int, width: int, tile: int, halo: int, optimizer_cfg, batch: int = 1,
@@ -102,9 +105,7 @@ def tiled_estimate_bytes(extractor, height: int, width: int, tile: int, halo: in
 def image_bytes(height: int, width: int, optimizer_cfg, batch: int = 1) -> int:
     """What a run holds at the image's size whatever its tiles: the optimizer's state (see
     `estimate_bytes`) and about 8 more images (the image, its gradient, the TV and Laplacian terms)."""
-    image = batch * 3 * height * width * BYTES
-    state = (2 * optimizer_cfg.history_size + 4) * image if optimizer_cfg.name == "lbfgs" else 3 * image
-    return state + 8 * image
+    return state_bytes(height, width, optimizer_cfg, batch) + 8 * batch * 3 * height * width * BYTES
 
 
 def largest_fitting(extractor, height: int, width: int, optimizer_cfg, have: int, batch: int = 1, extra=None) -> int:

@@ -127,16 +127,16 @@ class TiledObjective:
                 self._done(tiles)
         return total
 
-    def _values(self, b: int, sums: dict, hw) -> tuple[dict, dict, torch.Tensor]:
-        """Sample b's per-layer values (content, style; unweighted) and its weighted feature total."""
-        content, style, total = {}, {}, 0.0
-        for key, loss, target, weight in self._parts(b):
-            k = key[1]
+    def _values(self, b: int, sums: dict, hw) -> tuple[dict, dict, torch.Tensor, torch.Tensor]:
+        """Sample b's per-layer values (content, style; unweighted) and its weighted content and
+        style terms, (1,) each, as the objective sums them."""
+        values: dict = {"content": {}, "style": {}}
+        weighted = {"content": torch.zeros(1), "style": torch.zeros(1)}
+        for (kind, k), loss, target, weight in self._parts(b):
             s = self.strides[k]
-            value = loss.finish(sums[key], target, (hw[0] // s) * (hw[1] // s))
-            (content if key[0] == "content" else style)[k] = value
-            total = total + weight * value
-        return content, style, total
+            values[kind][k] = loss.finish(sums[(kind, k)], target, (hw[0] // s) * (hw[1] // s))
+            weighted[kind] = weighted[kind] + weight * values[kind][k]
+        return values["content"], values["style"], weighted["content"], weighted["style"]
 
     def gradient(self, image: torch.Tensor, sums: list[dict], grad: torch.Tensor) -> torch.Tensor:
         """Pass 2: ∂(Σ_b grad_b L_b)/∂image from pass 1's sums, tile by tile."""
@@ -146,7 +146,7 @@ class TiledObjective:
             for b in range(image.shape[0]):
                 leaves = {key: tuple(t.detach().requires_grad_(True) for t in part) for key, part in sums[b].items()}
                 flat = [t for part in leaves.values() for t in part]
-                total = self._values(b, leaves, hw)[2]
+                total = sum(self._values(b, leaves, hw)[2:])
                 gs = torch.autograd.grad((total * grad[b]).sum(), flat, allow_unused=True)
                 it = iter(gs)
                 weights.append({key: tuple(next(it) for _ in part) for key, part in leaves.items()})
@@ -203,18 +203,13 @@ class _FeatureTerms(torch.autograd.Function):
         sums = tiled.sums(image)
         hw = image.shape[-2:]
         per = [tiled._values(b, sums[b], hw) for b in range(image.shape[0])]
-        cat = lambda parts: {k: torch.cat([p[k] for p in parts]) for k in parts[0]}  # noqa: E731
-        content_layers, style_layers = cat([p[0] for p in per]), cat([p[1] for p in per])
-        o = [tiled._objective(b) for b in range(image.shape[0])]
-        content = torch.cat([o[b].content_weight * sum((w * per[b][0][k] for k, w in o[b].content_terms.items()),
-                                                        image.new_zeros(1)) for b in range(len(o))])
-        style = torch.cat([o[b].style_weight * sum((w * o[b].style_balance[k] * per[b][1][k]
-                                                     for k, w in o[b].style_terms.items()), image.new_zeros(1))
-                           for b in range(len(o))])
+        content_layers, style_layers, content, style = (
+            {k: torch.cat([p[i][k] for p in per]) for k in per[0][i]} if i < 2 else torch.cat([p[i] for p in per])
+            for i in range(4))
         tiled._last = (content_layers, style_layers, content, style)
         ctx.tiled, ctx.sums = tiled, sums
         ctx.save_for_backward(image)
-        return torch.cat([p[2].reshape(1) if torch.is_tensor(p[2]) else image.new_tensor([p[2]]) for p in per])
+        return content + style
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
