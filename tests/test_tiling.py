@@ -48,7 +48,7 @@ def test_the_interiors_cover_every_pixel_once_and_the_halo_is_aligned():
 def test_stitched_features_are_the_whole_images(options):
     layers = ["relu1_1", "relu3_1", "relu4_2", "relu5_1"]
     net = FeatureExtractor("vgg19", "caffe", layers, **options)
-    x = torch.rand(2, 3, 176, 144, generator=torch.Generator().manual_seed(0))
+    x = torch.rand(2, 3, 112, 96, generator=torch.Generator().manual_seed(0))
     whole, tiled = net(x), stitched(net, 32)(x, layers)
     for k in layers:
         assert torch.allclose(whole[k], tiled[k], rtol=1e-5, atol=1e-5 * whole[k].abs().max().item()), k
@@ -200,7 +200,7 @@ def test_a_texture_made_with_circular_padding_tiles_seamlessly(tmp_path):
 def test_style_targets_from_tiles_are_the_whole_images(extractor, loss):
     # Tiled, the style image passes one layer at a time in tiles: the targets are the whole pass's.
     gen = torch.Generator().manual_seed(3)
-    content_image, style_image = torch.rand(1, 3, 96, 128, generator=gen), torch.rand(1, 3, 160, 144, generator=gen)
+    content_image, style_image = torch.rand(1, 3, 64, 96, generator=gen), torch.rand(1, 3, 112, 96, generator=gen)
     args = (extractor, content_image, [style_image], *sections({"relu4_2": 1.0}, STYLE, 1.0, 1e3, 0.0,
                                                                style={"loss": loss, "normalization": "mean"}))
     whole, tiled = Objective(*args), Objective(*args, features=stitched(extractor, 32))
