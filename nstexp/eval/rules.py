@@ -13,7 +13,10 @@ REFERENCE_SIZE = 256  # the longest side every metric is computed at
 # (eval/style_sw/relu3_1) is better the way its family is.
 HIGHER, LOWER, NEAR_1 = "higher", "lower", "closer to 1"
 BETTER = {"eval/ssim": HIGHER, "eval/content": LOWER, "eval/style_gram": LOWER, "eval/style_sw": LOWER,
-          "eval/colour_style": LOWER, "eval/colour_content": LOWER, "eval/tv": NEAR_1}
+          "eval/colour_style": LOWER, "eval/colour_content": LOWER, "eval/tv": NEAR_1,
+          # The literature's (docs/metrics.md): StyleEval's similarities, StyleID's distances.
+          "eval/styleeval_cf": HIGHER, "eval/styleeval_ge": HIGHER, "eval/styleeval_lp": HIGHER,
+          "eval/styleeval": HIGHER, "eval/cfsd": LOWER, "eval/colour_hellinger": LOWER}
 PER_LAYER = ("eval/style_gram", "eval/style_sw")
 HEADLINE = tuple(BETTER)  # what `nstexp evaluate` prints
 
