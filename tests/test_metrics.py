@@ -84,10 +84,16 @@ def test_each_metric_ranks_first_the_image_it_measures_closeness_to(chelsea_swir
     scores = {name: evaluator(image) for name, image in candidates.items()}
     assert scores["blurred"]["eval/tv"] < 1 < scores["noisy"]["eval/tv"]
     expected = {"eval/ssim": "photo", "eval/content": "photo", "eval/colour_content": "photo", "eval/tv": "photo",
-                "eval/style_gram": "style", "eval/style_sw": "style", "eval/colour_style": "style"}
+                "eval/style_gram": "style", "eval/style_sw": "style", "eval/colour_style": "style",
+                "eval/styleeval_cf": "photo", "eval/cfsd": "photo", "eval/styleeval_ge": "style",
+                "eval/styleeval_lp": "style", "eval/colour_hellinger": "style"}
     expected.update({f"eval/{family}/{layer}": "style" for family in ("style_gram", "style_sw")
                      for layer in metrics.STYLE_LAYERS})
-    assert set(expected) == set(scores["photo"])  # every key the evaluator gives is checked
+    # StyleEval's overall is the mean of a content factor and two style factors: no image is best by definition.
+    for m in scores.values():
+        assert m["eval/styleeval"] == pytest.approx((m["eval/styleeval_cf"] + m["eval/styleeval_ge"]
+                                                     + m["eval/styleeval_lp"]) / 3, abs=1e-12)
+    assert set(expected) | {"eval/styleeval"} == set(scores["photo"])  # every key the evaluator gives is checked
     for key, best in expected.items():
         rule = rules.better(key)
         assert min(scores, key=lambda name: rules.badness(rule, scores[name][key])) == best, key

@@ -19,7 +19,8 @@ which include their ReLU), for a result X, content C and style S:
 them no further. Departures (docs/metrics.md): histograms over the fixed range [0, 1] (the
 reference's matplotlib bins span each image's own range); a patch of zeros has cosine 0 to every
 patch (the reference divides by zero); similarities within TIE of a row's best count as ties,
-which the first patch wins, as an exact argmax would.
+which the first patch wins, as an exact argmax would, so that copies of a style patch (flat
+regions) count once whatever the rounding.
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ class StyleEval:
         self.patches = {k: patches(style_features[k]) for k in LP_LAYERS}
         # Each style patch's nearest style patch: itself, or the first of its copies. The
         # distinct patches of S are the distinct values of this (the reference's category_s).
-        self.representative = {k: nearest(p, p)[1] for k, p in self.patches.items()}
+        self.representative = {k: _roots(nearest(p, p)[1]) for k, p in self.patches.items()}
         self.distinct = {k: r.unique().numel() for k, r in self.representative.items()}
 
     def __call__(self, features: dict[str, torch.Tensor], image: torch.Tensor) -> dict[str, float]:
@@ -111,6 +112,15 @@ class StyleEval:
         lp = LP1_SHARE * _mean(lp1) + (1 - LP1_SHARE) * _mean(lp2)
         return {"eval/styleeval_cf": cf, "eval/styleeval_ge": ge, "eval/styleeval_lp": lp,
                 "eval/styleeval": (cf + ge + lp) / 3}
+
+
+def _roots(first: torch.Tensor) -> torch.Tensor:
+    """Each index followed along `first` to a fixed point. first[i] <= i (a unit patch is within
+    TIE of itself), so chains end; with exact copies `first` is its own fixed point already,
+    and with near-copies a chain a <- b <- c makes one patch of the three, as TIE intends."""
+    while not torch.equal(nxt := first[first], first):
+        first = nxt
+    return first
 
 
 def _mean(values) -> float:
