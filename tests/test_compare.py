@@ -410,7 +410,10 @@ LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 def eval_metrics(ssim, style_sw):
     """The eval/ keys a run logs for one image, built around its SSIM and sliced style distance."""
     values = {"eval/ssim": ssim, "eval/content": 2 * (1 - ssim), "eval/style_gram": style_sw / 2,
-              "eval/style_sw": style_sw, "eval/colour_style": 0.1, "eval/colour_content": 0.2, "eval/tv": 1.5}
+              "eval/style_sw": style_sw, "eval/colour_style": 0.1, "eval/colour_content": 0.2, "eval/tv": 1.5,
+              "eval/styleeval_cf": ssim, "eval/styleeval_ge": 1 - style_sw / 2, "eval/styleeval_lp": 0.5,
+              "eval/styleeval": (ssim + 1 - style_sw / 2 + 0.5) / 3, "eval/cfsd": 1e3 * (1 - ssim),
+              "eval/colour_hellinger": style_sw / 3}
     for kind in ("style_gram", "style_sw"):
         values.update({f"eval/{kind}/{layer}": values[f"eval/{kind}"] * i for i, layer in enumerate(LAYERS, 1)})
     return values
@@ -525,6 +528,32 @@ def test_tradeoff_plot_has_a_point_per_job_with_the_eval_metrics(tmp_path):
     assert_plot(paths["tradeoff"])
 
 
+def test_tradeoff_axes_are_the_metrics_a_user_picks(tmp_path):
+    eval_sweep(tmp_path)
+    picked = {0: (0.9, 0.3), 1: (0.5, 0.6), 2: (0.7, 0.4), 3: (0.4, 0.8)}  # (eval/styleeval_cf, eval/styleeval_lp)
+    for num, (cf, lp) in picked.items():
+        update_summary(tmp_path, num, **{"eval/styleeval_cf": cf, "eval/styleeval_lp": lp})
+    axes = ("eval/styleeval_cf", "eval/styleeval_lp")
+    jobs = compare.collect(str(tmp_path))
+    assert [(job.num, x, y) for job, x, y in plots.tradeoff_points(jobs, *axes)] == [
+        (num, cf, lp) for num, (cf, lp) in picked.items()]
+    # Where the best trade-offs lie follows each axis's rule; closer to 1 gives no side.
+    assert plots.tradeoff_title(*axes) == "final images: best towards the top right"
+    assert plots.tradeoff_title(*plots.TRADEOFF) == "final images: best towards the bottom right"
+    assert plots.tradeoff_title("eval/tv", "eval/cfsd") == "final images: best towards the bottom"
+    assert plots.tradeoff_labels(*axes) == ("content fidelity: eval/styleeval_cf (higher is better)",
+                                            "style fidelity: eval/styleeval_lp (higher is better)")
+    default = Path(compare.write_report(str(tmp_path), cell=32, jobs=jobs)["tradeoff"]).read_bytes()
+    result = _cli(str(tmp_path), "--cell", "32", "--tradeoff", *axes)
+    assert result.returncode == 0, result.stderr
+    assert_plot(tmp_path / "tradeoff.png")
+    assert (tmp_path / "tradeoff.png").read_bytes() != default
+    refused = _cli(str(tmp_path), "--tradeoff", "eval/ssim", "steps")
+    assert refused.returncode == 2
+    (line,) = refused.stderr.strip().splitlines()
+    assert line.startswith("error: cannot plot steps: no rule says which way it is better")
+
+
 def test_eval_curves_use_only_the_evaluated_steps(tmp_path):
     eval_sweep(tmp_path)
     jobs = compare.collect(str(tmp_path))
@@ -576,8 +605,8 @@ def test_summary_run_logs_the_eval_columns_and_the_tradeoff_scatter(tmp_path, wa
     style_sw = table["columns"].index("eval/style_sw")
     assert [row[style_sw] for row in table["data"]] == [0.6, 0.2, 0.4, 0.1, None]
     scatter = json.loads(Path(run.media(logged["tradeoff_chart_table"]["path"])).read_text())
-    x, y = plots.CONTENT_FIDELITY[1], plots.STYLE_FIDELITY[1]
-    assert scatter["columns"] == ["job", x, y] and "lower is better" in y
+    x, y = plots.tradeoff_labels(*plots.TRADEOFF)
+    assert scatter["columns"] == ["job", x, y] and "eval/ssim (higher" in x and "eval/style_sw (lower is better)" in y
     assert scatter["data"][0] == ["style.normalization=gatys, style.weight=1e4", 0.9, 0.6]
     chart = run.config["_wandb"]["visualize"]["tradeoff_chart"]
     assert chart["panel_config"]["fieldSettings"] == {"x": x, "y": y}
