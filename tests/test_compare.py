@@ -262,6 +262,75 @@ def test_three_keys_rows_first_key_columns_the_rest(tmp_path):
     assert centre(sheet, image_box, 0, 1) == colours[("x", "1", "q")]
 
 
+def inputs_sweep(root, rows, cols, inputs_of):
+    """Jobs of the values `rows` x `cols` (`key=value` each), job (a, b) made from the inputs named
+    inputs_of(a, b) = (content, style), each a flat image of its own colour; returns {name: colour}."""
+    jobs = [[a, b] for a in rows for b in cols]
+    make_sweep(root, [(job, RED, "completed", True) for job in jobs])
+    (root / "inputs").mkdir()
+    colour = {}
+    for num, (a, b) in enumerate(jobs):
+        config_path = root / str(num) / ".hydra" / "config.yaml"
+        config = yaml.safe_load(config_path.read_text())
+        for key, name in zip(("content", "style"), inputs_of(a.split("=")[1], b.split("=")[1])):
+            if name not in colour:
+                colour[name] = (30 * len(colour), 255 - 30 * len(colour), 90)
+                Image.new("RGB", (20, 20), colour[name]).save(root / "inputs" / f"{name}.png")
+            config[key]["image"] = str(root / "inputs" / f"{name}.png")
+        config_path.write_text(yaml.safe_dump(config))
+    return colour
+
+
+BOX_W = CELL + 2 * contact_sheet.PAD
+BOX_H = CELL + 2 * contact_sheet.PAD + contact_sheet.LINE_H * 3  # two swept keys
+HEADER_H = 2 * contact_sheet.PAD + contact_sheet.LINE_H  # one column key
+
+
+def inputs_at(sheet, x, y):
+    """The colours in the middle of the content and style halves of an inputs box at (x, y)."""
+    half = (CELL - contact_sheet.PAD) // 2
+    left, middle = x + contact_sheet.PAD + half // 2, y + contact_sheet.PAD + half // 2
+    return sheet.getpixel((left, middle)), sheet.getpixel((left + half + contact_sheet.PAD, middle))
+
+
+def test_each_column_shows_its_own_inputs(tmp_path):
+    """sweep=neighbours: rows are methods, columns pairs; each column shows its own pair, not the first job's."""
+    pairs = ["pair=p", "pair=q", "pair=r"]
+    colour = inputs_sweep(tmp_path, ["experiment=a", "experiment=b"], pairs, lambda _, p: (f"photo_{p}", f"art_{p}"))
+    sheet = Image.open(compare.write_report(str(tmp_path), cell=CELL)["contact_sheet"]).convert("RGB")
+    top = contact_sheet.inputs_h(CELL)
+    assert sheet.size == (contact_sheet.ROW_HEADER_W + 3 * BOX_W, top + HEADER_H + 2 * BOX_H)
+    for c, pair in enumerate(p.split("=")[1] for p in pairs):
+        x = contact_sheet.ROW_HEADER_W + c * BOX_W
+        assert inputs_at(sheet, x, 0) == (colour[f"photo_{pair}"], colour[f"art_{pair}"]), pair
+        middle = top + HEADER_H + contact_sheet.PAD + CELL // 2
+        assert sheet.getpixel((x + contact_sheet.PAD + CELL // 2, middle)) == RED  # the results below
+
+
+def test_each_row_shows_its_own_inputs_when_the_pair_is_the_row(tmp_path):
+    colour = inputs_sweep(tmp_path, ["pair=p", "pair=q"], ["seed=1", "seed=2"], lambda p, _: (f"photo_{p}", f"art_{p}"))
+    sheet = Image.open(compare.write_report(str(tmp_path), cell=CELL)["contact_sheet"]).convert("RGB")
+    assert sheet.size == (contact_sheet.ROW_HEADER_W + 3 * BOX_W, HEADER_H + 2 * BOX_H)  # an inputs column
+    for r, pair in enumerate(("p", "q")):
+        y = HEADER_H + r * BOX_H
+        assert inputs_at(sheet, contact_sheet.ROW_HEADER_W, y) == (colour[f"photo_{pair}"], colour[f"art_{pair}"])
+
+
+def test_each_cell_shows_its_inputs_when_neither_rows_nor_columns_share_them(tmp_path):
+    """Content swept by rows and style by columns: every cell has a pair of its own."""
+    colour = inputs_sweep(tmp_path, ["content.image=x", "content.image=y"], ["style.image=u", "style.image=v"],
+                          lambda a, b: (a, b))
+    sheet = Image.open(compare.write_report(str(tmp_path), cell=CELL)["contact_sheet"]).convert("RGB")
+    inputs_h = contact_sheet.inputs_h(CELL)
+    assert sheet.size == (contact_sheet.ROW_HEADER_W + 2 * BOX_W, HEADER_H + 2 * (BOX_H + inputs_h))
+    for r, content in enumerate(("x", "y")):
+        for c, style in enumerate(("u", "v")):
+            x, y = contact_sheet.ROW_HEADER_W + c * BOX_W, HEADER_H + r * (BOX_H + inputs_h)
+            assert inputs_at(sheet, x, y) == (colour[content], colour[style]), (content, style)
+            middle = (x + contact_sheet.PAD + CELL // 2, y + inputs_h + contact_sheet.PAD + CELL // 2)
+            assert sheet.getpixel(middle) == RED  # its result below its inputs
+
+
 def test_tables_match_summaries(tmp_path):
     summaries = make_sweep(tmp_path, GRID)
     paths = compare.write_report(str(tmp_path), cell=CELL)

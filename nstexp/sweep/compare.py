@@ -28,7 +28,7 @@ from nstexp.errors import NstexpError
 from nstexp.eval import rules
 from nstexp.eval.tables import csv_cell, markdown_table
 from nstexp.sweep import plots
-from nstexp.sweep.contact_sheet import CELL, contact_sheet, input_images
+from nstexp.sweep.contact_sheet import CELL, contact_sheet
 from nstexp.sweep.results import Job, collect
 
 RESULTS = ("status", "steps", "evals", "wall_time_s", *(f"final/{k}" for k in plots.LOSSES))
@@ -133,9 +133,7 @@ def write_report(sweep_dir: str, cell: int = CELL, jobs: list[Job] | None = None
     if tables_only:
         paths = {kind: paths[kind] for kind in ("csv", "markdown")}
     else:
-        # Any started job's config names the inputs; job 0 may not have started (parallel launchers).
-        first = next((job for job in jobs if job.dir and os.path.isdir(job.dir)), jobs[0])
-        contact_sheet(jobs, paths["contact_sheet"], cell, input_images(first))
+        contact_sheet(jobs, paths["contact_sheet"], cell)
         title = os.path.abspath(sweep_dir)
         plots.loss_curves(jobs, paths["loss_curves"], title)
         if not plots.eval_curves(jobs, paths["eval_curves"], title):
