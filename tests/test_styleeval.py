@@ -121,3 +121,13 @@ def test_a_patch_of_zeros_has_no_similarity():
     p = styleeval.patches(f)
     assert p.shape == (4, 18) and torch.isfinite(p).all()
     assert p[0].norm().item() == pytest.approx(1.0) and p[1:].abs().sum() == 0
+
+
+def test_local_patterns_need_a_whole_patch_at_each_layer():
+    """At eval.size 32 a 2:1 photo is 32 x 16 px: relu4_1 has 4 x 2 positions, no 3 x 3 patch,
+    so LP (and the mean) is undefined, NaN, while CF and GE are not."""
+    content = F.interpolate(metrics.load("sample:chelsea", "c"), size=(60, 120), mode="bilinear", antialias=True)
+    style = metrics.load("sample:swirls", "s")
+    m = metrics.Evaluator(content, style, 32)(content)
+    assert np.isnan(m["eval/styleeval_lp"]) and np.isnan(m["eval/styleeval"])
+    assert m["eval/styleeval_cf"] == pytest.approx(1.0, abs=1e-6) and 0 < m["eval/styleeval_ge"] < 1

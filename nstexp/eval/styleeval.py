@@ -16,7 +16,8 @@ which include their ReLU), for a result X, content C and style S:
   patches that are some style patch's nearest one). LP = ½ mean(LP1) + ½ mean(LP2).
 
 `eval/styleeval` is the mean of CF, GE and LP: the reference prints the three and combines
-them no further. Departures (docs/metrics.md): histograms over the fixed range [0, 1] (the
+them no further. LP (and so the mean) is NaN where the result's or the style's features have
+a side of fewer than 3 positions at an LP layer (under 24 px at relu4_1): no patch to match. Departures (docs/metrics.md): histograms over the fixed range [0, 1] (the
 reference's matplotlib bins span each image's own range); a patch of zeros has cosine 0 to every
 patch (the reference divides by zero); similarities within TIE of a row's best count as ties,
 which the first patch wins, as an exact argmax would, so that copies of a style patch (flat
@@ -24,6 +25,8 @@ regions) count once whatever the rounding.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -68,6 +71,11 @@ def patches(f: torch.Tensor) -> torch.Tensor:
     return p / torch.where(norm > 0, norm, torch.ones_like(norm))
 
 
+def has_patches(f: torch.Tensor) -> bool:
+    """Whether features (1, C, H, W) hold a whole PATCH × PATCH patch."""
+    return min(f.shape[-2:]) >= PATCH
+
+
 def nearest(x: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """For each unit row of x, its best cosine with a row of s and that row's index (the first
     within TIE of the best): (len(x),) each, computed BLOCK rows at a time."""
@@ -92,7 +100,7 @@ class StyleEval:
         self.content = {k: content_features[k] for k in CF_LAYERS}
         self.grams = {k: gram(style_features[k]) for k in GE_LAYERS}
         self.histograms = colour_histograms(style)
-        self.patches = {k: patches(style_features[k]) for k in LP_LAYERS}
+        self.patches = {k: patches(style_features[k]) for k in LP_LAYERS if has_patches(style_features[k])}
         # Each style patch's nearest style patch: itself, or the first of its copies. The
         # distinct patches of S are the distinct values of this (the reference's category_s).
         self.representative = {k: _roots(nearest(p, p)[1]) for k, p in self.patches.items()}
@@ -103,13 +111,15 @@ class StyleEval:
         hist = colour_histograms(image)
         ge = (GRAM_SHARE * _mean(cosine(gram(features[k]), self.grams[k]) for k in GE_LAYERS)
               + (1 - GRAM_SHARE) * _mean(cosine(hist[c], self.histograms[c]) for c in range(3)))
-        lp1, lp2 = [], []
-        for k in LP_LAYERS:
-            best, index = nearest(patches(features[k]), self.patches[k])
-            lp1.append(best.to(torch.float64).mean().item())
-            # category_x / category_s: the style patches used, each copy counted once.
-            lp2.append(self.representative[k][index].unique().numel() / self.distinct[k])
-        lp = LP1_SHARE * _mean(lp1) + (1 - LP1_SHARE) * _mean(lp2)
+        lp = math.nan
+        if len(self.patches) == len(LP_LAYERS) and all(has_patches(features[k]) for k in LP_LAYERS):
+            lp1, lp2 = [], []
+            for k in LP_LAYERS:
+                best, index = nearest(patches(features[k]), self.patches[k])
+                lp1.append(best.to(torch.float64).mean().item())
+                # category_x / category_s: the style patches used, each copy counted once.
+                lp2.append(self.representative[k][index].unique().numel() / self.distinct[k])
+            lp = LP1_SHARE * _mean(lp1) + (1 - LP1_SHARE) * _mean(lp2)
         return {"eval/styleeval_cf": cf, "eval/styleeval_ge": ge, "eval/styleeval_lp": lp,
                 "eval/styleeval": (cf + ge + lp) / 3}
 
