@@ -105,12 +105,12 @@ def tradeoff_chart(jobs: list):
     """tradeoff.png as an interactive W&B scatter: a row per job with both metrics, named by its swept values."""
     import wandb
 
-    from nstexp.sweep.plots import CONTENT_FIDELITY, STYLE_FIDELITY, swept_label, tradeoff_points
+    from nstexp.sweep.plots import TRADEOFF, swept_label, tradeoff_labels, tradeoff_points, tradeoff_title
 
     # The columns are named by the axis labels, which say which way is better.
-    x, y = CONTENT_FIDELITY[1], STYLE_FIDELITY[1]
+    x, y = tradeoff_labels(*TRADEOFF)
     table = wandb.Table(columns=["job", x, y], data=[[swept_label(j), cx, sy] for j, cx, sy in tradeoff_points(jobs)])
-    return wandb.plot.scatter(table, x, y, title="final images: best towards the bottom right")
+    return wandb.plot.scatter(table, x, y, title=tradeoff_title(*TRADEOFF))
 
 
 def log_summary_run(sweep_dir: str, jobs: list, paths: dict[str, str], wandb_cfg, mode: str, group: str) -> None:
