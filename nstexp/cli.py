@@ -17,17 +17,20 @@ from nstexp.config import CONFIG_DIR
 from nstexp.errors import NstexpError
 
 
-def _register_launcher() -> None:
-    """hydra/launcher=batched. Hydra looks for launchers in the `hydra_plugins` package, but
-    cannot list it in an editable install: register the plugin by hand."""
+def _register_plugins() -> None:
+    """hydra/launcher=batched and hydra/sweeper=optuna. Hydra looks for plugins in the
+    `hydra_plugins` package, but cannot list it in an editable install: register them by hand.
+    (The sweeper's module imports no Optuna: a search does, when it starts.)"""
     from hydra.core.plugins import Plugins
 
     from hydra_plugins.nstexp_batched_launcher.batched_launcher import BatchedLauncher
+    from hydra_plugins.nstexp_optuna_sweeper.optuna_sweeper import OptunaSweeper
 
     Plugins.instance().register(BatchedLauncher)
+    Plugins.instance().register(OptunaSweeper)
 
 
-_register_launcher()
+_register_plugins()
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
@@ -101,7 +104,7 @@ def main() -> None:
         print(_help())
         return
     # Here, not at the top: --help needs none of them (they bring PIL and numpy).
-    from nstexp.sweep import callbacks, jobs, resumable
+    from nstexp.sweep import callbacks, jobs, resumable, search
 
     os.environ[jobs.PARENT_ENV] = str(os.getpid())
     if not any(a.split("=")[0] in _INFO_FLAGS for a in args):
@@ -112,7 +115,10 @@ def main() -> None:
             try:
                 swept, params = composition.preflight(parsed.overrides)
                 os.environ[jobs.SWEPT_ENV] = ",".join(swept)
-                if resumable.requested(parsed.overrides):
+                if resumable.requested(parsed.overrides) and search.is_search(
+                        composition.hydra_node(parsed.overrides)):
+                    search.check_resume(parsed.overrides)  # the search's own journal says what is left
+                elif resumable.requested(parsed.overrides):
                     planned = resumable.plan(parsed.overrides, params)
                     if planned is not None:
                         sweep_dir, overrides = planned
