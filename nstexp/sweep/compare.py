@@ -10,7 +10,9 @@ writes files into the sweep folder that put the jobs next to each other:
 - loss_curves.png, eval_curves.png and tradeoff.png: see nstexp.sweep.plots (the last two only
   when the jobs logged the image-quality `eval/` metrics);
 - comparison.csv and comparison.md: one row per job, its swept values and final numbers
-  (the markdown rounded for reading, the CSV in full precision).
+  (the markdown rounded for reading, the CSV in full precision);
+- for a search (hydra/sweeper=optuna), its Pareto front, the front's contact sheet, a table of
+  its trials and the best trade-off's command line: see nstexp.sweep.search_report.
 
 Jobs that are still running, were cut off or failed are shown as such rather than left out,
 so a sweep can be looked at before it has finished.
@@ -27,7 +29,7 @@ import sys
 from nstexp.errors import NstexpError
 from nstexp.eval import rules
 from nstexp.eval.tables import csv_cell, markdown_table
-from nstexp.sweep import plots
+from nstexp.sweep import plots, search_report
 from nstexp.sweep.contact_sheet import CELL, contact_sheet
 from nstexp.sweep.results import Job, collect
 
@@ -145,6 +147,8 @@ def write_report(sweep_dir: str, cell: int = CELL, jobs: list[Job] | None = None
         csv.writer(f).writerows([header, *([csv_cell(v) for v in row] for row in rows)])
     with open(paths["markdown"], "w") as f:
         f.write(markdown_table(*table(rows_order, sweep_dir)))
+    if search_report.is_search(sweep_dir):
+        paths.update(search_report.write(sweep_dir, jobs, cell, tables_only))
     return paths
 
 
