@@ -207,11 +207,13 @@ def compose_job(overrides: list[str]) -> DictConfig:
 
 
 def hydra_node(overrides: list[str]) -> DictConfig:
-    """Hydra's own node (launcher, sweeper, sweep dir) of the command with these overrides."""
+    """Hydra's own node (launcher, sweeper, sweep dir) of the command with these overrides (only
+    Hydra's and `sweep=` count: a swept value cannot be composed)."""
+    ours = [o for o in overrides if o.lstrip("+~").startswith(("hydra.", "hydra/", "sweep="))]
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-            return compose(config_name="config", overrides=list(overrides), return_hydra_config=True).hydra
+            return compose(config_name="config", overrides=ours, return_hydra_config=True).hydra
     finally:
         GlobalHydra.instance().clear()
 

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -55,7 +56,7 @@ class SweepReport(Callback):
         print("stopping the sweep: running jobs end after their current step (again to abort)", file=sys.stderr)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from nstexp.sweep import compare, results
+        from nstexp.sweep import compare, results, search_report
 
         for s, handler in self._handlers.items():
             signal.signal(s, handler)
@@ -64,7 +65,10 @@ class SweepReport(Callback):
         sweep_dir = config.hydra.sweep.dir
         try:
             jobs = results.collect(sweep_dir)
-            sweep_outcome["exit_code"] = exit_code([job.status for job in jobs], interrupted)
+            # A search's trials stopped by an earlier attempt ran again since: their jobs do not count.
+            stale = search_report.stopped_jobs(sweep_dir) if search_report.is_search(sweep_dir) else set()
+            counted = [job for job in jobs if not (job.dir and os.path.basename(job.dir) in stale)]
+            sweep_outcome["exit_code"] = exit_code([job.status for job in counted], interrupted)
             paths = compare.write_report(sweep_dir, jobs=jobs)
         except Exception as exc:  # a report must never hide the jobs' own results
             sweep_outcome.setdefault("exit_code", 130 if interrupted else 1)

@@ -42,6 +42,12 @@ def load(sweep_dir: str):
     return objectives, trials, front
 
 
+def stopped_jobs(sweep_dir: str) -> set[str]:
+    """The job folders (names) of trials that were stopped, and so queued to run again."""
+    _, trials, _ = load(sweep_dir)
+    return {j for t in trials if t.user_attrs.get(search.INTERRUPTED) for j in t.user_attrs.get("jobs", []) if j}
+
+
 def best_tradeoff(front: list, objectives: list[str]):
     """The front's trial nearest the ideal point, each objective scaled to [0, 1] over the front."""
     if not front:
