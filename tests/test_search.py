@@ -87,7 +87,11 @@ def test_a_diverged_trial_is_failed_and_the_search_goes_on(tmp_path):
     assert [row["state"] for row in rows] == ["fail", "fail"] and not (sweep / "best.txt").exists()
 
 
-@pytest.mark.parametrize("launcher", [["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+# Several processes each importing torch: slow on a 2-core machine, as test_sweeps' MULTIPROCESS.
+MULTIPROCESS = pytest.mark.slow
+
+
+@pytest.mark.parametrize("launcher", [pytest.param(["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], marks=MULTIPROCESS),
                                       ["hydra/launcher=batched", "hydra.launcher.batch_size=2", "optimizer=adam"]],
                          ids=["joblib", "batched"])
 def test_a_search_runs_through_the_launchers(tmp_path, launcher):
@@ -127,6 +131,7 @@ def test_the_bundled_search_composes_and_is_a_search():
     assert all(d.log for d in space.distributions.values())
 
 
+@MULTIPROCESS
 def test_a_stopped_search_resumes_to_the_same_trials_without_rerunning_finished_ones(tmp_path):
     sweep = tmp_path / "sweep"
     args = ["-m", "size=32", "steps=30", "progress=false", "snapshot_every=0", "eval.size=64", "wandb.mode=disabled",
