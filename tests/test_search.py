@@ -17,6 +17,7 @@ from optuna.trial import TrialState
 from PIL import Image
 
 from conftest import refused_in_one_line, run_cli
+from wandb_offline import find_runs
 from nstexp import composition
 from nstexp.sweep import search
 
@@ -70,6 +71,9 @@ def test_a_search_runs_its_trials_on_every_pair_and_scores_the_means(tmp_path, w
     assert number in front
     params = study.trials[number].params
     assert best[1].startswith("nstexp -m ") and PAIRS in best[1] and f"style.weight={params['style.weight']}" in best[1]
+    # The same in the W&B summary run: a row per trial, the front's plot.
+    (summary_run,) = [run for run in find_runs(str(sweep)) if run.job_type == "compare"]
+    assert summary_run.history[0]["search"]["nrows"] == 3 and "front" in summary_run.history[0]
 
 
 def test_a_diverged_trial_is_failed_and_the_search_goes_on(tmp_path):

@@ -118,8 +118,11 @@ def tradeoff_chart(jobs: list):
 
 
 def log_summary_run(sweep_dir: str, jobs: list, paths: dict[str, str], wandb_cfg, mode: str, group: str) -> None:
-    """One W&B run with a row per job (see `comparison_table`) and the plots `paths` has (see compare.OUTPUTS)."""
+    """One W&B run with a row per job (see `comparison_table`), the plots `paths` has (see compare.OUTPUTS)
+    and, for a search, a row per trial."""
     import wandb
+
+    from nstexp.sweep import search_report
 
     keys = list(jobs[0].swept)
     table = comparison_table(jobs)
@@ -137,4 +140,6 @@ def log_summary_run(sweep_dir: str, jobs: list, paths: dict[str, str], wandb_cfg
     ) as run:
         images = {k: wandb.Image(v) for k, v in paths.items() if v.endswith(".png")}
         charts = {"tradeoff_chart": tradeoff_chart(jobs)} if "tradeoff" in paths else {}
-        run.log({"comparison": table, **images, **charts})
+        # A search's trials, one row each (search.csv's columns).
+        trials = {"search": search_report.wandb_table(sweep_dir)} if "search_csv" in paths else {}
+        run.log({"comparison": table, **images, **charts, **trials})

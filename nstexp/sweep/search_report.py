@@ -72,6 +72,16 @@ def table(trials: list, objectives: list[str], front: list) -> tuple[list[str], 
     return ["trial", *keys, "state", *objectives, "front", "jobs"], rows
 
 
+def wandb_table(sweep_dir: str):
+    """search.csv as a W&B table (numbers stay numbers)."""
+    import wandb
+
+    objectives, trials, front = load(sweep_dir)
+    header, rows = table(trials, objectives, front)
+    return wandb.Table(columns=header, data=[[v if isinstance(v, (int, float)) else str(v) for v in row]
+                                             for row in rows])
+
+
 def command(sweep_dir: str, trial) -> str:
     """The command line that runs `trial` again: its first job's overrides, each key that varies
     between its jobs (the pairs) given all of its values."""
