@@ -114,7 +114,7 @@ def test_a_search_runs_through_the_launchers(tmp_path, launcher):
 
 @pytest.mark.parametrize("bad, says", [
     (["hydra.sweeper.objectives=[eval/tv]"], "eval/tv cannot be an objective"),
-    (["hydra.sweeper.sampler=grid"], "unknown sampler (allowed: nsga2, tpe, random)"),
+    (["hydra.sweeper.sampler=grid"], "unknown sampler (allowed: tpe, nsga2, random)"),
     (["eval.enabled=false"], "eval.enabled=false: a search scores"),
     (["resume=true"], "resume=true: name the search's folder with hydra.sweep.dir="),
 ])
@@ -133,6 +133,11 @@ def test_the_bundled_search_composes_and_is_a_search():
     space = search.space([f"{k}={v}" for k, v in params.items()], ["pair"])
     assert space.every["pair"] == ["chelsea_swirls", "coffee_mosaic", "tubingen_starry_night"]
     assert all(d.log for d in space.distributions.values())
+    # A command-line value replaces the sweep file's: one pair, a fixed TV weight.
+    space = search.space([f"{k}={v}" for k, v in params.items()] + ["pair=coffee_mosaic", "tv.weight=3"], ["pair"])
+    assert space.every == {} and space.fixed == ["tv.weight=3", "pair=coffee_mosaic"]
+    assert list(space.distributions) == ["style.weight"]
+    assert search.job_overrides(space, {"style.weight": 5.0}) == [["tv.weight=3", "pair=coffee_mosaic", "style.weight=5.0"]]
 
 
 @MULTIPROCESS

@@ -25,7 +25,7 @@ class OptunaSweeperConf:
     n_trials: int = 20
     # Trials launched at once (each runs one job per value of the every_trial keys).
     n_jobs: int = 2
-    sampler: str = "nsga2"  # nsga2, tpe (multi-objective) or random
+    sampler: str = "tpe"  # tpe, nsga2 (both multi-objective) or random
     seed: Optional[int] = None
     # eval/ metrics, each optimized the way it ranks (nstexp.eval.rules): one or two.
     objectives: List[str] = field(default_factory=lambda: ["eval/ssim", "eval/style_sw"])

@@ -24,7 +24,7 @@ from nstexp.eval import rules
 
 JOURNAL = "search.journal"
 STUDY = "search"
-SAMPLERS = ("nsga2", "tpe", "random")
+SAMPLERS = ("tpe", "nsga2", "random")
 INTERRUPTED = "interrupted"  # a failed trial's user attribute: stopped, not failed; run again on resume
 
 
@@ -37,20 +37,16 @@ class Space:
     every: dict[str, list[str]] = field(default_factory=dict)  # key -> the values each trial runs
 
 
-def _number(text: str):
-    value = float(text)
-    return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
-
-
 def space(arguments: list[str], every_trial: list[str]) -> Space:
-    """The search space of these overrides (the sweep file's params first, then the command line's)."""
+    """The search space of these overrides (the sweep file's params first, then the command line's:
+    a later value of a key replaces an earlier one, as it does in a grid)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
     out = Space()
-    for override in OverridesParser.create().parse_overrides(arguments):
-        key = override.get_key_element()
+    parsed = {o.get_key_element(): o for o in OverridesParser.create().parse_overrides(arguments)}
+    for key, override in parsed.items():
         if not override.is_sweep_override():
             out.fixed.append(override.input_line)
             continue
@@ -91,7 +87,8 @@ def directions(objectives: list[str]) -> list[str]:
 
 
 def sampler(name: str, seed: int | None, objectives: int):
-    """NSGA-II (the default) or TPE, both multi-objective, or random."""
+    """TPE (the default) or NSGA-II, both multi-objective, or random. TPE by default: a search of
+    style transfer affords tens of trials, and NSGA-II's first generation (50 trials) is random."""
     import optuna
 
     if name == "nsga2":
