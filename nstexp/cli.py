@@ -57,6 +57,7 @@ def _help() -> str:
     ours = sorted(p.stem for p in (Path(CONFIG_DIR) / "hydra" / "launcher").glob("*.yaml"))
     launchers = ", ".join(["basic", "batched", *ours, "joblib", "submitit_local", "submitit_slurm"])
     lines.append(f"  hydra/launcher: {launchers}  (see docs/sweeps.md)")
+    lines.append("  hydra/sweeper: basic, optuna  (optuna: a search, not a grid; see docs/sweeps.md)")
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         config = OmegaConf.to_yaml(compose(config_name="config"))

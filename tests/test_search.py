@@ -89,6 +89,12 @@ def test_a_diverged_trial_is_failed_and_the_search_goes_on(tmp_path):
     assert all("diverged" in t.user_attrs["failure"] for t in study.trials)
     rows = list(csv.DictReader(open(sweep / "search.csv")))
     assert [row["state"] for row in rows] == ["fail", "fail"] and not (sweep / "best.txt").exists()
+    # The journal holds this search: another search space in the same folder is refused.
+    r = run_cli(["-m", *TINY, "wandb.mode=disabled", "optimizer=adam", "hydra/sweeper=optuna",
+                 "style.weight=interval(1,10)", "pair=chelsea_swirls", f"hydra.sweep.dir={sweep}"],
+                cwd=tmp_path, process=True)
+    assert "holds a search of command" in refused_in_one_line(r) and "style.weight=interval(1,10)" in r.stderr
+    assert len(_study(sweep).trials) == 2
 
 
 # Several processes each importing torch: slow on a 2-core machine, as test_sweeps' MULTIPROCESS.

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import REPO
 
-HEAVY = ("torch", "torchvision", "wandb", "matplotlib", "torchmetrics")
+HEAVY = ("torch", "torchvision", "wandb", "matplotlib", "torchmetrics", "optuna")
 PROBE = """
 import json, sys
 sys.argv = ["nstexp", *json.loads(sys.argv[1])]
@@ -41,6 +41,7 @@ def _probe(args, tmp_path):
     (["-m", "seed=0,1", "backbone.arch=vgg11"], 2),
     (["laplacian.weight=1", "laplacian.pool=64"], 2),  # the sizes, read off the image files' headers
     (["compare", "no/such/sweep"], 2),
+    (["-m", "hydra/sweeper=optuna", "style.weight=tag(log,interval(1,1000))", "resume=true"], 2),
 ])
 def test_help_and_refusals_import_no_heavy_library(tmp_path, args, code):
     result, stderr = _probe(args, tmp_path)

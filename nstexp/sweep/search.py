@@ -124,19 +124,21 @@ def storage(sweep_dir: str):
     return optuna.storages.JournalStorage(JournalFileBackend(str(journal(sweep_dir))))
 
 
-def open_study(sweep_dir: str, objectives: list[str], sampler_obj=None):
-    """The study in the sweep folder, created if new; refused when it was made for other objectives."""
+def open_study(sweep_dir: str, objectives: list[str], sampler_obj=None, command: list[str] | None = None):
+    """The study in the sweep folder, created if new; refused when it was made for other objectives
+    or another `command` (the search space and the fixed overrides: every trial must run alike)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(storage=storage(sweep_dir), study_name=STUDY, sampler=sampler_obj,
                                 directions=directions(objectives), load_if_exists=True)
-    recorded = study.user_attrs.get("objectives")
-    if recorded is None:
-        study.set_user_attr("objectives", list(objectives))
-    elif recorded != list(objectives):
-        raise NstexpError(f"{journal(sweep_dir)} searches {', '.join(recorded)}, not {', '.join(objectives)}; "
-                          "use the same objectives or another hydra.sweep.dir")
+    for attr, now in (("objectives", list(objectives)), ("command", sorted(command or []))):
+        recorded = study.user_attrs.get(attr)
+        if recorded is None:
+            study.set_user_attr(attr, now)
+        elif recorded != now:
+            raise NstexpError(f"{journal(sweep_dir)} holds a search of {attr} {' '.join(recorded)}, not "
+                              f"{' '.join(now)}; use the same, or another hydra.sweep.dir")
     return study
 
 

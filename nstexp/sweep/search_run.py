@@ -18,11 +18,17 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from nstexp.errors import NstexpError
-from nstexp.sweep import callbacks, search
+from nstexp.sweep import callbacks, resumable, search
+
+
+def _changes_results(override: str) -> bool:
+    """Whether an override changes what a job computes, not how it is run or watched (resumable.NOT_RESULTS)."""
+    key = override.lstrip("+~").split("=", 1)[0]
+    return not any(key == k or key.startswith(k + ".") for k in resumable.NOT_RESULTS)
 
 
 def _settings(sweeper, arguments: list[str]):
-    """The search space, objectives and sampler; NstexpError for anything a search cannot run."""
+    """The search space, objectives, sampler and command; NstexpError for anything a search cannot run."""
     s, cfg = sweeper.settings, sweeper.config
     params = [f"{k}={v}" for k, v in (s.get("params") or {}).items()]
     space = search.space(params + list(arguments), list(s["every_trial"]))
@@ -33,7 +39,9 @@ def _settings(sweeper, arguments: list[str]):
     for key in ("n_trials", "n_jobs"):
         if not isinstance(s[key], int) or s[key] < 1:
             raise NstexpError(f"hydra.sweeper.{key}={s[key]} must be a whole number >= 1")
-    return space, objectives, search.sampler(s["sampler"], s["seed"], len(objectives))
+    # What every trial must share with the study's others: its space and fixed values (not how it is run).
+    command = [o for o in params + list(arguments) if _changes_results(o)]
+    return space, objectives, search.sampler(s["sampler"], s["seed"], len(objectives)), command
 
 
 def _consecutive(trials: list) -> list[list]:
@@ -58,9 +66,9 @@ def sweep(sweeper, arguments: list[str]) -> list:
     cfg = sweeper.config
     sweep_dir = str(cfg.hydra.sweep.dir)
     try:
-        space, objectives, sampler = _settings(sweeper, arguments)
+        space, objectives, sampler, command = _settings(sweeper, arguments)
         Path(sweep_dir).mkdir(parents=True, exist_ok=True)
-        study = search.open_study(sweep_dir, objectives, sampler)
+        study = search.open_study(sweep_dir, objectives, sampler, command)
     except NstexpError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
