@@ -19,7 +19,7 @@ import shlex
 from nstexp.eval.tables import csv_cell, markdown_table
 from nstexp.sweep import search
 from nstexp.sweep.contact_sheet import CELL, contact_sheet
-from nstexp.sweep.results import Job, display_value, read_yaml
+from nstexp.sweep.results import Job, read_yaml
 
 OUTPUTS = {"front": "front.png", "front_sheet": "front_sheet.png", "search_csv": "search.csv",
            "search_markdown": "search.md", "best": "best.txt"}
@@ -82,18 +82,45 @@ def wandb_table(sweep_dir: str):
                                              for row in rows])
 
 
+def _sweep_file_values(name: str) -> list[str]:
+    """What sweep file `name` sets besides Hydra's settings, as overrides: its group choices
+    (`override /loss: gatys` -> loss=gatys) and its values (dotted keys)."""
+    from nstexp.config import SWEEPS_DIR
+
+    node = read_yaml(os.path.join(SWEEPS_DIR, f"{name}.yaml")) or {}
+    out = []
+    for entry in node.get("defaults") or []:
+        for key, option in (entry.items() if isinstance(entry, dict) else []):
+            group = key.removeprefix("override").strip().lstrip("/")
+            if not group.startswith("hydra"):
+                out.append(f"{group}={option}")
+
+    def walk(value, prefix):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, f"{prefix}.{k}" if prefix else str(k))
+        else:
+            out.append(f"{prefix}={'null' if value is None else value}")
+
+    walk({k: v for k, v in node.items() if k not in ("defaults", "hydra")}, "")
+    return out
+
+
 def command(sweep_dir: str, trial) -> str:
     """The command line that runs `trial` again: its first job's overrides, each key that varies
-    between its jobs (the pairs) given all of its values."""
+    between its jobs (the pairs) given all of its values; a sweep file (its search) gives way to
+    what it sets."""
     per_job = [read_yaml(os.path.join(sweep_dir, j, ".hydra", "overrides.yaml")) or [] for j in trial.user_attrs["jobs"]]
     values: dict[str, list[str]] = {}
     for overrides in per_job:
-        for o in overrides:
-            key, _, value = str(o).partition("=")
+        expanded = [x for o in overrides
+                    for x in (_sweep_file_values(str(o).split("=", 1)[1]) if str(o).startswith("sweep=") else [str(o)])]
+        job = dict(o.partition("=")[::2] for o in expanded)  # a later value of a key replaces an earlier one
+        for key, value in job.items():
             values.setdefault(key, [])
             if value not in values[key]:
                 values[key].append(value)
-    args = [f"{k}={','.join(display_value(v) for v in vals)}" for k, vals in values.items()]
+    args = [f"{k}={','.join(vals)}" for k, vals in values.items()]
     multirun = any(len(vals) > 1 for vals in values.values())
     return " ".join(["nstexp", *(["-m"] if multirun else []), *map(shlex.quote, args)])
 
