@@ -14,7 +14,7 @@ from nstexp import images
 from nstexp.eval import rules
 from nstexp.sweep import contact_sheet as cs
 from nstexp.sweep.leaderboard import folder, pair_images
-from nstexp.sweep.leaderboard_page import SHEET_CELL, dominators, sheet_path, spearman
+from nstexp.sweep.leaderboard_page import SHEET_CELL, dominators, sheet_path, spearman, to_reach_front
 
 PAIR = "chelsea_swirls"
 FIRST = ["experiment=nstexp"]
@@ -109,6 +109,8 @@ def test_pareto_dominators():
                _record("trade", 0.9, 0.9), _record("equal", 0.5, 0.5)]
     assert dominators(records, "d") == ["better_both", "tie_one"]
     assert dominators(records, "better_both") == []
+    # Beyond every method as close to the style (better_both, tie_one, equal), or as faithful (all).
+    assert to_reach_front(records, "d") == (0.6, 0.4)
     assert dominators([_record("d", math.nan, 0.5)], "d") is None
 
 

@@ -85,6 +85,21 @@ def _peer_command(pair: str, size: int, steps: int | None, run_dir: str) -> list
     return cmd + (["--num-steps", str(steps)] if steps is not None else [])
 
 
+def _launch(cmd: list[str], run_dir: str) -> tuple[int, str, float]:
+    """Run `cmd`: its exit status, its stderr (also kept in stderr.log) and its wall-clock seconds."""
+    start = time.perf_counter()
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True)
+    except OSError as exc:  # the command itself is missing
+        return 1, f"error: {cmd[0]}: {exc.strerror}", time.perf_counter() - start
+    wall = time.perf_counter() - start
+    if done.returncode == 130 or done.returncode < 0:
+        raise KeyboardInterrupt
+    with open(os.path.join(run_dir, "stderr.log"), "w") as f:
+        f.write(done.stderr)
+    return done.returncode, done.stderr, wall
+
+
 def run_method(method: str, pair: str, size: int, steps: int | None, out: str, eval_size: int) -> dict:
     """Run one method on one pair (unless it has a record), score its image, write its record."""
     run_dir = folder(out, pair, method)
@@ -94,34 +109,35 @@ def run_method(method: str, pair: str, size: int, steps: int | None, out: str, e
             record = json.load(f)
         print(f"{pair} {method}: {record['status']}, already recorded, skipped", file=sys.stderr)
         return record
-    os.makedirs(run_dir, exist_ok=True)
-    cmd = _peer_command(pair, size, steps, run_dir) if method == PEER else _nstexp_command(
-        method, pair, size, steps, run_dir)
+    shutil.rmtree(run_dir, ignore_errors=True)  # what a stopped attempt left
+    os.makedirs(run_dir)
+    if method == PEER:
+        cmd = _peer_command(pair, size, steps, run_dir)
+        shown = ["pastiche", *cmd[1:]]
+    else:
+        cmd = _nstexp_command(method, pair, size, steps, run_dir)
+        shown = ["nstexp", *cmd[3:]]
     print(f"{pair} {method}: running", file=sys.stderr)
-    start = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if done.returncode == 130 or done.returncode < 0:
-        raise KeyboardInterrupt
-    with open(os.path.join(run_dir, "stderr.log"), "w") as f:
-        f.write(done.stderr)
+    code, stderr, wall = _launch(cmd, run_dir)
     record = {"pair": pair, "method": method, "dir": run_dir, "time_s": wall, "status": "completed", "reason": None,
-              "command": cmd[1:] if method != PEER else ["pastiche", *cmd[1:]], "metrics": {}}
+              "command": shown, "metrics": {}}
     summary_path = os.path.join(run_dir, "summary.json")
     if method != PEER and os.path.exists(summary_path):
         with open(summary_path) as f:
             record["status"] = json.load(f).get("status", "failed")
     final = os.path.join(run_dir, "final.png")
-    if done.returncode != 0 or record["status"] != "completed" or not os.path.exists(final):
-        record["status"] = "refused" if done.returncode == 2 else (
+    if code != 0 or record["status"] != "completed" or not os.path.exists(final):
+        record["status"] = "refused" if code == 2 else (
             record["status"] if record["status"] != "completed" else "failed")
-        record["reason"] = _reason(done.stderr)
+        record["reason"] = _reason(stderr)
     else:
         from nstexp.eval.evaluation import evaluate  # here: refusing bad options needs no torch
 
-        content, style = pair_images(pair)
-        row = evaluate([final], content, style, eval_size)[0]
-        record["metrics"] = {k: v for k, v in row.items() if k.startswith("eval/")}
+        try:
+            row = evaluate([final], *pair_images(pair), eval_size)[0]
+            record["metrics"] = {k: v for k, v in row.items() if k.startswith("eval/")}
+        except NstexpError as exc:  # an image the yardstick cannot score: said in the table
+            record["status"], record["reason"] = "unscored", str(exc)
     with open(record_path, "w") as f:
         json.dump(record, f, indent=2)
     print(f"{pair} {method}: {record['status']} in {wall:.1f} s" + (

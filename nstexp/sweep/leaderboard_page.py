@@ -70,6 +70,18 @@ def dominators(records: list[dict], method: str) -> list[str] | None:
     return [m for m in gc if m in gs and gc[m] >= c and gs[m] >= s and (gc[m] > c or gs[m] > s)]
 
 
+def to_reach_front(records: list[dict], method: str) -> tuple[float, float]:
+    """What would put a dominated `method` on the front, in the axes' own values: a content score
+    beyond every method at least as close to the style as it is, or (at its content score) a
+    style score beyond every method at least as faithful to the content as it is."""
+    gc, gs = goodness(records, CONTENT_AXIS), goodness(records, STYLE_AXIS)
+    others = [m for m in gc if m in gs and m != method]
+    content = max(gc[m] for m in others if gs[m] >= gs[method])
+    style = max(gs[m] for m in others if gc[m] >= gc[method])
+    raw = {rules.HIGHER: 1.0, rules.LOWER: -1.0}
+    return content * raw[rules.BETTER[CONTENT_AXIS]], style * raw[rules.BETTER[STYLE_AXIS]]
+
+
 def machine() -> str:
     import platform
 
@@ -125,8 +137,13 @@ def _pareto(by_pair: dict[str, list[dict]], default: str) -> list[str]:
             named = ", ".join(f"`{m}` ({_short(CONTENT_AXIS)} {values[m][CONTENT_AXIS]:.4g}, {_short(STYLE_AXIS)} "
                               f"{values[m][STYLE_AXIS]:.4g})" for m in found)
             own = values[default]
+            content, style = to_reach_front(rs, default)
+            word = {rules.HIGHER: "above", rules.LOWER: "below"}
             lines.append(f"- {pair}: the default ({_short(CONTENT_AXIS)} {own[CONTENT_AXIS]:.4g}, "
-                         f"{_short(STYLE_AXIS)} {own[STYLE_AXIS]:.4g}) is dominated by {named}.")
+                         f"{_short(STYLE_AXIS)} {own[STYLE_AXIS]:.4g}) is dominated by {named}. It would be on "
+                         f"the front with {_short(CONTENT_AXIS)} {word[rules.BETTER[CONTENT_AXIS]]} {content:.4g} "
+                         f"at its {_short(STYLE_AXIS)}, or {_short(STYLE_AXIS)} "
+                         f"{word[rules.BETTER[STYLE_AXIS]]} {style:.4g} at its {_short(CONTENT_AXIS)}.")
     return lines
 
 
