@@ -118,6 +118,7 @@ def test_pareto_dominators():
     (["--methods", "experiment=nope"], "experiment=nope"),
     (["--methods", "nstexp"], "nstexp"),
     (["--pairs", "cat_dog"], "cat_dog"),
+    (["--pairs", ","], "nothing given"),
     (["--size", "8"], "--size=8"),
 ])
 def test_bad_names_are_refused_in_one_line(tmp_path, args, named):

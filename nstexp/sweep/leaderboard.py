@@ -45,8 +45,8 @@ def pick(given: str | None, allowed: list[str], option: str) -> list[str]:
     names = [n.strip() for n in given.split(",") if n.strip()]
     bad = [n for n in names if n not in allowed]
     if bad or not names:
-        raise NstexpError(f"{option}: {', '.join(bad) or 'nothing given'} is not one of them "
-                          f"(allowed: {', '.join(allowed)})")
+        what = f"{', '.join(bad)} is not one of them" if bad else "nothing given"
+        raise NstexpError(f"{option}: {what} (allowed: {', '.join(allowed)})")
     return list(dict.fromkeys(names))
 
 
@@ -145,7 +145,7 @@ def run_method(method: str, pair: str, size: int, steps: int | None, out: str, e
     return record
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="nstexp leaderboard", description=__doc__.split("\n\n")[0])
     parser.add_argument("--methods", help="comma-separated methods (default: all; see the list in --help's epilog)")
     parser.add_argument("--pairs", help="comma-separated bundled pairs (default: all of conf/pair/)")
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("interrupted: the methods recorded so far are kept; run the same command to resume", file=sys.stderr)
         sys.exit(130)
-    command = " ".join(["nstexp leaderboard", *(argv if argv is not None else sys.argv[2:])])
+    command = " ".join(["nstexp leaderboard", *argv])
     write_page(records, {p: pair_images(p) for p in pairs}, methods, args.page, command, DEFAULT_METHOD)
     print(args.page, file=sys.stderr)
     failed = [r for r in records if r["status"] != "completed"]
