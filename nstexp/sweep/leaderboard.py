@@ -147,7 +147,7 @@ def run_method(method: str, pair: str, size: int, steps: int | None, out: str, e
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="nstexp leaderboard", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--methods", help="comma-separated methods (default: all; see the list in --help's epilog)")
+    parser.add_argument("--methods", help="comma-separated methods (default: all, as named below)")
     parser.add_argument("--pairs", help="comma-separated bundled pairs (default: all of conf/pair/)")
     parser.add_argument("--size", type=int, default=256, help="longest side of every result (default: %(default)s)")
     parser.add_argument("--steps", type=int, help="steps a level for every method (default: each method's own)")
@@ -155,7 +155,7 @@ def main(argv: list[str]) -> None:
                         "(default: %(default)s, the yardstick's reference size)")
     parser.add_argument("--out", default="outputs/leaderboard", help="the runs' folder (default: %(default)s)")
     parser.add_argument("--page", default="docs/leaderboard.md", help="the page to write (default: %(default)s); "
-                        "its contact sheets go beside it")
+                        "its contact sheets go into the folder of its name (docs/leaderboard/<pair>.png)")
     parser.epilog = "methods: experiment=<recipe>, loss=<preset>, peer=pastiche"
     args = parser.parse_args(argv)
     try:
