@@ -1,6 +1,6 @@
 """The `nstexp` command: Hydra composes the config, `sweep.jobs` plans and runs each job.
 
-`nstexp compare`, `nstexp bench` and `nstexp evaluate` are subcommands dispatched here.
+`nstexp compare`, `nstexp bench`, `nstexp evaluate` and `nstexp leaderboard` are subcommands dispatched here.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def _help() -> str:
         "",
         "  nstexp [group=option ...] [key=value ...]      one run",
         "  nstexp -m key=a,b [sweep=<name>] ...           a sweep: one job per combination",
-        "  nstexp compare SWEEP_DIR | evaluate ... | bench ...   (each with --help)",
+        "  nstexp compare SWEEP_DIR | evaluate ... | bench ... | leaderboard ...   (each with --help)",
         "",
         "Config groups (group=option):", *lines,
         "",
@@ -95,6 +95,11 @@ def main() -> None:
         from nstexp.bench.speed import main as bench_main
 
         bench_main(args[1:])
+        return
+    if args[:1] == ["leaderboard"]:  # `nstexp leaderboard [--methods ...] [--pairs ...]`
+        from nstexp.sweep.leaderboard import main as leaderboard_main
+
+        leaderboard_main(args[1:])
         return
     if args[:1] == ["evaluate"]:  # `nstexp evaluate RESULT... --content C --style S`
         from nstexp.eval.evaluation import main as evaluate_main

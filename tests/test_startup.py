@@ -35,6 +35,8 @@ def _probe(args, tmp_path):
     (["--help"], 0),
     (["compare", "--help"], 0),
     (["evaluate", "--help"], 0),
+    (["leaderboard", "--help"], 0),
+    (["leaderboard", "--methods", "experiment=nope"], 2),
     (["style.weight=-1"], 2),
     (["style.loss=nope"], 2),
     (["layers.style.relu9_1=1"], 2),  # +key on a dict: layer names come from the layout

@@ -135,7 +135,7 @@ def _values(jobs: list[Job], keys: list[str]) -> list[tuple[str, ...]]:
     return list(itertools.product(*(dict.fromkeys(job.swept[k] for job in jobs) for k in keys)))
 
 
-def contact_sheet(jobs: list[Job], path: str, cell: int = CELL) -> None:
+def contact_sheet(jobs: list[Job], path: str, cell: int = CELL, specs_of=input_specs, layout: str | None = None) -> None:
     """Draw the final images of `jobs` as a grid of their swept values and save it to `path`.
 
     Rows are the values of the first swept key and columns the combinations of the others
@@ -155,7 +155,9 @@ def contact_sheet(jobs: list[Job], path: str, cell: int = CELL) -> None:
         width    = left + box_w * max(len(columns), len(shared inputs))
         height   = top + header_h + box_h * len(rows)
 
-    Jobs with identical swept values share a cell; the first one is shown.
+    Jobs with identical swept values share a cell; the first one is shown. `specs_of` gives a
+    job's inputs as `input_specs` does (the leaderboard's peer has no config to read them from);
+    `layout` forces where they go (the leaderboard's sheets of some forty columns: "columns").
     """
     keys = list(jobs[0].swept)
     row_keys, col_keys = (keys[:1], keys[1:]) if len(keys) > 1 else ([], keys)
@@ -163,8 +165,8 @@ def contact_sheet(jobs: list[Job], path: str, cell: int = CELL) -> None:
     by_values: dict[tuple[str, ...], Job] = {}
     for job in jobs:
         by_values.setdefault(tuple(job.swept.values()), job)
-    specs = {job.num: found for job in jobs if (found := input_specs(job))}
-    layout = inputs_layout(jobs, specs, row_keys, col_keys)
+    specs = {job.num: found for job in jobs if (found := specs_of(job))}
+    layout = layout or inputs_layout(jobs, specs, row_keys, col_keys)
     loaded: dict[tuple, list] = {}  # each image read once
 
     def inputs(job: Job | None) -> list:
