@@ -15,6 +15,7 @@ from conftest import REPO
 RANKS = {
     "base": 0,  # nstexp.errors, nstexp.config, nstexp.loss_options, nstexp.images
     "network": 1,
+    "video": 1,
     "losses": 2,
     "optim": 3,
     "eval": 3,
