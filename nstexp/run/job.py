@@ -15,7 +15,7 @@ from importlib.metadata import PackageNotFoundError, version
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from nstexp.losses.objective import LossTerms
+from nstexp.losses.terms import LossTerms
 from nstexp.optim.engine import StepEvent
 from nstexp.optim.optimizers import uses_batched_lbfgs
 from nstexp.run.tracking import Tracker
