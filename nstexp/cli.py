@@ -75,6 +75,10 @@ def _help() -> str:
     ])
 
 
+def _video(overrides: list[str]) -> bool:
+    return any(o.split("=", 1)[0].lstrip("+~") == "content.video" for o in overrides if "=" in o)
+
+
 _INFO_FLAGS = {"-h", "--help", "--hydra-help", "--info", "-i", "-c", "--cfg", "--shell-completion", "-sc"}
 
 
@@ -112,7 +116,8 @@ def main() -> None:
             try:
                 swept, params = composition.preflight(parsed.overrides)
                 os.environ[jobs.SWEPT_ENV] = ",".join(swept)
-                if resumable.requested(parsed.overrides):
+                # A single video run resumes on its own (nstexp.run.video); a sweep through its jobs.
+                if resumable.requested(parsed.overrides) and (parsed.multirun or params or not _video(parsed.overrides)):
                     planned = resumable.plan(parsed.overrides, params)
                     if planned is not None:
                         sweep_dir, overrides = planned
