@@ -13,9 +13,11 @@ REFERENCE_SIZE = 256  # the longest side every metric is computed at
 # (eval/style_sw/relu3_1) is better the way its family is.
 HIGHER, LOWER, NEAR_1 = "higher", "lower", "closer to 1"
 BETTER = {"eval/ssim": HIGHER, "eval/content": LOWER, "eval/style_gram": LOWER, "eval/style_sw": LOWER,
-          "eval/colour_style": LOWER, "eval/colour_content": LOWER, "eval/tv": NEAR_1}
+          "eval/colour_style": LOWER, "eval/colour_content": LOWER, "eval/tv": NEAR_1,
+          # A video run's temporal consistency (nstexp.video.consistency): of pairs of frames, not of one image.
+          "eval/warp_error": LOWER}
 PER_LAYER = ("eval/style_gram", "eval/style_sw")
-HEADLINE = tuple(BETTER)  # what `nstexp evaluate` prints
+HEADLINE = tuple(k for k in BETTER if k != "eval/warp_error")  # what `nstexp evaluate` prints of an image
 
 
 def better(key: str) -> str | None:
