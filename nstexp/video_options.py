@@ -25,6 +25,8 @@ class TemporalConfig:
     # The earlier frames i − j, j in this list, each pixel is held to (the nearest where it is
     # reliable): [1] short-term only; the paper's long-term consistency uses [1, 2, 4].
     frames: List[int] = field(default_factory=lambda: [1])
+    # With several passes: the temporal loss from this pass on (the paper's multi-pass: 8 of 15).
+    from_pass: int = 1
 
 
 @dataclass
@@ -40,6 +42,12 @@ class VideoConfig:
     fps: Optional[float] = None
     start: float = 0.0
     end: Optional[float] = None
+    # Passes over the clip in alternating directions (the paper's multi-pass algorithm: 15 passes of
+    # 100 steps a frame, video.steps=100, the temporal loss from pass 8); 1: one pass, frame after frame.
+    passes: int = 1
+    # δ of the multi-pass blend, x' = δ c ω + (1 − δ c) x_old: how much of the neighbour just stylized,
+    # warped to this frame, its start takes where the flow is reliable (the paper's: 0.5).
+    blend: float = 0.5
     # Write each frame's flows (.npy) and reliability weights (.png) into diagnostics/.
     diagnostics: bool = False
 
@@ -54,6 +62,10 @@ def check(cfg) -> None:
             or len(set(frames)) != len(frames):
         raise ConfigError(f"video.temporal.frames={frames} must be distinct whole numbers >= 1, the earlier "
                           "frames i - j each frame is held to (e.g. [1] or the paper's [1,2,4])")
+    at_least("video.temporal.from_pass", v.temporal.from_pass, 1)
+    at_least("video.passes", v.passes, 1)
+    if not 0 <= v.blend <= 1:
+        raise ConfigError(f"video.blend={v.blend} must be in [0, 1] (the warped neighbour's share of a pass's start)")
     if v.steps is not None:
         at_least("video.steps", v.steps, 0)
     if v.frames is not None:

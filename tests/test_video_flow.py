@@ -134,3 +134,11 @@ def test_warp_error_of_the_input_clip_is_small(clip):
     same = consistency.warp_error(clip.frames[t], clip.frames[t + 1], forward, mask)
     other = consistency.warp_error(clip.frames[t], clip.frames[PAIRS[2]], forward, mask)
     assert same < 0.003 < 10 * same < other
+
+
+def test_the_multi_pass_blend_by_hand():
+    old, warped = torch.full((1, 1, 1, 2), 0.2), torch.full((1, 1, 1, 2), 1.0)
+    c = torch.tensor([[[[1.0, 0.0]]]])
+    # Reliable: δ ω + (1 − δ) x_old = 0.5 + 0.1; unreliable: x_old.
+    assert warp.blend(old, warped, c, 0.5).flatten().tolist() == pytest.approx([0.6, 0.2])
+    assert warp.blend(old, warped, c, 1.0).flatten().tolist() == pytest.approx([1.0, 0.2])

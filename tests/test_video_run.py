@@ -62,7 +62,8 @@ def test_resume_keeps_the_finished_frames_and_redoes_the_lost_one(tmp_path, wand
     assert run_cli(args, tmp_path).returncode == 0
     out = _run_dir(tmp_path)
     unbroken = (out / "frames" / "000003.png").read_bytes()
-    kept = {k: (out / "frames" / f"{k:06d}.png").stat().st_mtime_ns for k in (1, 2)}
+    ran = lambda k: (out / "runs" / f"{k:06d}" / "final.png").stat().st_mtime_ns  # noqa: E731
+    kept = {k: ran(k) for k in (1, 2)}
     # As if the run had been killed during frame 3: its line and image never written.
     (out / "runs" / "000003" / "frame.json").unlink()
     (out / "frames" / "000003.png").unlink()
@@ -70,7 +71,7 @@ def test_resume_keeps_the_finished_frames_and_redoes_the_lost_one(tmp_path, wand
     assert r.returncode == 0, r.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["frames"] == 3 and summary["frames_kept"] == 2
-    assert {k: (out / "frames" / f"{k:06d}.png").stat().st_mtime_ns for k in (1, 2)} == kept  # not redone
+    assert {k: ran(k) for k in (1, 2)} == kept  # not run again
     assert (out / "frames" / "000003.png").read_bytes() == unbroken  # as the unbroken run made it
     assert [json.loads(line)["frame"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
 
@@ -87,11 +88,32 @@ def test_independent_frames_have_no_temporal_term(tmp_path, wandb_env):
     assert np.load(out / "diagnostics" / "000002_forward.npy").shape == (2, 32, 48)
 
 
+def test_multi_pass_alternates_direction_and_adds_the_temporal_loss_from_its_pass(tmp_path, wandb_env):
+    r = run_cli([*VIDEO, "video.passes=3", "video.temporal.from_pass=2", "video.temporal.frames=[1,2]",
+                 "wandb.mode=disabled"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    out = _run_dir(tmp_path)
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(line["pass"], line["frame"]) for line in lines] == [
+        (1, 1), (1, 2), (1, 3), (2, 3), (2, 2), (2, 1), (3, 1), (3, 2), (3, 3)]
+    assert [line["step"] for line in lines] == list(range(9))
+    # No temporal term in pass 1, nor for the first frame of a pass; after it, toward the frames just made.
+    assert [line["loss/temporal"] > 0 for line in lines] == [False] * 4 + [True, True, False, True, True]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["frames"] == 3 and summary["frame_runs"] == 9 and summary["status"] == "completed"
+    assert summary["eval/warp_error"] == pytest.approx((lines[7]["eval/warp_error"] + lines[8]["eval/warp_error"]) / 2)
+    for k in (1, 2, 3):  # the clip's frames are the last pass's
+        assert (out / "frames" / f"{k:06d}.png").read_bytes() == (
+            out / "runs" / "pass03" / f"{k:06d}" / "final.png").read_bytes()
+
+
 @pytest.mark.parametrize("override, says", [
     ("video.init=noise", "video.init='noise' is not allowed (allowed: warped, content, previous)"),
     ("video.temporal.frames=[0,1]", "video.temporal.frames=[0, 1] must be distinct whole numbers >= 1"),
     ("video.end=0", "video.end=0.0 must be after video.start=0.0"),
     ("video.fps=0", "video.fps=0.0 must be > 0"),
+    ("video.blend=1.5", "video.blend=1.5 must be in [0, 1]"),
+    ("video.passes=0", "video.passes=0 must be >= 1"),
     ("content.video=missing.mp4", "content.video=missing.mp4: file not found"),
 ])
 def test_bad_video_settings_are_refused_in_one_line(tmp_path, override, says):

@@ -3,14 +3,21 @@
 temporal loss and started from the previous one warped along the input frames' flow (Ruder,
 Dosovitskiy & Brox, GCPR 2016; IJCV 2018).
 
-The run's folder holds `input/` (the frames at the size the run works at), `runs/<frame>/` (each
-frame's image run: metrics.jsonl per step, summary.json, final.png), `frames/<frame>.png` (the
-stylized frames), `video.mp4` (at the input's frame rate, or video.fps), `metrics.jsonl` (a line
-per frame: its steps, losses, yardstick and warping error), `summary.json`, `video.json` (what
-`resume=true` recognizes the run by) and, with video.diagnostics=true, `diagnostics/`; and one
-W&B run with the per-frame lines (the frame is their step) and the clip. A frame is finished once
-its line is in `runs/<frame>/frame.json`: whatever stops the run, finished frames stay, and
-`resume=true` goes on from the first unfinished one.
+With `video.passes` > 1 it is the paper's multi-pass algorithm: passes over the whole clip in
+alternating directions, each frame of a later pass started from its previous pass's result
+blended with its neighbour's (the one just processed in this pass) warped to it,
+x' = δ c ∘ ω + (1 − δ c) ∘ x_old (IJCV 2018, eq. 10, δ = video.blend), the temporal loss toward
+that neighbour from pass `video.temporal.from_pass` on.
+
+The run's folder holds `input/` (the frames at the size the run works at), `runs/<frame>/`
+(each frame's image run, `runs/pass<p>/<frame>/` with several passes: metrics.jsonl per step,
+summary.json, final.png), `frames/<frame>.png` (the newest stylized frames), `video.mp4` (at the
+input's frame rate, or video.fps), `metrics.jsonl` (a line per frame run: its steps, losses,
+yardstick and warping error to its neighbour), `summary.json` (the last pass's means),
+`video.json` (what `resume=true` recognizes the run by) and, with video.diagnostics=true,
+`diagnostics/`; and one W&B run with the lines (their step counts the frames run) and the clip.
+A frame run is finished once its line is in its folder's `frame.json`: whatever stops the run,
+finished frames stay, and `resume=true` goes on from the first unfinished one.
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ from nstexp.run.runner import resolved, run_frame
 from nstexp.run.tracking import Tracker
 from nstexp.validation import validate
 from nstexp.video import consistency, flow, io, reliability
-from nstexp.video.warp import warp
+from nstexp.video.warp import blend, warp
 
 # Settings that say how a run is watched, not what it computes: a run that differs only in these
 # is the same run for resume=true.
@@ -90,13 +97,17 @@ class VideoRun:
         self.tracker = Tracker(str(self.dir), OmegaConf.to_container(spec.cfg, resolve=True), spec.cfg.wandb,
                                name=self.name, group=spec.group)
         self.summary: dict = {"status": "failed", "frames": 0, "name": self.name, **(spec.record or {})}
-        self.lines: list[dict] = []  # the finished frames'
+        self.lines: list[dict] = []  # of the frames finished, in order
         self.flows: dict[tuple[int, int], torch.Tensor] = {}  # (a, b): the flow from input frame a to b
         self.cache: dict = {}  # what the frames' image runs share (the network)
-        self.ran: dict[int, float] = {}  # seconds of each frame run now (not kept from before)
+        self.ran: dict[tuple[int, int], float] = {}  # (pass, frame): seconds of each frame run now
 
     def path(self, kind: str, k: int, suffix: str = ".png") -> Path:
         return self.dir / kind / f"{k + 1:06d}{suffix}"
+
+    def run_dir(self, p: int, k: int) -> Path:
+        """Frame k's image run in pass p (from 1)."""
+        return self.dir / "runs" / (f"pass{p:02d}" if self.cfg.video.passes > 1 else "") / f"{k + 1:06d}"
 
     def run(self) -> dict:
         t0 = time.perf_counter()
@@ -106,15 +117,15 @@ class VideoRun:
             (self.dir / "video.json").write_text(json.dumps(_identity(self.cfg)))
             self.tracker.start()
             self.summary["status"] = "completed"
-            for k in range(len(self.inputs)):
-                if self.stop():
-                    self.summary["status"] = "interrupted"
-                    break
-                done = (self.dir / "runs" / f"{k + 1:06d}" / "frame.json").exists()
-                status = self._keep(k) if done else self._frame(k)
-                if status != "completed":
-                    self.summary["status"] = status
-                    break
+            n = len(self.inputs)
+            for p in range(1, self.cfg.video.passes + 1):
+                for k in range(n) if p % 2 else reversed(range(n)):  # odd passes forward, even ones back
+                    if self.stop():
+                        raise KeyboardInterrupt
+                    status = self._keep(p, k) if (self.run_dir(p, k) / "frame.json").exists() else self._frame(p, k)
+                    if status != "completed":
+                        self.summary["status"] = status
+                        return self.summary
         except NstexpError as exc:
             self.summary.update(status="failed", error=str(exc))
             raise
@@ -148,66 +159,83 @@ class VideoRun:
             self.flows[(a, b)] = flow.flow(self.inputs[a], self.inputs[b])
         return self.flows[(a, b)]
 
-    def _stylized(self, k: int, seen: bool = False) -> torch.Tensor:
-        """Stylized frame k as written (8-bit: a resumed run goes on exactly as an unbroken one);
-        `seen`: in the colours the network works in (grey under color.preserve=luminance)."""
-        image = images.to_tensor(images.load_image(str(self.path("frames", k))))
+    def _weights(self, k: int, m: int) -> torch.Tensor:
+        """c of frame k toward frame m, on k's pixels."""
+        return reliability.reliability(self._flow(k, m), self._flow(m, k))
+
+    def _stylized(self, p: int, k: int, seen: bool = False) -> torch.Tensor:
+        """Frame k as pass p stylized it, as written (8-bit: a resumed run goes on exactly as an unbroken
+        one); `seen`: in the colours the network works in (grey under color.preserve=luminance)."""
+        image = images.to_tensor(images.load_image(str(self.run_dir(p, k) / "final.png")))
         return colour.grey(colour.luminance(image)) if seen and self.cfg.color.preserve == "luminance" else image
 
-    def _frame_cfg(self, k: int) -> DictConfig:
-        """Frame k's image run: its input frame as the content, no W&B run of its own; after the first,
-        with a warm start, one level at the run's size and `video.steps` steps."""
+    def _frame_cfg(self, k: int, first: bool) -> DictConfig:
+        """Frame k's image run: its input frame as the content, no W&B run of its own; but for the
+        clip's `first` frame and frames on their own (video.init=content), with a warm start: one
+        level at the run's size and `video.steps` steps."""
         cfg, v = self.cfg.copy(), self.cfg.video
         with open_dict(cfg):
             cfg.content.image, cfg.content.video = str(self.path("input", k)), None
             cfg.size = max(self.inputs[k].shape[-2:])
             cfg.wandb.mode, cfg.resume = "disabled", False
-            if k > 0 and v.init == "content":
+            if not first and v.init == "content" and v.passes == 1:
                 cfg.init.kind = "content"
-            elif k > 0:
+            elif not first:
                 cfg.scales.min = None
                 cfg.steps = cfg.steps if v.steps is None else v.steps
         return cfg
 
-    def _frame(self, k: int) -> str:
-        """Run frame k; returns its status."""
+    def _start(self, p: int, k: int, m: int | None) -> torch.Tensor | None:
+        """Where frame k starts in pass p, m the frame processed just before it in this pass (None: none)."""
+        v = self.cfg.video
+        if m is None:
+            return self._stylized(p - 1, k, seen=True) if p > 1 else None
+        neighbour = self._stylized(p, m, seen=True)
+        warped = warp(neighbour, self._flow(k, m))  # ω: the neighbour seen from frame k
+        if p > 1:
+            return blend(self._stylized(p - 1, k, seen=True), warped, self._weights(k, m), v.blend)
+        return {"warped": warped, "previous": neighbour}.get(v.init)
+
+    def _frame(self, p: int, k: int) -> str:
+        """Run frame k in pass p; returns its status."""
         t0 = time.perf_counter()
         v, n = self.cfg.video, len(self.inputs)
-        start = temporal = None
-        if k > 0:
-            back = self._flow(k, k - 1)  # ŵ: from frame k to k − 1, on k's pixels
-            previous = self._stylized(k - 1, seen=True)
-            start = {"warped": warp(previous, back), "previous": previous}.get(v.init)
-            if v.temporal.weight > 0:
-                earlier = [j for j in sorted(v.temporal.frames) if k - j >= 0]
-                weights = reliability.long_term([reliability.reliability(self._flow(k, k - j), self._flow(k - j, k))
-                                                 for j in earlier])
-                held = [warp(self._stylized(k - j, seen=True), self._flow(k, k - j)) for j in earlier]  # ω_j
-                temporal = TemporalTargets(v.temporal.weight, list(zip(held, weights)))
-        run_dir = self.dir / "runs" / f"{k + 1:06d}"
-        spec = JobSpec(self._frame_cfg(k), str(run_dir), name=f"{self.name}/frame {k + 1}")
-        summary = run_frame(spec, self.stop, FrameContext(start, temporal, f"frame {k + 1}/{n}", self.cache))
+        d = 1 if p % 2 else -1  # the pass's direction
+        m = k - d if 0 <= k - d < n else None
+        temporal = None
+        if m is not None and v.temporal.weight > 0 and p >= v.temporal.from_pass:
+            # The frames processed before k in this pass, k − d j for j ∈ J: each pixel held to the
+            # nearest where the flow is reliable.
+            earlier = [k - d * j for j in sorted(v.temporal.frames) if 0 <= k - d * j < n]
+            weights = reliability.long_term([self._weights(k, e) for e in earlier])
+            held = [warp(self._stylized(p, e, seen=True), self._flow(k, e)) for e in earlier]  # ω_j
+            temporal = TemporalTargets(v.temporal.weight, list(zip(held, weights)))
+        first = p == 1 and m is None
+        label = f"frame {k + 1}/{n}" + (f", pass {p}/{v.passes}" if v.passes > 1 else "")
+        spec = JobSpec(self._frame_cfg(k, first), str(self.run_dir(p, k)), name=f"{self.name}/frame {k + 1}")
+        summary = run_frame(spec, self.stop, FrameContext(self._start(p, k, m), temporal, label, self.cache))
         if summary["status"] != "completed":
             return summary["status"]
-        self.path("frames", k).parent.mkdir(exist_ok=True)
-        shutil.copyfile(run_dir / "final.png", self.path("frames", k))
-        line = {"step": k, "frame": k + 1, "time_s": None, "steps": summary["steps"],
-                **{key.replace("final/", ""): val for key, val in summary.items() if key.startswith(("final/", "eval/"))}}
-        if k > 0:
-            forward = self._flow(k - 1, k)
-            mask = reliability.reliability(forward, self._flow(k, k - 1))  # on frame k − 1's pixels
-            line["eval/warp_error"] = consistency.warp_error(self._stylized(k - 1), self._stylized(k), forward, mask)
-            if v.diagnostics:
-                self._diagnose(k)
-        self.flows = {ab: f for ab, f in self.flows.items() if min(ab) > k - max(v.temporal.frames)}
-        line["time_s"] = time.perf_counter() - t0
-        self.ran[k] = line["time_s"]
-        (run_dir / "frame.json").write_text(json.dumps(line))
-        return self._keep(k, line)
+        line = {"step": 0, "frame": k + 1, **({"pass": p} if v.passes > 1 else {}), "time_s": None,
+                "steps": summary["steps"],
+                **{key.replace("final/", ""): val for key, val in summary.items()
+                   if key.startswith(("final/", "eval/"))}}
+        if m is not None:
+            a, b = min(k, m), max(k, m)  # the pair in the clip's order: a before b
+            line["eval/warp_error"] = consistency.warp_error(self._stylized(p, a), self._stylized(p, b),
+                                                             self._flow(a, b), self._weights(a, b))
+            if v.diagnostics and p == 1:
+                self._diagnose(b)
+        line["time_s"] = self.ran[(p, k)] = time.perf_counter() - t0
+        (self.run_dir(p, k) / "frame.json").write_text(json.dumps(line))
+        return self._keep(p, k, line)
 
-    def _keep(self, k: int, line: dict | None = None) -> str:
-        """Frame k is finished: its line to metrics.jsonl and W&B (read back when it was finished before)."""
-        line = line or json.loads((self.dir / "runs" / f"{k + 1:06d}" / "frame.json").read_text())
+    def _keep(self, p: int, k: int, line: dict | None = None) -> str:
+        """Frame k of pass p is finished: the newest stylized frame in frames/, its line to metrics.jsonl
+        and W&B (its step: the frame runs before it), read back when it was finished before."""
+        line = {**(line or json.loads((self.run_dir(p, k) / "frame.json").read_text())), "step": len(self.lines)}
+        self.path("frames", k).parent.mkdir(exist_ok=True)
+        shutil.copyfile(self.run_dir(p, k) / "final.png", self.path("frames", k))
         self.lines.append(line)
         self.tracker.stepped()
         self.tracker.log_step(line, None)
@@ -218,24 +246,28 @@ class VideoRun:
         (self.dir / "diagnostics").mkdir(exist_ok=True)
         for name, (a, b) in (("forward", (k - 1, k)), ("backward", (k, k - 1))):
             np.save(self.path("diagnostics", k, f"_{name}.npy"), self._flow(a, b)[0].numpy())
-        c = reliability.reliability(self._flow(k, k - 1), self._flow(k - 1, k))
-        images.to_pil(c.expand(1, 3, -1, -1)).save(self.path("diagnostics", k, "_reliability.png"))
+        weights = self._weights(k, k - 1).expand(1, 3, -1, -1)
+        images.to_pil(weights).save(self.path("diagnostics", k, "_reliability.png"))
 
     def _close(self, t0: float) -> None:
-        """The clip of the finished frames, the summary and the end of the W&B run, whatever stopped the run."""
-        s, lines = self.summary, self.lines
-        s.update(frames=len(lines), steps=sum(line["steps"] for line in lines))
+        """The clip of the newest stylized frames, the summary (the last pass's means) and the end of
+        the W&B run, whatever stopped the run."""
+        s, v = self.summary, self.cfg.video
+        last = [line for line in self.lines if line.get("pass", 1) == v.passes]
+        s.update(frames=len(last), frame_runs=len(self.lines), steps=sum(line["steps"] for line in self.lines))
+        made = [k for k in range(len(getattr(self, "inputs", []))) if self.path("frames", k).exists()]
+        made = made[:next((i for i, k in enumerate(made) if k != i), len(made))]  # from the first frame on
         final = None
-        if lines:
+        if made:
             clip = str(self.dir / "video.mp4")
-            io.write([images.load_image(str(self.path("frames", k))) for k in range(len(lines))], self.fps, clip)
-            self.tracker.log_video(clip, len(lines) - 1)
-            final = self._stylized(len(lines) - 1)
-            for key in sorted({key for line in lines for key in line if key.startswith("eval/")}):
-                values = [line[key] for line in lines if key in line]
-                s[key] = sum(values) / len(values)  # the mean over the frames (pairs of frames: warp_error)
-        later = [t for k, t in self.ran.items() if k > 0]
-        s.update(frames_kept=len(lines) - len(self.ran), time_first_frame_s=self.ran.get(0),
+            io.write([images.load_image(str(self.path("frames", k))) for k in made], self.fps, clip)
+            self.tracker.log_video(clip, max(len(self.lines) - 1, 0))
+            final = images.to_tensor(images.load_image(str(self.path("frames", made[-1]))))
+        for key in sorted({key for line in last for key in line if key.startswith("eval/")}):
+            values = [line[key] for line in last if key in line]
+            s[key] = sum(values) / len(values)  # the mean over the frames (pairs of frames: warp_error)
+        later = [t for (p, k), t in self.ran.items() if (p, k) != (1, 0)]
+        s.update(frames_kept=len(self.lines) - len(self.ran), time_first_frame_s=self.ran.get((1, 0)),
                  time_per_frame_s=sum(later) / len(later) if later else None, total_time_s=time.perf_counter() - t0,
                  out_dir=str(self.dir), versions=versions())
         self.tracker.stepped()

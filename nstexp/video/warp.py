@@ -36,3 +36,10 @@ def warp(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     grid = torch.stack([2 * x / max(w - 1, 1) - 1, 2 * y / max(h - 1, 1) - 1], dim=-1)  # (B, H, W, 2)
     grid = grid.expand(image.shape[0], -1, -1, -1).to(image.dtype)
     return F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=True)
+
+
+def blend(old: torch.Tensor, warped: torch.Tensor, weights: torch.Tensor, delta: float) -> torch.Tensor:
+    """A later pass's start (Ruder et al., IJCV 2018, eq. 10): x' = δ c ∘ ω + (δ̄ 1 + δ (1 − c)) ∘ x_old
+    = δ c ∘ ω + (1 − δ c) ∘ x_old, δ̄ = 1 − δ; images (B, C, H, W), weights c (B, 1, H, W)."""
+    share = delta * weights
+    return share * warped + (1 - share) * old
