@@ -77,4 +77,4 @@ def check(cfg) -> None:
         raise ConfigError(f"video.end={v.end} must be after video.start={v.start} (seconds)")
     video = cfg.content.video
     if video is not None and not video.startswith("sample:") and not os.path.exists(video):
-        raise ConfigError(f"content.video={video}: file not found (a video file, a folder of frames, or sample:pan)")
+        raise ConfigError(f"content.video={video}: file not found (a video file, a folder of frames, or a sample clip)")

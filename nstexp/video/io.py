@@ -1,5 +1,5 @@
 """Reading and writing clips: a video file through PyAV (FFmpeg inside its wheel), a folder of
-frames, or a bundled sample clip (`sample:pan`, nstexp.video.sample).
+frames, or a bundled sample clip (`sample:pan`, `sample:shake`: nstexp.video.sample).
 
 Which frames: those from `start` to `end` seconds, at `fps` frames a second (fewer than the
 clip's: the first frame of each 1/fps interval; None or more: every frame), at most `frames` of them.
@@ -21,7 +21,8 @@ from nstexp.errors import NstexpError
 # A folder of frames has no frame rate: `video.fps` gives it, else this.
 FOLDER_FPS = 24.0
 FRAME_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-ALLOWED = "a video file FFmpeg decodes, a folder of image files, or sample:pan"
+SAMPLES = ("pan", "shake")  # nstexp.video.sample's clips (its NAMES: this module imports no torch)
+ALLOWED = "a video file FFmpeg decodes, a folder of image files, sample:pan or sample:shake"
 
 
 @dataclass
@@ -49,10 +50,10 @@ def read(spec: str, key: str = "content.video", fps: float | None = None, start:
          end: float | None = None, frames: int | None = None,
          resize: Callable[[Image.Image], Image.Image] = lambda im: im) -> Clip:
     """The frames chosen, each through `resize`; refuses what it cannot decode in one line."""
-    if spec == f"{images.SAMPLE_PREFIX}pan":
+    if spec.startswith(images.SAMPLE_PREFIX) and spec[len(images.SAMPLE_PREFIX):] in SAMPLES:
         from nstexp.video import sample
 
-        clip = sample.pan()
+        clip = sample.clip(spec[len(images.SAMPLE_PREFIX):])
         timed = ((i / clip.fps, f) for i, f in enumerate(clip.frames))
         shots = [resize(images.to_pil(f)) for f in _select(timed, fps, start, end, frames)]
         return _chosen(Clip(shots, min(fps, clip.fps) if fps else clip.fps), spec, key)
