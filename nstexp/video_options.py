@@ -21,7 +21,7 @@ VIDEO_INITS = ("warped", "content", "previous")
 class TemporalConfig:
     # weight × (1/D) Σ_k c_k (x_k − ω_k)² over the pixels (RGB in [0, 1]), ω an earlier stylized frame
     # warped to this one, c where the flow is reliable; 0: no temporal loss.
-    weight: float = 1e4
+    weight: float = 1e8
     # The earlier frames i − j, j in this list, each pixel is held to (the nearest where it is
     # reliable): [1] short-term only; the paper's long-term consistency uses [1, 2, 4].
     frames: List[int] = field(default_factory=lambda: [1])

@@ -59,16 +59,17 @@ def test_a_video_run_writes_every_frame_the_clip_its_lines_and_one_wandb_run(tmp
 
 def test_resume_keeps_the_finished_frames_and_redoes_the_lost_one(tmp_path, wandb_env):
     args = [*VIDEO, "wandb.mode=disabled"]
-    assert run_cli(args, tmp_path).returncode == 0
-    out = _run_dir(tmp_path)
+    out = tmp_path / "outputs" / "2000-01-01" / "00-00-00"  # an earlier run in Hydra's folders
+    assert run_cli([*args, f"hydra.run.dir={out}"], tmp_path).returncode == 0
     unbroken = (out / "frames" / "000003.png").read_bytes()
     ran = lambda k: (out / "runs" / f"{k:06d}" / "final.png").stat().st_mtime_ns  # noqa: E731
     kept = {k: ran(k) for k in (1, 2)}
     # As if the run had been killed during frame 3: its line and image never written.
     (out / "runs" / "000003" / "frame.json").unlink()
     (out / "frames" / "000003.png").unlink()
-    r = run_cli([*args, "resume=true"], tmp_path)
+    r = run_cli([*args, "resume=true"], tmp_path)  # in a new folder of its own, which finds the earlier run
     assert r.returncode == 0, r.stderr
+    assert f"resuming {out}" in r.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["frames"] == 3 and summary["frames_kept"] == 2
     assert {k: ran(k) for k in (1, 2)} == kept  # not run again
