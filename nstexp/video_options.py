@@ -76,5 +76,8 @@ def check(cfg) -> None:
     if v.end is not None and v.end <= v.start:
         raise ConfigError(f"video.end={v.end} must be after video.start={v.start} (seconds)")
     video = cfg.content.video
+    if video is not None and cfg.color.preserve in ("swap", "nnst"):
+        raise ConfigError(f"content.video with color.preserve={cfg.color.preserve}: its colours are changed after each "
+                          "frame's run, which the next frame cannot start from (with a video: none, luminance, histogram)")
     if video is not None and not video.startswith("sample:") and not os.path.exists(video):
         raise ConfigError(f"content.video={video}: file not found (a video file, a folder of frames, or a sample clip)")

@@ -90,8 +90,9 @@ def test_independent_frames_have_no_temporal_term(tmp_path, wandb_env):
 
 
 def test_multi_pass_alternates_direction_and_adds_the_temporal_loss_from_its_pass(tmp_path, wandb_env):
+    # Long-term (frames i - 1 and i - 2), and in the luminance the network works on (color.preserve).
     r = run_cli([*VIDEO, "video.passes=3", "video.temporal.from_pass=2", "video.temporal.frames=[1,2]",
-                 "wandb.mode=disabled"], tmp_path)
+                 "color.preserve=luminance", "wandb.mode=disabled"], tmp_path)
     assert r.returncode == 0, r.stderr
     out = _run_dir(tmp_path)
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -116,6 +117,7 @@ def test_multi_pass_alternates_direction_and_adds_the_temporal_loss_from_its_pas
     ("video.blend=1.5", "video.blend=1.5 must be in [0, 1]"),
     ("video.passes=0", "video.passes=0 must be >= 1"),
     ("content.video=missing.mp4", "content.video=missing.mp4: file not found"),
+    ("color.preserve=swap", "content.video with color.preserve=swap: its colours are changed after each frame's run"),
 ])
 def test_bad_video_settings_are_refused_in_one_line(tmp_path, override, says):
     line = refused_in_one_line(run_cli([*VIDEO, override], tmp_path))
