@@ -270,5 +270,6 @@ class VideoRun:
         s.update(frames_kept=len(self.lines) - len(self.ran), time_first_frame_s=self.ran.get((1, 0)),
                  time_per_frame_s=sum(later) / len(later) if later else None, total_time_s=time.perf_counter() - t0,
                  out_dir=str(self.dir), versions=versions())
+        s["wall_time_s"] = s["total_time_s"]  # what `nstexp compare` reads of a run's cost
         self.tracker.stepped()
         self.tracker.finish(s, final)
