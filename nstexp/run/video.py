@@ -74,6 +74,7 @@ def _folder(out_dir: Path, cfg: DictConfig) -> Path:
     job folder or hydra.run.dir=... does)."""
     if not cfg.resume:
         return out_dir
+
     def same(d: Path) -> bool:
         return (d / "video.json").exists() and json.loads((d / "video.json").read_text()) == _identity(cfg)
 
@@ -202,6 +203,8 @@ class VideoRun:
         v, n = self.cfg.video, len(self.inputs)
         d = 1 if p % 2 else -1  # the pass's direction
         m = k - d if 0 <= k - d < n else None
+        reach = max(v.temporal.frames)  # the flows kept: between frames this near frame k (a few ms each to redo)
+        self.flows = {ab: f for ab, f in self.flows.items() if max(abs(a - k) for a in ab) <= reach}
         temporal = None
         if m is not None and v.temporal.weight > 0 and p >= v.temporal.from_pass:
             # The frames processed before k in this pass, k − d j for j ∈ J: each pixel held to the
