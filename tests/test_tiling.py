@@ -1,6 +1,10 @@
 """Tiled evaluation of the objective (nstexp.tiling): the tiles' geometry, features equal to the
 whole image's, and the loss and gradient of the whole image for every loss that decomposes."""
 
+import os
+import re
+import sys
+
 import pytest
 import torch
 
@@ -100,11 +104,14 @@ def _run_image(tmp_path, name, *overrides):
 
 
 
-def test_a_tiled_run_makes_the_untiled_runs_image(tmp_path):
+def test_a_tiled_run_makes_the_untiled_runs_image(tmp_path, capsys):
     import numpy as np
 
     whole, a = _run_image(tmp_path, "whole", "steps=10", "tiles=off")
-    tiled, b = _run_image(tmp_path, "tiled", "steps=10", "tiles=48")
+    capsys.readouterr()
+    tiled, b = _run_image(tmp_path, "tiled", "steps=10", "tiles=48", "progress=true")
+    shown = capsys.readouterr().err  # the progress bar shows the targets' tiles, then each step's
+    assert "targets relu1_1: tile 1/" in shown and re.search(r"step: tile \d+/\d+", shown)
     assert tiled["final/loss/total"] == pytest.approx(whole["final/loss/total"], rel=1e-3)  # L-BFGS carries rounding on
     assert np.abs(a - b).max() <= 2
 
@@ -211,3 +218,50 @@ def test_style_targets_from_tiles_are_the_whole_images(extractor, loss):
                 assert torch.allclose(x, y, rtol=1e-4, atol=1e-6 * x.abs().max().item()), (loss, k)
     a, b = whole.content_targets["relu4_2"], tiled.content_targets["relu4_2"]
     assert torch.allclose(a, b, rtol=1e-5, atol=1e-6 * a.abs().max().item())
+
+
+class _StopInStep(os.PathLike):
+    """A stop file that appears at the `tile`-th tile of the evaluation that follows the engine's
+    `look`-th look for it (the engine looks before each step, a tiled run after each tile of its
+    set-up's passes and of each evaluation)."""
+
+    def __init__(self, path, look, tile):
+        self.path, self.look, self.tile = path, look, tile
+        self.looks = {"optimize": 0, "on_tile": 0}  # the engine's, and those after a tile
+
+    def __fspath__(self):
+        caller = sys._getframe(3).f_code.co_name  # os.path.exists <- StopRequest.__call__ <- the caller
+        if caller == "on_tile" and self.looks["optimize"] < self.look:
+            caller = "set-up"  # tiles before the `look`-th step: not counted
+        self.looks[caller] = self.looks.get(caller, 0) + 1
+        if self.looks["optimize"] == self.look and self.looks["on_tile"] == self.tile:
+            self.path.touch()
+        return str(self.path)
+
+
+def test_a_stop_request_ends_a_tiled_step_between_two_tiles_and_keeps_the_last_whole_step(tmp_path):
+    import json
+
+    from nstexp.run.runner import run
+
+    out = tmp_path / "out"
+    # 128 x 80 px in tiles of 48: 3 x 2 tiles, 12 an evaluation (both passes). The request comes
+    # at the 6th tile after the engine's third look: in the evaluation of the image of step 2,
+    # which ends there unmeasured, so the image of step 1 is the last good one.
+    stop = _StopInStep(tmp_path / "stop", 3, 6)
+    summary = run(tiny_cfg("size=128", "scales.min=null", "steps=1000", "optimizer=adam", "tiles=48"),
+                  str(out), stop_file=stop)
+    assert summary["status"] == "interrupted"
+    assert stop.looks["on_tile"] == 6 and stop.looks["optimize"] == 3  # nothing after the request
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == summary["steps"] == 1 and (out / "final.png").is_file()
+
+
+def test_a_stop_request_ends_a_tiled_runs_set_up_between_two_tiles(tmp_path):
+    from nstexp.run.runner import run
+
+    stop = _StopInStep(tmp_path / "stop", 0, 3)  # the 3rd tile of the targets' passes
+    summary = run(tiny_cfg("size=128", "scales.min=null", "steps=1000", "tiles=48"), str(tmp_path / "out"),
+                  stop_file=stop)
+    assert summary["status"] == "interrupted" and summary["steps"] == 0
+    assert stop.looks["on_tile"] == 3 and stop.looks["optimize"] == 0

@@ -7,6 +7,7 @@ metrics.jsonl, the last good image as final.png and a finished W&B run.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import time
@@ -73,16 +74,17 @@ def network(cfg: DictConfig, device: torch.device, precision: str, channels_last
 
 
 def build_objective(cfg: DictConfig, extractor: FeatureExtractor, inp: inputs.Inputs, summary: dict,
-                    batch: int = 1, tile: int | None = None, temporal=None) -> Objective:
+                    batch: int = 1, tile: int | None = None, on_tile=None, temporal=None) -> Objective:
     """The loss for the inputs at one size (a coarse-to-fine level's), of one of `batch` jobs
-    evaluated together, in tiles of `tile` px (None: whole); `temporal`: a video frame's temporal
-    term (nstexp.losses.temporal.TemporalTargets)."""
+    evaluated together, in tiles of `tile` px (None: whole; `on_tile`: see tiling.objective.stitched);
+    `temporal`: a video frame's temporal term (nstexp.losses.temporal.TemporalTargets)."""
     objective = Objective(extractor, inp.content, inp.styles, cfg.layers, cfg.content, cfg.style, cfg.tv, cfg.seed,
                           style_masks=inp.style_masks, content_mask=inp.content_mask, laplacian_config=cfg.laplacian,
-                          batch=batch, features=stitched(extractor, tile) if tile else None, temporal=temporal)
+                          batch=batch, features=stitched(extractor, tile, on_tile) if tile else None, temporal=temporal)
     if cfg.style.balance == "content":
         try:
-            measure = TiledObjective([objective], tile) if tile else objective
+            shown = on_tile and functools.partial(on_tile, "style balance")
+            measure = TiledObjective([objective], tile, shown) if tile else objective
             summary["style_balance"] = measure.balance_style(inp.content)
         except ValueError as exc:
             raise NstexpError(f"style.balance=content: {exc} (the content image has the style's statistics)") from None
@@ -224,9 +226,11 @@ def _optimize(jobs: list[Job], cfg: DictConfig, extractor: FeatureExtractor, ful
                 cfg, level_size, deepest, full.content.device, [], check, style_image)
             settings = [pyramid.level_settings(job.cfg, level, n_levels) for job in running]
             tile = check.tiles.get(tuple(inp.content.shape[-2:]))
-            objectives = [build_objective(c, extractor, inp, job.summary, len(running), tile, frame and frame.temporal)
+            shown = tiling.announce(tile, cfg, level_size, bar, stop)
+            objectives = [build_objective(c, extractor, inp, job.summary, len(running), tile, shown,
+                                          frame and frame.temporal)
                           for c, job in zip(settings, running)]
-            objective = tiling.level_objective(objectives, tile, cfg, level_size, bar)
+            objective = tiling.level_objective(objectives, tile, shown)
             # What the user sees of an image: in the content's colours, if asked.
             show = lambda x, c=inp.colours, s=inp.styles[0]: colour.present(mode, x, c, s)  # noqa: E731
             if image is None:

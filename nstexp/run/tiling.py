@@ -9,6 +9,7 @@ size, which is what no tile size can lift (nstexp.network.memory.image_bytes).
 
 from __future__ import annotations
 
+import functools
 import sys
 
 from omegaconf import DictConfig
@@ -49,14 +50,28 @@ def estimate(cfg: DictConfig, extractor, h: int, w: int, tile: int, batch: int, 
     return memory.tiled_estimate_bytes(extractor, h, w, tile, halo, cfg.optimizer, batch, extra, kept)
 
 
-def level_objective(objectives: list, tile: int | None, cfg: DictConfig, level_size: int, bar):
-    """A level's objective for its jobs: whole (one forward pass for the batch), or in tiles of
-    `tile` px, said in one line where the memory chose them, with the tiles shown on `bar`."""
+def announce(tile: int | None, cfg: DictConfig, level_size: int, bar, stop):
+    """Says in one line, where the memory chose tiles, that a level is evaluated in them (before its
+    targets, which are made in tiles too); returns `on_tile(what, done, total)`, which shows the
+    tiles of the level's set-up (targets, style balance) on `bar` (None: whole). At 8K px on a CPU
+    the set-up takes many minutes: a stop request (`stop()`) ends it between two tiles."""
     if not tile:
-        return batch_objective(objectives)
+        return None
     if not isinstance(cfg.tiles, int):
         print(f"{level_size} px does not fit the memory whole: evaluated in tiles of {tile} px (exact; "
               "tiles=off to refuse instead)", file=sys.stderr)
-    objective = TiledObjective(objectives, tile)
-    objective.on_tile = lambda done, total: bar.set_postfix_str(f"tile {done}/{total}")
-    return objective
+
+    def on_tile(what: str, done: int, total: int) -> None:
+        bar.set_postfix_str(f"{what}: tile {done}/{total}")
+        if stop():
+            raise KeyboardInterrupt  # as a second Ctrl-C: the run keeps what it has made
+
+    return on_tile
+
+
+def level_objective(objectives: list, tile: int | None, on_tile):
+    """A level's objective for its jobs: whole (one forward pass for the batch), or in tiles of
+    `tile` px, each evaluation's tiles shown (and a stop request taken) by `announce`'s `on_tile`."""
+    if not tile:
+        return batch_objective(objectives)
+    return TiledObjective(objectives, tile, functools.partial(on_tile, "step"))

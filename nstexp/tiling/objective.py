@@ -13,9 +13,9 @@ of them). Then, for a batch of images x (B, 3, H, W) and the tiles of nstexp.til
   into the tile's pixels, added into ∂L/∂x. By the chain rule over the sums this is ∂L/∂x.
 
 Memory is set by a tile plus its halo, and the sums (a Gram matrix a layer at most); the terms
-on pixels (TV, the Laplacian term, a video frame's temporal term: Objective.pixel_terms) are computed on the
-whole image, as untiled. The targets
-(the content's features, the style's statistics) come from the objective as it was built.
+on pixels (TV, the Laplacian term, a video frame's temporal term: Objective.pixel_terms) are
+computed on the whole image, as untiled. The targets (the content's features, the style's
+statistics) come from the objective as it was built.
 """
 
 from __future__ import annotations
@@ -27,9 +27,10 @@ from nstexp.losses.terms import LossTerms
 from nstexp.tiling import grid
 
 
-def stitched(extractor, tile: int):
+def stitched(extractor, tile: int, on_tile=None):
     """features(image, layers) -> {layer: (B, N, H_l, W_l)}, the whole image's features computed
-    tile by tile without a graph: memory of a tile plus the layers' maps (an Objective's targets)."""
+    tile by tile without a graph: memory of a tile plus the layers' maps (an Objective's targets).
+    `on_tile(what, done, total)` after each tile: at 8K px the targets take minutes on a CPU."""
 
     def features(image: torch.Tensor, layers) -> dict[str, torch.Tensor]:
         layers = list(dict.fromkeys(layers))
@@ -38,7 +39,8 @@ def stitched(extractor, tile: int):
         strides = {k: grid.stride_and_reach(extractor.arch, k)[0] for k in layers}
         out: dict[str, torch.Tensor] = {}
         with torch.no_grad():
-            for t in grid.tiles(*image.shape[-2:], tile, extractor.arch, layers):
+            tiles = grid.tiles(*image.shape[-2:], tile, extractor.arch, layers)
+            for i, t in enumerate(tiles):
                 y0, y1, x0, x1 = t.crop
                 feats = extractor(image[..., y0:y1, x0:x1], layers)
                 for k, f in feats.items():
@@ -47,6 +49,8 @@ def stitched(extractor, tile: int):
                         out[k] = f.new_empty(*f.shape[:2], image.shape[-2] // s, image.shape[-1] // s)
                     by0, by1, bx0, bx1 = t.box(s)
                     out[k][..., by0:by1, bx0:bx1] = f[(..., *t.local(s))]
+                if on_tile is not None:
+                    on_tile(f"targets {','.join(layers)}", i + 1, len(tiles))
         return out
 
     return features
@@ -67,7 +71,7 @@ class TiledObjective:
     """Callable image (B, 3, H, W) -> LossTerms, sample b scored by `objectives[b]` (one
     objective: every sample), evaluated in tiles of `tile` px interiors."""
 
-    def __init__(self, objectives: list[Objective], tile: int):
+    def __init__(self, objectives: list[Objective], tile: int, on_tile=None):
         for objective in objectives:
             why = refusal(objective)
             if why is not None:
@@ -84,7 +88,7 @@ class TiledObjective:
         self.tiles_done = 0  # tiles evaluated so far (forward or backward): progress for long steps
         # Called with (tiles done in this evaluation, tiles it takes) after each tile: a step at
         # 8K px takes minutes on a CPU, and the runner shows its tiles.
-        self.on_tile = None
+        self.on_tile = on_tile
         self._evaluation = 0
 
     def _objective(self, b: int) -> Objective:
