@@ -118,7 +118,7 @@ class VideoRun:
             (self.dir / "video.json").write_text(json.dumps(_identity(self.cfg)))
             self.tracker.start()
             self.summary["status"] = "completed"
-            n = len(self.inputs)
+            n = self.frames
             for p in range(1, self.cfg.video.passes + 1):
                 for k in range(n) if p % 2 else reversed(range(n)):  # odd passes forward, even ones back
                     if self.stop():
@@ -147,17 +147,21 @@ class VideoRun:
         need = 2 ** max(pools_before(cfg.backbone.arch, k) for part in weighted_layers(cfg.layers) for k in part)
         fit = lambda im: images.resize(im, images.round_to(images.fit_longest(im.size, size), need))  # noqa: E731
         clip = io.read(cfg.content.video, "content.video", v.fps, v.start, v.end, v.frames, fit)
-        self.fps, self.inputs = clip.fps, [images.to_tensor(im) for im in clip.frames]
+        # Kept as files, read where needed: a long clip does not sit in memory.
+        self.fps, self.frames, (w, h) = clip.fps, len(clip.frames), clip.frames[0].size
         for k, im in enumerate(clip.frames):
             target = self.path("input", k)
             if not target.exists():
                 target.parent.mkdir(parents=True, exist_ok=True)
                 im.save(target)
-        self.summary.update(frames_total=len(self.inputs), fps=self.fps, image_size=list(self.inputs[0].shape[-2:]))
+        self.summary.update(frames_total=self.frames, fps=self.fps, image_size=[h, w])
+
+    def _input(self, k: int) -> torch.Tensor:
+        return images.to_tensor(images.load_image(str(self.path("input", k))))
 
     def _flow(self, a: int, b: int) -> torch.Tensor:
         if (a, b) not in self.flows:
-            self.flows[(a, b)] = flow.flow(self.inputs[a], self.inputs[b])
+            self.flows[(a, b)] = flow.flow(self._input(a), self._input(b))
         return self.flows[(a, b)]
 
     def _weights(self, k: int, m: int) -> torch.Tensor:
@@ -177,7 +181,7 @@ class VideoRun:
         cfg, v = self.cfg.copy(), self.cfg.video
         with open_dict(cfg):
             cfg.content.image, cfg.content.video = str(self.path("input", k)), None
-            cfg.size = max(self.inputs[k].shape[-2:])
+            cfg.size = max(self.summary["image_size"])
             cfg.wandb.mode, cfg.resume = "disabled", False
             if not first and v.init == "content" and v.passes == 1:
                 cfg.init.kind = "content"
@@ -200,7 +204,7 @@ class VideoRun:
     def _frame(self, p: int, k: int) -> str:
         """Run frame k in pass p; returns its status."""
         t0 = time.perf_counter()
-        v, n = self.cfg.video, len(self.inputs)
+        v, n = self.cfg.video, self.frames
         d = 1 if p % 2 else -1  # the pass's direction
         m = k - d if 0 <= k - d < n else None
         reach = max(v.temporal.frames)  # the flows kept: between frames this near frame k (a few ms each to redo)
@@ -258,7 +262,7 @@ class VideoRun:
         s, v = self.summary, self.cfg.video
         last = [line for line in self.lines if line.get("pass", 1) == v.passes]
         s.update(frames=len(last), frame_runs=len(self.lines), steps=sum(line["steps"] for line in self.lines))
-        made = [k for k in range(len(getattr(self, "inputs", []))) if self.path("frames", k).exists()]
+        made = [k for k in range(getattr(self, "frames", 0)) if self.path("frames", k).exists()]
         made = made[:next((i for i, k in enumerate(made) if k != i), len(made))]  # from the first frame on
         final = None
         if made:
