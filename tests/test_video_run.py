@@ -75,6 +75,11 @@ def test_resume_keeps_the_finished_frames_and_redoes_the_lost_one(tmp_path, wand
     assert {k: ran(k) for k in (1, 2)} == kept  # not run again
     assert (out / "frames" / "000003.png").read_bytes() == unbroken  # as the unbroken run made it
     assert [json.loads(line)["frame"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+    # Without resume=true the same folder starts afresh: nothing of the earlier run counts.
+    r = run_cli([*args, "video.frames=2", f"hydra.run.dir={out}"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((out / "summary.json").read_text())["frames_kept"] == 0
+    assert sorted(p.name for p in (out / "frames").iterdir()) == ["000001.png", "000002.png"]
 
 
 def test_independent_frames_have_no_temporal_term(tmp_path, wandb_env):

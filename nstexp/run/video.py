@@ -71,9 +71,9 @@ def _identity(cfg: DictConfig) -> dict:
 def _folder(out_dir: Path, cfg: DictConfig) -> Path:
     """Where the run goes: `out_dir`, or with resume=true the newest earlier folder of the same run
     beside it (Hydra's outputs/<date>/<time>/; `out_dir` itself when it holds one, as a sweep's
-    job folder or hydra.run.dir=... does)."""
+    job folder or hydra.run.dir=... does). A folder not resumed is cleared of an earlier video run."""
     if not cfg.resume:
-        return out_dir
+        return _cleared(out_dir)
 
     def same(d: Path) -> bool:
         return (d / "video.json").exists() and json.loads((d / "video.json").read_text()) == _identity(cfg)
@@ -85,7 +85,16 @@ def _folder(out_dir: Path, cfg: DictConfig) -> Path:
             print(f"resuming {marker.parent}", file=sys.stderr)
             return marker.parent
     print("resume=true: no earlier run of this video with the same settings; starting afresh", file=sys.stderr)
-    return out_dir
+    return _cleared(out_dir)
+
+
+def _cleared(folder: Path) -> Path:
+    """`folder` without what a video run left there, so no frame of another run counts as this one's."""
+    for name in ("input", "runs", "frames", "diagnostics"):
+        shutil.rmtree(folder / name, ignore_errors=True)
+    for name in ("video.mp4", "video.json"):
+        (folder / name).unlink(missing_ok=True)
+    return folder
 
 
 class VideoRun:
@@ -140,7 +149,7 @@ class VideoRun:
         return self.summary
 
     def _inputs(self) -> None:
-        """The clip's frames chosen, at the size the run works at, in `input/` (and as tensors)."""
+        """The clip's frames chosen, at the size the run works at, into `input/`."""
         cfg, v = self.cfg, self.cfg.video
         size = resolved(cfg)["size"]
         # The sides are multiples of the deepest layer's pooling, as the image run makes them.
