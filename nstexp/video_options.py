@@ -21,7 +21,7 @@ VIDEO_INITS = ("warped", "content", "previous")
 class TemporalConfig:
     # weight × (1/D) Σ_k c_k (x_k − ω_k)² over the pixels (RGB in [0, 1]), ω an earlier stylized frame
     # warped to this one, c where the flow is reliable; 0: no temporal loss.
-    weight: float = 1e8
+    weight: float = 3e6
     # The earlier frames i − j, j in this list, each pixel is held to (the nearest where it is
     # reliable): [1] short-term only; the paper's long-term consistency uses [1, 2, 4].
     frames: List[int] = field(default_factory=lambda: [1])
@@ -34,7 +34,8 @@ class VideoConfig:
     init: str = "warped"
     temporal: TemporalConfig = field(default_factory=TemporalConfig)
     # Steps of each frame after the first, at `size` in one level (the warm start replaces coarse
-    # to fine); None: `steps`. The first frame (and every frame with init=content) runs as an image.
+    # to fine); None: `steps` (half of them kept the style on one sample clip, not on the other:
+    # docs/video.md). The first frame (and every frame with init=content) runs as an image.
     steps: Optional[int] = None
     # What to take of the clip: at most `frames` frames, from `start` to `end` seconds, at `fps`
     # frames a second (fewer than the clip's; None: every frame; a folder of frames: its rate, 24 if None).
@@ -77,7 +78,8 @@ def check(cfg) -> None:
         raise ConfigError(f"video.end={v.end} must be after video.start={v.start} (seconds)")
     video = cfg.content.video
     if video is not None and cfg.color.preserve in ("swap", "nnst"):
-        raise ConfigError(f"content.video with color.preserve={cfg.color.preserve}: its colours are changed after each "
-                          "frame's run, which the next frame cannot start from (with a video: none, luminance, histogram)")
+        raise ConfigError(f"content.video with color.preserve={cfg.color.preserve}: its colours are changed after "
+                          "each frame's run, which the next frame cannot start from (with a video: none, luminance, "
+                          "histogram)")
     if video is not None and not video.startswith("sample:") and not os.path.exists(video):
         raise ConfigError(f"content.video={video}: file not found (a video file, a folder of frames, or a sample clip)")

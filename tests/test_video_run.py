@@ -149,5 +149,5 @@ def test_the_temporal_loss_makes_the_clip_consistent_at_no_cost_in_style(tmp_pat
         assert run_cli([*common, *extra, f"hydra.run.dir={tmp_path / name}"], tmp_path).returncode == 0
         summaries[name] = json.loads((tmp_path / name / "summary.json").read_text())
     alone, held = summaries["alone"], summaries["held"]
-    assert held["eval/warp_error"] * 4 < alone["eval/warp_error"]
+    assert held["eval/warp_error"] * 3 < alone["eval/warp_error"]
     assert held["eval/style_sw"] <= alone["eval/style_sw"] * 1.02

@@ -186,7 +186,7 @@ class VideoRun:
     def _frame_cfg(self, k: int, first: bool) -> DictConfig:
         """Frame k's image run: its input frame as the content, no W&B run of its own; but for the
         clip's `first` frame and frames on their own (video.init=content), with a warm start: one
-        level at the run's size and `video.steps` steps."""
+        level at the run's size and `video.steps` steps (None: `steps`)."""
         cfg, v = self.cfg.copy(), self.cfg.video
         with open_dict(cfg):
             cfg.content.image, cfg.content.video = str(self.path("input", k)), None
