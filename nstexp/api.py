@@ -72,6 +72,8 @@ def stylize(content, style, out_dir: str | None = None, **overrides) -> tuple[Im
         swept, _ = composition.preflight(lines)  # composes and validates: one-line NstexpError
         if swept:
             raise NstexpError(f"stylize runs one job; these keys have several values: {', '.join(swept)}")
+        if "content.video" in overrides:
+            raise NstexpError("stylize makes one image; a video (content.video) runs with the nstexp command")
         GlobalHydra.instance().clear()
         try:
             with initialize_config_dir(config_dir=composition.CONFIG_DIR, version_base="1.3"):

@@ -79,6 +79,10 @@ def _help() -> str:
     ])
 
 
+def _video(overrides: list[str]) -> bool:
+    return any(o.split("=", 1)[0].lstrip("+~") == "content.video" for o in overrides if "=" in o)
+
+
 _INFO_FLAGS = {"-h", "--help", "--hydra-help", "--info", "-i", "-c", "--cfg", "--shell-completion", "-sc"}
 
 
@@ -121,10 +125,11 @@ def main() -> None:
             try:
                 swept, params = composition.preflight(parsed.overrides)
                 os.environ[jobs.SWEPT_ENV] = ",".join(swept)
-                if resumable.requested(parsed.overrides) and search.is_search(
-                        composition.hydra_node(parsed.overrides)):
+                # A single video run resumes on its own (nstexp.run.video); a sweep through its jobs.
+                wanted = resumable.requested(parsed.overrides) and (parsed.multirun or params or not _video(parsed.overrides))
+                if wanted and search.is_search(composition.hydra_node(parsed.overrides)):
                     search.check_resume(parsed.overrides)  # the search's own journal says what is left
-                elif resumable.requested(parsed.overrides):
+                elif wanted:
                     planned = resumable.plan(parsed.overrides, params)
                     if planned is not None:
                         sweep_dir, overrides = planned

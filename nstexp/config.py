@@ -17,6 +17,8 @@ from omegaconf import MISSING
 from nstexp.errors import NstexpError
 from nstexp.loss_options import (MRF_REDUCTIONS, CMDConfig, MMDConfig, MRFConfig, NNSTConfig,  # noqa: F401
                                  SelfSimilarityConfig, STROTSSConfig)
+from nstexp.output_options import EvalConfig, WandbConfig
+from nstexp.video_options import VideoConfig
 
 
 def _data_dir(name: str, marker: str) -> str:
@@ -84,6 +86,8 @@ class ContentConfig:
     normalization: str = "gatys"
     # A mask image, white where the content is kept (grey is a partial weight); None: everywhere.
     mask: Optional[str] = None
+    # A clip (a video file, a folder of frames, sample:pan): each frame is the content in turn (`video`).
+    video: Optional[str] = None
     self_similarity: SelfSimilarityConfig = field(default_factory=SelfSimilarityConfig)
 
 
@@ -218,28 +222,6 @@ class ScalesConfig:
 
 
 @dataclass
-class EvalConfig:
-    # The yardstick metrics (nstexp/eval/metrics.py), at the end of every run and during it.
-    enabled: bool = True
-    # Every N steps; None: at every snapshot (snapshot_every); 0: only at the end.
-    every: Optional[int] = None
-    # Longest side of the reference resolution every metric is computed at, whatever `size`.
-    size: int = 256
-
-
-@dataclass
-class WandbConfig:
-    mode: str = "auto"
-    project: str = "nstexp"
-    entity: Optional[str] = None
-    # None: one group per multirun sweep; a single run has no group.
-    group: Optional[str] = None
-    # None: made from the command-line overrides.
-    name: Optional[str] = None
-    tags: List[str] = field(default_factory=list)
-
-
-@dataclass
 class Config:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     layers: LayersConfig = field(default_factory=LayersConfig)
@@ -286,10 +268,12 @@ class Config:
     log_every: Optional[int] = None
     snapshot_every: int = 50
     progress: bool = True
-    # Multirun only: rerun just the jobs of the latest matching sweep that did not complete.
+    # A sweep: rerun just the jobs of the latest matching sweep that did not complete; a video run
+    # (content.video): go on from the last finished frame of the latest run of the same command.
     resume: bool = False
     eval: EvalConfig = field(default_factory=EvalConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
 
 
 def register() -> None:

@@ -12,29 +12,12 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from nstexp.config import (
-    ARCHS,
-    CAFFE_WEIGHTS,
-    CLAMPS,
-    COLOR_MODES,
-    CONTENT_NORMALIZATIONS,
-    CONTENT_WEIGHT_AT,
-    INITS,
-    LINE_SEARCHES,
-    OPTIMIZERS,
-    PADDINGS,
-    PARAMS,
-    POOLING,
-    PRECISIONS,
-    PREPROCESSING,
-    STYLE_BALANCES,
-    STYLE_NORMALIZATIONS,
-    WANDB_MODES,
-    WEIGHTS,
-)
+from nstexp.config import (ARCHS, CAFFE_WEIGHTS, CLAMPS, COLOR_MODES, CONTENT_NORMALIZATIONS, CONTENT_WEIGHT_AT, INITS,
+                           LINE_SEARCHES, OPTIMIZERS, PADDINGS, PARAMS, POOLING, PRECISIONS, PREPROCESSING,
+                           STYLE_BALANCES, STYLE_NORMALIZATIONS, WANDB_MODES, WEIGHTS)
 from nstexp.errors import ConfigError
 from nstexp.loss_catalogue import decomposing_losses, joint_losses, registered_losses
-from nstexp import input_sizes
+from nstexp import input_sizes, video_options
 # The one-line checks of a choice and of a lower bound, which the single losses' options share.
 from nstexp.loss_options import at_least as _at_least, check_options, choice as _choice, style_mix
 
@@ -76,7 +59,8 @@ def validate(cfg: DictConfig) -> None:
 
     One check per concern, in this order: numbers, backbone, layers, losses, weights and blends,
     masks, the single losses' options, controls, optimizer, start, schedule, outputs, the final
-    pass (as a run of its own), and last the sizes (nstexp.input_sizes), which need all the rest.
+    pass (as a run of its own), a video's settings (nstexp.video_options), and last the sizes
+    (nstexp.input_sizes), which need all the rest.
     """
     declared = registered_losses()
     _check_finite(OmegaConf.to_container(cfg, resolve=True))
@@ -94,6 +78,7 @@ def validate(cfg: DictConfig) -> None:
     _schedule(cfg)
     _outputs(cfg)
     _final_pass(cfg, declared)
+    video_options.check(cfg)
     input_sizes.check(cfg)
 
 

@@ -5,7 +5,7 @@ import torch
 
 from conftest import sections
 from nstexp.optim.engine import optimize
-from nstexp.losses.objective import LossTerms
+from nstexp.losses.terms import LossTerms
 from nstexp.config import AdamConfig
 
 

@@ -13,8 +13,9 @@ from conftest import REPO
 # Layers from the bottom up: a module imports from its own layer or from a lower rank only, so
 # two layers of one rank (optim, eval) know nothing of each other.
 RANKS = {
-    "base": 0,  # nstexp.errors, nstexp.config, nstexp.loss_options, nstexp.images
+    "base": 0,  # nstexp.errors, nstexp.config and its sections' modules (*_options), nstexp.images
     "network": 1,
+    "video": 1,
     "losses": 2,
     "optim": 3,
     "eval": 3,
@@ -28,6 +29,7 @@ RANKS = {
 }
 TOP_LEVEL = {
     "nstexp.errors": "base", "nstexp.config": "base", "nstexp.loss_options": "base", "nstexp.images": "base",
+    "nstexp.output_options": "base", "nstexp.video_options": "base",
     "nstexp.validation": "validation", "nstexp.loss_catalogue": "validation",
     "nstexp.input_sizes": "validation", "nstexp.composition": "composition",
     "nstexp": "entry", "nstexp.__main__": "entry", "nstexp.cli": "entry", "nstexp.api": "entry",

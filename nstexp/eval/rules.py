@@ -16,13 +16,15 @@ BETTER = {"eval/ssim": HIGHER, "eval/content": LOWER, "eval/style_gram": LOWER, 
           "eval/colour_style": LOWER, "eval/colour_content": LOWER, "eval/tv": NEAR_1,
           # The literature's (docs/metrics.md): StyleEval's similarities, StyleID's distances.
           "eval/styleeval_cf": HIGHER, "eval/styleeval_ge": HIGHER, "eval/styleeval_lp": HIGHER,
-          "eval/styleeval": HIGHER, "eval/cfsd": LOWER, "eval/colour_hellinger": LOWER}
+          "eval/styleeval": HIGHER, "eval/cfsd": LOWER, "eval/colour_hellinger": LOWER,
+          # A video run's temporal consistency (nstexp.video.consistency): of pairs of frames, not of one image.
+          "eval/warp_error": LOWER}
 # What the content image scores against itself, where the definition fixes it: where the photo
 # sits on a plot of two of these (the trade-off plot marks it).
 PHOTO = {"eval/ssim": 1.0, "eval/content": 0.0, "eval/style_gram": 1.0, "eval/style_sw": 1.0,
          "eval/colour_content": 0.0, "eval/tv": 1.0, "eval/styleeval_cf": 1.0, "eval/cfsd": 0.0}
 PER_LAYER = ("eval/style_gram", "eval/style_sw")
-HEADLINE = tuple(BETTER)  # what `nstexp evaluate` prints
+HEADLINE = tuple(k for k in BETTER if k != "eval/warp_error")  # what `nstexp evaluate` prints of an image
 
 
 def better(key: str) -> str | None:

@@ -2,6 +2,10 @@
 
 total = content.weight * sum_l c_l L_content,l + style.weight * sum_l w_l E_l + tv.weight * TV
         + laplacian.weight * L_lap (Li et al. 2017, nstexp.losses.laplacian)
+        + video.temporal.weight * L_temporal (a video's frame: Ruder et al. 2016, nstexp.losses.temporal)
+
+The last three are terms on the pixels (`Objective.pixel_terms`), which a tiled evaluation
+(nstexp.tiling) computes on the whole image as they are.
 
 A joint loss (StyleLoss.joint, ContentLoss.joint: strotss, nnst, self_similarity) is one term over all
 its layers, computed from a LayerStack of the image and those layers' features (the loss weighs
@@ -13,7 +17,6 @@ style loss with `query_blend` α > 0 (nnst) also gets, on demand, the stack of t
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
 
 import torch
 
@@ -22,6 +25,8 @@ from nstexp.losses.base import CONTENT_LOSSES, JOINT, LayerStack
 from nstexp.losses.guides import to_layer
 from nstexp.losses.laplacian import laplacian, laplacian_loss
 from nstexp.losses.mix import style_loss_for
+from nstexp.losses.temporal import TemporalTargets
+from nstexp.losses.terms import LossTerms
 from nstexp.losses.tv import tv_loss
 from nstexp.network.backbone import FeatureExtractor
 
@@ -34,53 +39,6 @@ class _Lazy:
 
     def __getitem__(self, layer: str) -> torch.Tensor:
         return self.get([layer])[layer]
-
-
-@dataclass
-class LossTerms:
-    """Loss values, each of shape (B,)."""
-
-    total: torch.Tensor
-    content: torch.Tensor  # weighted
-    style: torch.Tensor  # weighted
-    tv: torch.Tensor  # weighted
-    content_layers: dict[str, torch.Tensor]  # unweighted, per layer
-    style_layers: dict[str, torch.Tensor]  # unweighted, per layer
-    laplacian: torch.Tensor | None = field(default=None)  # weighted; None: 0 (the term is off)
-
-    def __post_init__(self):
-        if self.laplacian is None:
-            self.laplacian = torch.zeros_like(self.total)
-
-    def select(self, samples) -> "LossTerms":
-        """The terms of some samples (an index list, a slice or a bool mask), batch dim kept."""
-        pick = lambda t: t[samples]  # noqa: E731
-        return LossTerms(pick(self.total), pick(self.content), pick(self.style), pick(self.tv),
-                         {k: pick(v) for k, v in self.content_layers.items()},
-                         {k: pick(v) for k, v in self.style_layers.items()}, pick(self.laplacian))
-
-    @staticmethod
-    def cat(parts: list["LossTerms"]) -> "LossTerms":
-        """Samples of several LossTerms (with the same layers) side by side."""
-        cat = lambda get: torch.cat([get(p) for p in parts])  # noqa: E731
-        return LossTerms(cat(lambda p: p.total), cat(lambda p: p.content), cat(lambda p: p.style),
-                         cat(lambda p: p.tv),
-                         {k: cat(lambda p: p.content_layers[k]) for k in parts[0].content_layers},
-                         {k: cat(lambda p: p.style_layers[k]) for k in parts[0].style_layers},
-                         cat(lambda p: p.laplacian))
-
-    def as_floats(self, sample: int = 0) -> dict[str, float]:
-        """Flat metric names -> Python floats for one sample."""
-        out = {
-            "loss/total": self.total[sample].item(),
-            "loss/content": self.content[sample].item(),
-            "loss/style": self.style[sample].item(),
-            "loss/tv": self.tv[sample].item(),
-            "loss/laplacian": self.laplacian[sample].item(),
-        }
-        out.update({f"loss/content/{k}": v[sample].item() for k, v in self.content_layers.items()})
-        out.update({f"loss/style/{k}": v[sample].item() for k, v in self.style_layers.items()})
-        return out
 
 
 def weighted_layers(layers) -> tuple[dict[str, float], dict[str, float]]:
@@ -122,6 +80,7 @@ class Objective:
         laplacian_config=None,
         batch: int = 1,
         features=None,
+        temporal: TemporalTargets | None = None,
     ):
         self.extractor = extractor
         self.content_image = content_image  # nnst's query blends the result with it (`_query`)
@@ -138,6 +97,8 @@ class Objective:
         self.laplacian_weight, self.laplacian_pool = (lap.weight, lap.pool) if lap is not None else (0.0, 0)
         # The content image's Laplacian, a constant (its pixels, not its features).
         self.laplacian_target = laplacian(content_image, self.laplacian_pool) if self.laplacian_weight else None
+        # A video frame's earlier stylized frames, warped to it, at this size.
+        self.temporal = temporal.at(content_image.shape[-2:]) if temporal and temporal.weight else None
         self.style_balance = {k: 1.0 for k in self.style_terms}  # see `balance_style`
 
         # Targets are constants: computed once, without a graph. The content's features come from a
@@ -262,10 +223,18 @@ class Objective:
             (w * content_layers[k] for k, w in self.content_terms.items()), zero
         )
         style = self.style_weight * sum((w * balanced[k] for k, w in self.style_terms.items()), zero)
+        tv, lap, temporal = self.pixel_terms(image)
+        return LossTerms(content + style + tv + lap + temporal, content, style, tv, content_layers, style_layers,
+                         lap, temporal)
+
+    def pixel_terms(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The weighted terms on the pixels of `image` (B, 3, H, W): TV, the Laplacian term and the
+        temporal term, (B,) each (0 where off)."""
+        zero = image.new_zeros(image.shape[0])
         tv = self.tv_weight * tv_loss(image, self.tv_exponent, self.tv_wrap) if self.tv_weight else zero
         lap = (self.laplacian_weight * laplacian_loss(image, self.laplacian_target, self.laplacian_pool)
                if self.laplacian_weight else zero)
-        return LossTerms(content + style + tv + lap, content, style, tv, content_layers, style_layers, lap)
+        return tv, lap, self.temporal(image) if self.temporal is not None else zero
 
 
 class BatchObjective:

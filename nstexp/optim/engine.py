@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from nstexp.losses.objective import LossTerms
+from nstexp.losses.terms import LossTerms
 from nstexp.optim import optimizers, parameterization
 
 
@@ -70,7 +70,7 @@ def _detach(terms: LossTerms) -> LossTerms:
     return LossTerms(
         d(terms.total), d(terms.content), d(terms.style), d(terms.tv),
         {k: d(v) for k, v in terms.content_layers.items()},
-        {k: d(v) for k, v in terms.style_layers.items()}, d(terms.laplacian),
+        {k: d(v) for k, v in terms.style_layers.items()}, d(terms.laplacian), d(terms.temporal),
     )
 
 

@@ -15,7 +15,9 @@ from importlib.metadata import PackageNotFoundError, version
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from nstexp.losses.objective import LossTerms
+from nstexp.eval import metrics
+from nstexp.losses.temporal import TemporalTargets
+from nstexp.losses.terms import LossTerms
 from nstexp.optim.engine import StepEvent
 from nstexp.optim.optimizers import uses_batched_lbfgs
 from nstexp.run.tracking import Tracker
@@ -66,6 +68,18 @@ class JobSpec:
     name: str | None = None
     group: str | None = None
     record: dict | None = None  # entries added to the summary (the command line's overrides)
+
+
+@dataclass
+class FrameContext:
+    """What a video's frame brings to its image run (nstexp.run.video): the image it starts from
+    (1, 3, H, W) at the run's size (None: `init` as configured), its temporal term (None: none),
+    the progress bar's label, and what the video's frames share (`cache`: the network)."""
+
+    start: torch.Tensor | None
+    temporal: TemporalTargets | None
+    label: str
+    cache: dict
 
 
 def versions() -> dict[str, str]:
@@ -181,3 +195,24 @@ class Job:
         summary.update(peak_memory_mb=peak_mb, total_time_s=time.perf_counter() - t_start,
                        warnings=self.warnings, versions=versions())
         self.tracker.finish(summary, self.final_image)
+
+
+def evaluator(cfg: DictConfig, device: torch.device, summary: dict):
+    """The run's yardstick (nstexp.eval.metrics) against its content and first style image, as the
+    user gave them; its cost goes to the summary's `eval_time_s`."""
+    content = metrics.load(cfg.content.image, "content.image", device)
+    style = metrics.load(cfg.style.image, "style.image", device)
+    summary["eval_time_s"] = 0.0
+    last: dict = {}  # the final image is usually the last step's: scored once
+
+    def evaluate(image: torch.Tensor) -> dict[str, float]:
+        if "image" in last and last["image"].shape == image.shape and torch.equal(last["image"], image):
+            return dict(last["out"])
+        t = time.perf_counter()
+        if "evaluator" not in last:  # built where it is first needed: on the writer thread, usually
+            last["evaluator"] = metrics.Evaluator(content, style, cfg.eval.size)
+        last.update(image=image.detach().clone(), out=last["evaluator"](image))
+        summary["eval_time_s"] += time.perf_counter() - t
+        return dict(last["out"])
+
+    return evaluate

@@ -18,7 +18,6 @@ from tqdm import tqdm
 
 from nstexp import input_sizes
 from nstexp.errors import NstexpError
-from nstexp.eval import metrics
 from nstexp.losses.objective import Objective, weighted_layers
 from nstexp.network import hardware, memory
 from nstexp.network.backbone import FeatureExtractor
@@ -28,7 +27,7 @@ from nstexp.optim.engine import StepEvent, optimize
 from nstexp.optim.optimizers import select_state
 from nstexp.optim.stopping import StopRequest
 from nstexp.run import colour, inputs, scale_control, tiling
-from nstexp.run.job import Job, JobSpec, shared_config
+from nstexp.run.job import FrameContext, Job, JobSpec, evaluator, shared_config
 from nstexp.tiling.objective import TiledObjective, stitched
 from nstexp.validation import validate
 
@@ -75,12 +74,13 @@ def network(cfg: DictConfig, device: torch.device, precision: str, channels_last
 
 
 def build_objective(cfg: DictConfig, extractor: FeatureExtractor, inp: inputs.Inputs, summary: dict,
-                    batch: int = 1, tile: int | None = None, on_tile=None) -> Objective:
+                    batch: int = 1, tile: int | None = None, on_tile=None, temporal=None) -> Objective:
     """The loss for the inputs at one size (a coarse-to-fine level's), of one of `batch` jobs
-    evaluated together, in tiles of `tile` px (None: whole; `on_tile`: see tiling.objective.stitched)."""
+    evaluated together, in tiles of `tile` px (None: whole; `on_tile`: see tiling.objective.stitched);
+    `temporal`: a video frame's temporal term (nstexp.losses.temporal.TemporalTargets)."""
     objective = Objective(extractor, inp.content, inp.styles, cfg.layers, cfg.content, cfg.style, cfg.tv, cfg.seed,
                           style_masks=inp.style_masks, content_mask=inp.content_mask, laplacian_config=cfg.laplacian,
-                          batch=batch, features=stitched(extractor, tile, on_tile) if tile else None)
+                          batch=batch, features=stitched(extractor, tile, on_tile) if tile else None, temporal=temporal)
     if cfg.style.balance == "content":
         try:
             shown = on_tile and functools.partial(on_tile, "style balance")
@@ -103,6 +103,15 @@ def run(cfg: DictConfig, out_dir: str, name: str | None = None, group: str | Non
     return run_batch([JobSpec(cfg, out_dir, name, group, record)], stop_file)[0]
 
 
+def run_frame(spec: JobSpec, stop: StopRequest, frame: FrameContext) -> dict:
+    """One frame of a video (nstexp.run.video) as an image run into `spec.out_dir`, with what the
+    frame brings (its start, its temporal term, the network the first frame built); returns the
+    summary. `stop` is the video's, installed for the whole clip."""
+    job = Job(spec)
+    _run([job], stop, frame)
+    return job.summary
+
+
 def run_batch(specs: list[JobSpec], stop_file: str | os.PathLike | None = None) -> list[dict]:
     """Run jobs that share the network, the images and their sizes (see nstexp.sweep.batching) as one
     batch: one forward and backward pass for all of them per step, each job with its own loss
@@ -118,7 +127,7 @@ def run_batch(specs: list[JobSpec], stop_file: str | os.PathLike | None = None) 
         return [job.summary for job in jobs]
 
 
-def _run(jobs: list[Job], stop: StopRequest) -> None:
+def _run(jobs: list[Job], stop: StopRequest, frame: FrameContext | None = None) -> None:
     t_start = time.perf_counter()
     peak = bar = None
     try:
@@ -147,7 +156,10 @@ def _run(jobs: list[Job], stop: StopRequest) -> None:
         layers = {k: v for part in weighted_layers(jobs[0].cfg.layers) for k, v in part.items()}
         deepest = {layer: pools_before(cfg.backbone.arch, layer) for layer in layers}
         control = cfg.style.scale_control
-        extractor = network(jobs[0].cfg, device, precision, channels_last)
+        extractor = frame.cache.get("network") if frame else None
+        extractor = extractor or network(jobs[0].cfg, device, precision, channels_last)
+        if frame:
+            frame.cache["network"] = extractor  # the next frames' (the same network spec: one video run's)
         check = inputs.memory_check(extractor, cfg, device, jobs[0].summary, batch=len(jobs),
                                     job_cfgs=[job.cfg for job in jobs])
         style_image = None  # scale control's, made at the full size and resized for each level
@@ -172,11 +184,12 @@ def _run(jobs: list[Job], stop: StopRequest) -> None:
                 job.summary["levels"] = sizes
             job.tracker.log_inputs(full.content, full.styles)
             if job.cfg.eval.enabled:
-                job.evaluate = _evaluator(job.cfg, device, job.summary)
+                job.evaluate = evaluator(job.cfg, device, job.summary)
 
         bar = tqdm(total=sum(level_steps), disable=not cfg.progress, file=sys.stderr, dynamic_ncols=True,
-                   unit="step")
-        _optimize(jobs, cfg, extractor, full, sizes, level_steps, deepest, check, style_image, stop, bar, log_every)
+                   unit="step", desc=frame.label if frame else None)
+        _optimize(jobs, cfg, extractor, full, sizes, level_steps, deepest, check, style_image, stop, bar, log_every,
+                  frame)
     except NstexpError as exc:
         for job in jobs:
             job.summary["error"] = str(exc)
@@ -198,9 +211,9 @@ def _run(jobs: list[Job], stop: StopRequest) -> None:
 
 def _optimize(jobs: list[Job], cfg: DictConfig, extractor: FeatureExtractor, full: inputs.Inputs, sizes: list[int],
               level_steps: list[int], deepest: dict, check, style_image, stop: StopRequest, bar,
-              log_every: int) -> None:
+              log_every: int, frame: FrameContext | None = None) -> None:
     """The coarse-to-fine levels of the jobs still running, one batch per level; `cfg` is
-    what they have in common."""
+    what they have in common; `frame`: a video frame's start image and temporal term."""
     mode = cfg.color.preserve
     t_opt = None
     image = state = None
@@ -214,13 +227,18 @@ def _optimize(jobs: list[Job], cfg: DictConfig, extractor: FeatureExtractor, ful
             settings = [pyramid.level_settings(job.cfg, level, n_levels) for job in running]
             tile = check.tiles.get(tuple(inp.content.shape[-2:]))
             shown = tiling.announce(tile, cfg, level_size, bar, stop)
-            objectives = [build_objective(c, extractor, inp, job.summary, len(running), tile, shown)
+            objectives = [build_objective(c, extractor, inp, job.summary, len(running), tile, shown,
+                                          frame and frame.temporal)
                           for c, job in zip(settings, running)]
             objective = tiling.level_objective(objectives, tile, shown)
             # What the user sees of an image: in the content's colours, if asked.
             show = lambda x, c=inp.colours, s=inp.styles[0]: colour.present(mode, x, c, s)  # noqa: E731
             if image is None:
-                image = torch.cat([inputs.initial_image(job.cfg, inp.content, inp.styles) for job in running])
+                start = frame.start if frame is not None else None  # a video frame's own start
+                if start is not None and start.shape[-2:] != inp.content.shape[-2:]:
+                    start = pyramid.upsample(start, inp.content.shape[-2:])
+                image = start.repeat(len(running), 1, 1, 1) if start is not None else torch.cat(
+                    [inputs.initial_image(job.cfg, inp.content, inp.styles) for job in running])
                 for job, img in zip(running, image):
                     job.final_image = show(img[None])
                     job.latest["show"] = show
@@ -277,24 +295,3 @@ def _optimize(jobs: list[Job], cfg: DictConfig, extractor: FeatureExtractor, ful
         # Each job's own: until it stopped (one that diverged early does not count the others' steps).
         stopped = job.done.get("time_s") if job.summary["status"] != "interrupted" else None
         job.summary["wall_time_s"] = stopped if stopped is not None else time.perf_counter() - (t_opt or time.perf_counter())
-
-
-def _evaluator(cfg: DictConfig, device: torch.device, summary: dict):
-    """The run's yardstick (nstexp.eval.metrics) against its content and first style image, as the
-    user gave them; its cost goes to the summary's `eval_time_s`."""
-    content = metrics.load(cfg.content.image, "content.image", device)
-    style = metrics.load(cfg.style.image, "style.image", device)
-    summary["eval_time_s"] = 0.0
-    last: dict = {}  # the final image is usually the last step's: scored once
-
-    def evaluate(image: torch.Tensor) -> dict[str, float]:
-        if "image" in last and last["image"].shape == image.shape and torch.equal(last["image"], image):
-            return dict(last["out"])
-        t = time.perf_counter()
-        if "evaluator" not in last:  # built where it is first needed: on the writer thread, usually
-            last["evaluator"] = metrics.Evaluator(content, style, cfg.eval.size)
-        last.update(image=image.detach().clone(), out=last["evaluator"](image))
-        summary["eval_time_s"] += time.perf_counter() - t
-        return dict(last["out"])
-
-    return evaluate

@@ -221,6 +221,17 @@ class Tracker:
         data = {key: wandb.Image(image, caption=caption)}
         self._to_wandb(lambda run: run.log(data, step=step))
 
+    def log_video(self, path: str, step: int) -> None:
+        """A clip the run made (an mp4 file) in W&B, as `video`."""
+        if self.mode != "disabled":
+            self._submit(self._log_video, path, step)
+
+    def _log_video(self, path: str, step: int) -> None:
+        import wandb
+
+        data = {"video": wandb.Video(path, caption=os.path.basename(path), format="mp4")}
+        self._to_wandb(lambda run: run.log(data, step=step))
+
     def log_step(self, metrics: dict[str, Any], image: torch.Tensor | None,
                  score: Callable[[torch.Tensor], dict] | None = None, scored: torch.Tensor | None = None) -> None:
         """One logged step; `image` is given at the snapshot interval, and `score(scored)` adds

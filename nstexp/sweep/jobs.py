@@ -77,9 +77,10 @@ def run_jobs(specs: list[JobSpec], stop_file: Path | None) -> list[str]:
     """Jobs that share one batch (one job, except under the batched launcher); never raises, so
     a failure cannot take a sweep's other jobs or its report along. Returns their statuses."""
     from nstexp.run.runner import run_batch
+    from nstexp.run.video import run_video
 
     try:
-        summaries = run_batch(specs, stop_file=stop_file)
+        summaries = (run_video if specs[0].cfg.content.video else run_batch)(specs, stop_file=stop_file)
     except NstexpError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return ["failed"] * len(specs)

@@ -13,17 +13,17 @@ of them). Then, for a batch of images x (B, 3, H, W) and the tiles of nstexp.til
   into the tile's pixels, added into ∂L/∂x. By the chain rule over the sums this is ∂L/∂x.
 
 Memory is set by a tile plus its halo, and the sums (a Gram matrix a layer at most); the terms
-on pixels (TV, the Laplacian term) are computed on the whole image, as untiled. The targets
-(the content's features, the style's statistics) come from the objective as it was built.
+on pixels (TV, the Laplacian term, a video frame's temporal term: Objective.pixel_terms) are
+computed on the whole image, as untiled. The targets (the content's features, the style's
+statistics) come from the objective as it was built.
 """
 
 from __future__ import annotations
 
 import torch
 
-from nstexp.losses.objective import LossTerms, Objective
-from nstexp.losses.laplacian import laplacian_loss
-from nstexp.losses.tv import tv_loss
+from nstexp.losses.objective import Objective
+from nstexp.losses.terms import LossTerms
 from nstexp.tiling import grid
 
 
@@ -178,18 +178,11 @@ class TiledObjective:
     def __call__(self, image: torch.Tensor) -> LossTerms:
         features = _FeatureTerms.apply(image, self)  # (B,): the weighted content and style terms
         content_layers, style_layers, content, style = self._last
-        terms = []
-        for b in range(image.shape[0]):
-            o = self._objective(b)
-            x = image[b:b + 1]
-            zero = x.new_zeros(1)
-            tv = o.tv_weight * tv_loss(x, o.tv_exponent, o.tv_wrap) if o.tv_weight else zero
-            lap = (o.laplacian_weight * laplacian_loss(x, o.laplacian_target, o.laplacian_pool)
-                   if o.laplacian_weight else zero)
-            terms.append((tv, lap))
-        tv = torch.cat([t for t, _ in terms])
-        lap = torch.cat([lp for _, lp in terms])
-        return LossTerms(features + tv + lap, content, style, tv.detach(), content_layers, style_layers, lap.detach())
+        # Sample b's terms on the pixels, by its own objective: (TV, Laplacian, temporal), (B,) each.
+        tv, lap, temporal = (torch.cat(t) for t in zip(*(self._objective(b).pixel_terms(image[b:b + 1])
+                                                        for b in range(image.shape[0]))))
+        return LossTerms(features + tv + lap + temporal, content, style, tv.detach(), content_layers, style_layers,
+                         lap.detach(), temporal.detach())
 
     def balance_style(self, image: torch.Tensor) -> dict[str, float]:
         """Objective.balance_style, with the style terms of `image` (1, 3, H, W) measured in tiles."""
