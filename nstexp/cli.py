@@ -1,6 +1,6 @@
 """The `nstexp` command: Hydra composes the config, `sweep.jobs` plans and runs each job.
 
-`nstexp compare`, `nstexp bench` and `nstexp evaluate` are subcommands dispatched here.
+`nstexp compare`, `nstexp bench`, `nstexp evaluate` and `nstexp leaderboard` are subcommands dispatched here.
 """
 
 from __future__ import annotations
@@ -17,17 +17,20 @@ from nstexp.config import CONFIG_DIR
 from nstexp.errors import NstexpError
 
 
-def _register_launcher() -> None:
-    """hydra/launcher=batched. Hydra looks for launchers in the `hydra_plugins` package, but
-    cannot list it in an editable install: register the plugin by hand."""
+def _register_plugins() -> None:
+    """hydra/launcher=batched and hydra/sweeper=optuna. Hydra looks for plugins in the
+    `hydra_plugins` package, but cannot list it in an editable install: register them by hand.
+    (The sweeper's module imports no Optuna: a search does, when it starts.)"""
     from hydra.core.plugins import Plugins
 
     from hydra_plugins.nstexp_batched_launcher.batched_launcher import BatchedLauncher
+    from hydra_plugins.nstexp_optuna_sweeper.optuna_sweeper import OptunaSweeper
 
     Plugins.instance().register(BatchedLauncher)
+    Plugins.instance().register(OptunaSweeper)
 
 
-_register_launcher()
+_register_plugins()
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
@@ -54,6 +57,7 @@ def _help() -> str:
     ours = sorted(p.stem for p in (Path(CONFIG_DIR) / "hydra" / "launcher").glob("*.yaml"))
     launchers = ", ".join(["basic", "batched", *ours, "joblib", "submitit_local", "submitit_slurm"])
     lines.append(f"  hydra/launcher: {launchers}  (see docs/sweeps.md)")
+    lines.append("  hydra/sweeper: basic, optuna  (optuna: a search, not a grid; see docs/sweeps.md)")
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         config = OmegaConf.to_yaml(compose(config_name="config"))
@@ -63,7 +67,7 @@ def _help() -> str:
         "",
         "  nstexp [group=option ...] [key=value ...]      one run",
         "  nstexp -m key=a,b [sweep=<name>] ...           a sweep: one job per combination",
-        "  nstexp compare SWEEP_DIR | evaluate ... | bench ...   (each with --help)",
+        "  nstexp compare SWEEP_DIR | evaluate ... | bench ... | leaderboard ...   (each with --help)",
         "",
         "Config groups (group=option):", *lines,
         "",
@@ -96,6 +100,11 @@ def main() -> None:
 
         bench_main(args[1:])
         return
+    if args[:1] == ["leaderboard"]:  # `nstexp leaderboard [--methods ...] [--pairs ...]`
+        from nstexp.sweep.leaderboard import main as leaderboard_main
+
+        leaderboard_main(args[1:])
+        return
     if args[:1] == ["evaluate"]:  # `nstexp evaluate RESULT... --content C --style S`
         from nstexp.eval.evaluation import main as evaluate_main
 
@@ -105,7 +114,7 @@ def main() -> None:
         print(_help())
         return
     # Here, not at the top: --help needs none of them (they bring PIL and numpy).
-    from nstexp.sweep import callbacks, jobs, resumable
+    from nstexp.sweep import callbacks, jobs, resumable, search
 
     os.environ[jobs.PARENT_ENV] = str(os.getpid())
     if not any(a.split("=")[0] in _INFO_FLAGS for a in args):
@@ -117,7 +126,10 @@ def main() -> None:
                 swept, params = composition.preflight(parsed.overrides)
                 os.environ[jobs.SWEPT_ENV] = ",".join(swept)
                 # A single video run resumes on its own (nstexp.run.video); a sweep through its jobs.
-                if resumable.requested(parsed.overrides) and (parsed.multirun or params or not _video(parsed.overrides)):
+                wanted = resumable.requested(parsed.overrides) and (parsed.multirun or params or not _video(parsed.overrides))
+                if wanted and search.is_search(composition.hydra_node(parsed.overrides)):
+                    search.check_resume(parsed.overrides)  # the search's own journal says what is left
+                elif wanted:
                     planned = resumable.plan(parsed.overrides, params)
                     if planned is not None:
                         sweep_dir, overrides = planned

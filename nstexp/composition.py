@@ -73,12 +73,17 @@ def group_options(group: str) -> list[str] | None:
 
 
 def _expand(overrides: list[str]) -> list[tuple[str, list[str]]]:
-    """Each override with the concrete values it stands for (several for a sweep)."""
+    """Each override with the concrete values it stands for (several for a sweep; a search's
+    `interval(a,b)`, which Hydra cannot enumerate, stands for its two ends)."""
+    from hydra.core.override_parser.types import IntervalSweep
+
     parsed = OverridesParser.create().parse_overrides(overrides)
     out = []
     for text, o in zip(overrides, parsed):
         key = o.get_key_element()
-        if o.is_sweep_override():
+        if isinstance(o.value(), IntervalSweep):
+            values = [f"{key}={v}" for v in (o.value().start, o.value().end)]
+        elif o.is_sweep_override():
             values = [f"{key}={v}" for v in o.sweep_string_iterator()]
         else:
             values = [text]
@@ -197,6 +202,18 @@ def compose_job(overrides: list[str]) -> DictConfig:
     try:
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
             return compose(config_name="config", overrides=list(overrides))
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def hydra_node(overrides: list[str]) -> DictConfig:
+    """Hydra's own node (launcher, sweeper, sweep dir) of the command with these overrides (only
+    Hydra's and `sweep=` count: a swept value cannot be composed)."""
+    ours = [o for o in overrides if o.lstrip("+~").startswith(("hydra.", "hydra/", "sweep="))]
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            return compose(config_name="config", overrides=ours, return_hydra_config=True).hydra
     finally:
         GlobalHydra.instance().clear()
 

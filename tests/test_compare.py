@@ -262,6 +262,75 @@ def test_three_keys_rows_first_key_columns_the_rest(tmp_path):
     assert centre(sheet, image_box, 0, 1) == colours[("x", "1", "q")]
 
 
+def inputs_sweep(root, rows, cols, inputs_of):
+    """Jobs of the values `rows` x `cols` (`key=value` each), job (a, b) made from the inputs named
+    inputs_of(a, b) = (content, style), each a flat image of its own colour; returns {name: colour}."""
+    jobs = [[a, b] for a in rows for b in cols]
+    make_sweep(root, [(job, RED, "completed", True) for job in jobs])
+    (root / "inputs").mkdir()
+    colour = {}
+    for num, (a, b) in enumerate(jobs):
+        config_path = root / str(num) / ".hydra" / "config.yaml"
+        config = yaml.safe_load(config_path.read_text())
+        for key, name in zip(("content", "style"), inputs_of(a.split("=")[1], b.split("=")[1])):
+            if name not in colour:
+                colour[name] = (30 * len(colour), 255 - 30 * len(colour), 90)
+                Image.new("RGB", (20, 20), colour[name]).save(root / "inputs" / f"{name}.png")
+            config[key]["image"] = str(root / "inputs" / f"{name}.png")
+        config_path.write_text(yaml.safe_dump(config))
+    return colour
+
+
+BOX_W = CELL + 2 * contact_sheet.PAD
+BOX_H = CELL + 2 * contact_sheet.PAD + contact_sheet.LINE_H * 3  # two swept keys
+HEADER_H = 2 * contact_sheet.PAD + contact_sheet.LINE_H  # one column key
+
+
+def inputs_at(sheet, x, y):
+    """The colours in the middle of the content and style halves of an inputs box at (x, y)."""
+    half = (CELL - contact_sheet.PAD) // 2
+    left, middle = x + contact_sheet.PAD + half // 2, y + contact_sheet.PAD + half // 2
+    return sheet.getpixel((left, middle)), sheet.getpixel((left + half + contact_sheet.PAD, middle))
+
+
+def test_each_column_shows_its_own_inputs(tmp_path):
+    """sweep=neighbours: rows are methods, columns pairs; each column shows its own pair, not the first job's."""
+    pairs = ["pair=p", "pair=q", "pair=r"]
+    colour = inputs_sweep(tmp_path, ["experiment=a", "experiment=b"], pairs, lambda _, p: (f"photo_{p}", f"art_{p}"))
+    sheet = Image.open(compare.write_report(str(tmp_path), cell=CELL)["contact_sheet"]).convert("RGB")
+    top = contact_sheet.inputs_h(CELL)
+    assert sheet.size == (contact_sheet.ROW_HEADER_W + 3 * BOX_W, top + HEADER_H + 2 * BOX_H)
+    for c, pair in enumerate(p.split("=")[1] for p in pairs):
+        x = contact_sheet.ROW_HEADER_W + c * BOX_W
+        assert inputs_at(sheet, x, 0) == (colour[f"photo_{pair}"], colour[f"art_{pair}"]), pair
+        middle = top + HEADER_H + contact_sheet.PAD + CELL // 2
+        assert sheet.getpixel((x + contact_sheet.PAD + CELL // 2, middle)) == RED  # the results below
+
+
+def test_each_row_shows_its_own_inputs_when_the_pair_is_the_row(tmp_path):
+    colour = inputs_sweep(tmp_path, ["pair=p", "pair=q"], ["seed=1", "seed=2"], lambda p, _: (f"photo_{p}", f"art_{p}"))
+    sheet = Image.open(compare.write_report(str(tmp_path), cell=CELL)["contact_sheet"]).convert("RGB")
+    assert sheet.size == (contact_sheet.ROW_HEADER_W + 3 * BOX_W, HEADER_H + 2 * BOX_H)  # an inputs column
+    for r, pair in enumerate(("p", "q")):
+        y = HEADER_H + r * BOX_H
+        assert inputs_at(sheet, contact_sheet.ROW_HEADER_W, y) == (colour[f"photo_{pair}"], colour[f"art_{pair}"])
+
+
+def test_each_cell_shows_its_inputs_when_neither_rows_nor_columns_share_them(tmp_path):
+    """Content swept by rows and style by columns: every cell has a pair of its own."""
+    colour = inputs_sweep(tmp_path, ["content.image=x", "content.image=y"], ["style.image=u", "style.image=v"],
+                          lambda a, b: (a, b))
+    sheet = Image.open(compare.write_report(str(tmp_path), cell=CELL)["contact_sheet"]).convert("RGB")
+    inputs_h = contact_sheet.inputs_h(CELL)
+    assert sheet.size == (contact_sheet.ROW_HEADER_W + 2 * BOX_W, HEADER_H + 2 * (BOX_H + inputs_h))
+    for r, content in enumerate(("x", "y")):
+        for c, style in enumerate(("u", "v")):
+            x, y = contact_sheet.ROW_HEADER_W + c * BOX_W, HEADER_H + r * (BOX_H + inputs_h)
+            assert inputs_at(sheet, x, y) == (colour[content], colour[style]), (content, style)
+            middle = (x + contact_sheet.PAD + CELL // 2, y + inputs_h + contact_sheet.PAD + CELL // 2)
+            assert sheet.getpixel(middle) == RED  # its result below its inputs
+
+
 def test_tables_match_summaries(tmp_path):
     summaries = make_sweep(tmp_path, GRID)
     paths = compare.write_report(str(tmp_path), cell=CELL)
@@ -410,7 +479,10 @@ LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 def eval_metrics(ssim, style_sw):
     """The eval/ keys a run logs for one image, built around its SSIM and sliced style distance."""
     values = {"eval/ssim": ssim, "eval/content": 2 * (1 - ssim), "eval/style_gram": style_sw / 2,
-              "eval/style_sw": style_sw, "eval/colour_style": 0.1, "eval/colour_content": 0.2, "eval/tv": 1.5}
+              "eval/style_sw": style_sw, "eval/colour_style": 0.1, "eval/colour_content": 0.2, "eval/tv": 1.5,
+              "eval/styleeval_cf": ssim, "eval/styleeval_ge": 1 - style_sw / 2, "eval/styleeval_lp": 0.5,
+              "eval/styleeval": (ssim + 1 - style_sw / 2 + 0.5) / 3, "eval/cfsd": 1e3 * (1 - ssim),
+              "eval/colour_hellinger": style_sw / 3}
     for kind in ("style_gram", "style_sw"):
         values.update({f"eval/{kind}/{layer}": values[f"eval/{kind}"] * i for i, layer in enumerate(LAYERS, 1)})
     return values
@@ -525,6 +597,32 @@ def test_tradeoff_plot_has_a_point_per_job_with_the_eval_metrics(tmp_path):
     assert_plot(paths["tradeoff"])
 
 
+def test_tradeoff_axes_are_the_metrics_a_user_picks(tmp_path):
+    eval_sweep(tmp_path)
+    picked = {0: (0.9, 0.3), 1: (0.5, 0.6), 2: (0.7, 0.4), 3: (0.4, 0.8)}  # (eval/styleeval_cf, eval/styleeval_lp)
+    for num, (cf, lp) in picked.items():
+        update_summary(tmp_path, num, **{"eval/styleeval_cf": cf, "eval/styleeval_lp": lp})
+    axes = ("eval/styleeval_cf", "eval/styleeval_lp")
+    jobs = compare.collect(str(tmp_path))
+    assert [(job.num, x, y) for job, x, y in plots.tradeoff_points(jobs, *axes)] == [
+        (num, cf, lp) for num, (cf, lp) in picked.items()]
+    # Where the best trade-offs lie follows each axis's rule; closer to 1 gives no side.
+    assert plots.tradeoff_title(*axes) == "final images: best towards the top right"
+    assert plots.tradeoff_title(*plots.TRADEOFF) == "final images: best towards the bottom right"
+    assert plots.tradeoff_title("eval/tv", "eval/cfsd") == "final images: best towards the bottom"
+    assert plots.tradeoff_labels(*axes) == ("content fidelity: eval/styleeval_cf (higher is better)",
+                                            "style fidelity: eval/styleeval_lp (higher is better)")
+    default = Path(compare.write_report(str(tmp_path), cell=32, jobs=jobs)["tradeoff"]).read_bytes()
+    result = _cli(str(tmp_path), "--cell", "32", "--tradeoff", *axes)
+    assert result.returncode == 0, result.stderr
+    assert_plot(tmp_path / "tradeoff.png")
+    assert (tmp_path / "tradeoff.png").read_bytes() != default
+    refused = _cli(str(tmp_path), "--tradeoff", "eval/ssim", "steps")
+    assert refused.returncode == 2
+    (line,) = refused.stderr.strip().splitlines()
+    assert line.startswith("error: cannot plot steps: no rule says which way it is better")
+
+
 def test_eval_curves_use_only_the_evaluated_steps(tmp_path):
     eval_sweep(tmp_path)
     jobs = compare.collect(str(tmp_path))
@@ -576,8 +674,8 @@ def test_summary_run_logs_the_eval_columns_and_the_tradeoff_scatter(tmp_path, wa
     style_sw = table["columns"].index("eval/style_sw")
     assert [row[style_sw] for row in table["data"]] == [0.6, 0.2, 0.4, 0.1, None]
     scatter = json.loads(Path(run.media(logged["tradeoff_chart_table"]["path"])).read_text())
-    x, y = plots.CONTENT_FIDELITY[1], plots.STYLE_FIDELITY[1]
-    assert scatter["columns"] == ["job", x, y] and "lower is better" in y
+    x, y = plots.tradeoff_labels(*plots.TRADEOFF)
+    assert scatter["columns"] == ["job", x, y] and "eval/ssim (higher" in x and "eval/style_sw (lower is better)" in y
     assert scatter["data"][0] == ["style.normalization=gatys, style.weight=1e4", 0.9, 0.6]
     chart = run.config["_wandb"]["visualize"]["tradeoff_chart"]
     assert chart["panel_config"]["fieldSettings"] == {"x": x, "y": y}

@@ -35,6 +35,8 @@ TOP_LEVEL = {
     "nstexp": "entry", "nstexp.__main__": "entry", "nstexp.cli": "entry", "nstexp.api": "entry",
     "hydra_plugins.nstexp_batched_launcher": "entry",
     "hydra_plugins.nstexp_batched_launcher.batched_launcher": "entry",
+    "hydra_plugins.nstexp_optuna_sweeper": "entry",
+    "hydra_plugins.nstexp_optuna_sweeper.optuna_sweeper": "entry",
 }
 MAX_LINES = 300
 

@@ -84,10 +84,16 @@ def test_each_metric_ranks_first_the_image_it_measures_closeness_to(chelsea_swir
     scores = {name: evaluator(image) for name, image in candidates.items()}
     assert scores["blurred"]["eval/tv"] < 1 < scores["noisy"]["eval/tv"]
     expected = {"eval/ssim": "photo", "eval/content": "photo", "eval/colour_content": "photo", "eval/tv": "photo",
-                "eval/style_gram": "style", "eval/style_sw": "style", "eval/colour_style": "style"}
+                "eval/style_gram": "style", "eval/style_sw": "style", "eval/colour_style": "style",
+                "eval/styleeval_cf": "photo", "eval/cfsd": "photo", "eval/styleeval_ge": "style",
+                "eval/styleeval_lp": "style", "eval/colour_hellinger": "style"}
     expected.update({f"eval/{family}/{layer}": "style" for family in ("style_gram", "style_sw")
                      for layer in metrics.STYLE_LAYERS})
-    assert set(expected) == set(scores["photo"])  # every key the evaluator gives is checked
+    # StyleEval's overall is the mean of a content factor and two style factors: no image is best by definition.
+    for m in scores.values():
+        assert m["eval/styleeval"] == pytest.approx((m["eval/styleeval_cf"] + m["eval/styleeval_ge"]
+                                                     + m["eval/styleeval_lp"]) / 3, abs=1e-12)
+    assert set(expected) | {"eval/styleeval"} == set(scores["photo"])  # every key the evaluator gives is checked
     for key, best in expected.items():
         rule = rules.better(key)
         assert min(scores, key=lambda name: rules.badness(rule, scores[name][key])) == best, key
@@ -203,6 +209,7 @@ def test_runs_log_the_metrics_at_snapshots_and_at_the_end(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "eval/style_sw" in r] == [0, 2, 4]
     assert rows[-1]["eval/style_sw"] == pytest.approx(summary["eval/style_sw"], rel=1e-6)
+    assert set(rules.BETTER) <= set(summary) and set(rules.BETTER) <= set(rows[-1])  # every metric, the literature's too
     _, quiet = nstexp.stylize(images.load_image("sample:chelsea"), "sample:swirls", out_dir=str(tmp_path / "b"),
                               size=48, steps=4, **{"eval.enabled": False})
     assert not any(k.startswith("eval/") for k in quiet)

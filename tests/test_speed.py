@@ -143,6 +143,12 @@ def test_a_size_too_large_names_the_largest_that_would_fit(tmp_path):
     message = str(info.value)
     found = re.search(r"size=(\d+) would fit, more with checkpoint=true", message)
     assert found and "\n" not in message and "precision=fp32" in message
+    # Not even the smallest tiles fit: L-BFGS's 100 pairs at 30000 px are over a terabyte.
+    state = re.search(r"no tiles fit either: .* optimizer's state take ([\d.]+) GiB", message)
+    assert state and float(state[1]) > 1000 and "optimizer=adam" in message
+    with pytest.raises(NstexpError) as info:
+        run(tiny_cfg("size=30000", "steps=0", "tiles=off"), str(tmp_path / "off"))
+    assert "no tiles fit" not in str(info.value)  # tiling off: nothing to say about tiles
     with pytest.raises(NstexpError) as info:
         run(tiny_cfg("size=30000", "steps=0", "checkpoint=true"), str(tmp_path / "ckpt"))
     more = re.search(r"size=(\d+) would fit", str(info.value))

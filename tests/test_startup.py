@@ -11,7 +11,7 @@ import pytest
 
 from conftest import REPO
 
-HEAVY = ("torch", "torchvision", "wandb", "matplotlib", "torchmetrics")
+HEAVY = ("torch", "torchvision", "wandb", "matplotlib", "torchmetrics", "optuna")
 PROBE = """
 import json, sys
 sys.argv = ["nstexp", *json.loads(sys.argv[1])]
@@ -35,12 +35,15 @@ def _probe(args, tmp_path):
     (["--help"], 0),
     (["compare", "--help"], 0),
     (["evaluate", "--help"], 0),
+    (["leaderboard", "--help"], 0),
+    (["leaderboard", "--methods", "experiment=nope"], 2),
     (["style.weight=-1"], 2),
     (["style.loss=nope"], 2),
     (["layers.style.relu9_1=1"], 2),  # +key on a dict: layer names come from the layout
     (["-m", "seed=0,1", "backbone.arch=vgg11"], 2),
     (["laplacian.weight=1", "laplacian.pool=64"], 2),  # the sizes, read off the image files' headers
     (["compare", "no/such/sweep"], 2),
+    (["-m", "hydra/sweeper=optuna", "style.weight=tag(log,interval(1,1000))", "resume=true"], 2),
 ])
 def test_help_and_refusals_import_no_heavy_library(tmp_path, args, code):
     result, stderr = _probe(args, tmp_path)

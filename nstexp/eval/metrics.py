@@ -21,6 +21,14 @@ so any two runs, and images made by other tools, are comparable. Images are (1, 
   above 1 the result has more high-frequency energy (noise, strokes) than the photo, below 1
   it is smoother (blurred). Closer to 1 is better, and a ratio: 0.5 and 2 are equally far off.
 
+- eval/styleeval_cf, eval/styleeval_ge, eval/styleeval_lp and their mean eval/styleeval: the
+  content fidelity, global effects and local patterns of Wang et al. (CVIU 2021), similarities
+  on the average-pooling network, 1 at best (nstexp.eval.styleeval).
+- eval/cfsd: StyleID's content feature structural distance at relu3_1 (nstexp.eval.cfsd); 0 is
+  the photo's structure.
+- eval/colour_hellinger: HistoGAN's Hellinger distance between the result's and the style's
+  RGB-uv histograms (nstexp.eval.colour_histogram), in [0, 1]; 0 is the style's colours.
+
 Which way each metric is better is part of its definition (nstexp.eval.rules.BETTER); anything
 that ranks results (`nstexp compare --sort`) asks `rules.badness`, never a list of its own.
 """
@@ -35,6 +43,8 @@ import torch
 import torch.nn.functional as F
 
 from nstexp import images, losses
+from nstexp.eval import cfsd, styleeval
+from nstexp.eval.colour_histogram import ColourHellinger
 from nstexp.eval.ssim import ssim
 from nstexp.eval.rules import CONTENT_LAYER, REFERENCE_SIZE, STYLE_LAYERS
 
@@ -92,13 +102,13 @@ def _sorted_rows(x: torch.Tensor) -> torch.Tensor:
     return x.sort(dim=1).values
 
 
-@functools.lru_cache(maxsize=2)
-def _network(device: str) -> FeatureExtractor:
-    """The metrics' network, loaded once per process and device (a sweep's jobs share it)."""
+@functools.lru_cache(maxsize=4)
+def _network(device: str, pooling: str, layers: tuple[str, ...]) -> FeatureExtractor:
+    """A metrics' network, loaded once per process and device (a sweep's jobs share it)."""
     # Imported here: torchvision costs seconds, and `nstexp compare` needs only BETTER.
     from nstexp.network.backbone import FeatureExtractor
 
-    return FeatureExtractor("vgg19", "caffe", [*STYLE_LAYERS, CONTENT_LAYER]).to(device)
+    return FeatureExtractor("vgg19", "caffe", list(layers), pooling=pooling).to(device)
 
 
 def _relative(value: float, baseline: float) -> float:
@@ -112,7 +122,8 @@ class Evaluator:
     def __init__(self, content: torch.Tensor, style: torch.Tensor, size: int = REFERENCE_SIZE,
                  directions: dict[str, int] | None = None, seed: int = 0, extractor: FeatureExtractor | None = None):
         device = content.device
-        self.net = extractor or _network(str(device))
+        self.net = extractor or _network(str(device), "max", (*STYLE_LAYERS, CONTENT_LAYER))
+        self.average_net = _network(str(device), styleeval.POOLING, styleeval.LAYERS)  # StyleEval's
         self.hw = reference_size(content.shape[-2:], size)
         self.content = _resized(content, self.hw)
         style = _resized(style, reference_size(style.shape[-2:], size))
@@ -130,6 +141,9 @@ class Evaluator:
             self.colour_style = _Sliced(style[0].flatten(1), colours, m)
             self.colour_content = _Sliced(self.content[0].flatten(1), colours, m)
             self.tv = losses.tv_loss(self.content)[0].item()
+            self.styleeval = styleeval.StyleEval(self.average_net(self.content), self.average_net(style), style)
+            self.cfsd = cfsd.CFSD(fc[cfsd.LAYER])
+            self.colour_hellinger = ColourHellinger(style)
             # The photo's own distances: what "no closer to the style than the photo" means.
             self.baseline = self._style_distances(fc)
 
@@ -157,6 +171,9 @@ class Evaluator:
         out["eval/colour_style"] = self.colour_style(pixels) ** 0.5
         out["eval/colour_content"] = self.colour_content(pixels) ** 0.5
         out["eval/tv"] = _relative(losses.tv_loss(x)[0].item(), self.tv)
+        out.update(self.styleeval(self.average_net(x), x))
+        out["eval/cfsd"] = self.cfsd(feats[cfsd.LAYER])
+        out["eval/colour_hellinger"] = self.colour_hellinger(x)
         return out
 
 

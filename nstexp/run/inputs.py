@@ -168,11 +168,16 @@ def memory_check(extractor: FeatureExtractor, cfg, device: torch.device, summary
             hint = f"size={fits} would fit" if fits else "no size fits"
             if not extractor.checkpoint:
                 hint += ", more with checkpoint=true"
+            lower = "lower size or style.scale"
+            if can_tile and cfg.tiles != "off":  # not even the smallest tiles fit: name what they cannot lift
+                state = memory.image_bytes(h, w, cfg.optimizer, batch) / 2**30
+                lower += (f"; no tiles fit either: whatever the tiles, the image, its gradient and the optimizer's "
+                          f"state take {state:.1f} GiB and a layer of the style's targets {maps / 2**30:.1f} GiB, so "
+                          "lower optimizer.history_size, use optimizer=adam or lower style.scale")
             raise NstexpError(
                 f"size={max(w, h)} (style.scale={cfg.style.scale}, precision={extractor.precision}"
                 f"{f', a batch of {batch} jobs' if batch > 1 else ''}): needs about "
-                f"{need / 2**30:.1f} GiB, {have / 2**30:.1f} GiB available on {device} ({hint}; "
-                "lower size or style.scale)"
+                f"{need / 2**30:.1f} GiB, {have / 2**30:.1f} GiB available on {device} ({hint}; {lower})"
             )
 
     check.tiles = {}  # (H, W) -> the tile side of a level that is evaluated in tiles

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -55,7 +56,7 @@ class SweepReport(Callback):
         print("stopping the sweep: running jobs end after their current step (again to abort)", file=sys.stderr)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from nstexp.sweep import compare, results
+        from nstexp.sweep import compare, results, search_report
 
         for s, handler in self._handlers.items():
             signal.signal(s, handler)
@@ -64,7 +65,10 @@ class SweepReport(Callback):
         sweep_dir = config.hydra.sweep.dir
         try:
             jobs = results.collect(sweep_dir)
-            sweep_outcome["exit_code"] = exit_code([job.status for job in jobs], interrupted)
+            # A search's trials stopped by an earlier attempt ran again since: their jobs do not count.
+            stale = search_report.stopped_jobs(sweep_dir) if search_report.is_search(sweep_dir) else set()
+            counted = [job for job in jobs if not (job.dir and os.path.basename(job.dir) in stale)]
+            sweep_outcome["exit_code"] = exit_code([job.status for job in counted], interrupted)
             paths = compare.write_report(sweep_dir, jobs=jobs)
         except Exception as exc:  # a report must never hide the jobs' own results
             sweep_outcome.setdefault("exit_code", 130 if interrupted else 1)
@@ -105,17 +109,20 @@ def tradeoff_chart(jobs: list):
     """tradeoff.png as an interactive W&B scatter: a row per job with both metrics, named by its swept values."""
     import wandb
 
-    from nstexp.sweep.plots import CONTENT_FIDELITY, STYLE_FIDELITY, swept_label, tradeoff_points
+    from nstexp.sweep.plots import TRADEOFF, swept_label, tradeoff_labels, tradeoff_points, tradeoff_title
 
     # The columns are named by the axis labels, which say which way is better.
-    x, y = CONTENT_FIDELITY[1], STYLE_FIDELITY[1]
+    x, y = tradeoff_labels(*TRADEOFF)
     table = wandb.Table(columns=["job", x, y], data=[[swept_label(j), cx, sy] for j, cx, sy in tradeoff_points(jobs)])
-    return wandb.plot.scatter(table, x, y, title="final images: best towards the bottom right")
+    return wandb.plot.scatter(table, x, y, title=tradeoff_title(*TRADEOFF))
 
 
 def log_summary_run(sweep_dir: str, jobs: list, paths: dict[str, str], wandb_cfg, mode: str, group: str) -> None:
-    """One W&B run with a row per job (see `comparison_table`) and the plots `paths` has (see compare.OUTPUTS)."""
+    """One W&B run with a row per job (see `comparison_table`), the plots `paths` has (see compare.OUTPUTS)
+    and, for a search, a row per trial."""
     import wandb
+
+    from nstexp.sweep import search_report
 
     keys = list(jobs[0].swept)
     table = comparison_table(jobs)
@@ -133,4 +140,6 @@ def log_summary_run(sweep_dir: str, jobs: list, paths: dict[str, str], wandb_cfg
     ) as run:
         images = {k: wandb.Image(v) for k, v in paths.items() if v.endswith(".png")}
         charts = {"tradeoff_chart": tradeoff_chart(jobs)} if "tradeoff" in paths else {}
-        run.log({"comparison": table, **images, **charts})
+        # A search's trials, one row each (search.csv's columns).
+        trials = {"search": search_report.wandb_table(sweep_dir)} if "search_csv" in paths else {}
+        run.log({"comparison": table, **images, **charts, **trials})

@@ -10,7 +10,9 @@ writes files into the sweep folder that put the jobs next to each other:
 - loss_curves.png, eval_curves.png and tradeoff.png: see nstexp.sweep.plots (the last two only
   when the jobs logged the image-quality `eval/` metrics);
 - comparison.csv and comparison.md: one row per job, its swept values and final numbers
-  (the markdown rounded for reading, the CSV in full precision).
+  (the markdown rounded for reading, the CSV in full precision);
+- for a search (hydra/sweeper=optuna), its Pareto front, the front's contact sheet, a table of
+  its trials and the best trade-off's command line: see nstexp.sweep.search_report.
 
 Jobs that are still running, were cut off or failed are shown as such rather than left out,
 so a sweep can be looked at before it has finished.
@@ -27,13 +29,15 @@ import sys
 from nstexp.errors import NstexpError
 from nstexp.eval import rules
 from nstexp.eval.tables import csv_cell, markdown_table
-from nstexp.sweep import plots
-from nstexp.sweep.contact_sheet import CELL, contact_sheet, input_images
+from nstexp.sweep import plots, search_report
+from nstexp.sweep.contact_sheet import CELL, contact_sheet
 from nstexp.sweep.results import Job, collect
 
 RESULTS = ("status", "steps", "evals", "wall_time_s", *(f"final/{k}" for k in plots.LOSSES))
 # The image-quality metrics of the final image that the tables show, when the jobs logged them.
-EVALS = ("eval/ssim", "eval/content", "eval/style_gram", "eval/style_sw", "eval/colour_style", "eval/tv")
+EVALS = ("eval/ssim", "eval/content", "eval/style_gram", "eval/style_sw", "eval/colour_style", "eval/tv",
+         "eval/styleeval_cf", "eval/styleeval_ge", "eval/styleeval_lp", "eval/styleeval", "eval/cfsd",
+         "eval/colour_hellinger")
 # Summary numbers that are no image metric but still rank one way: the costs of a run. The
 # final losses (final/loss/...) are what the run minimised; the metrics say for themselves.
 COSTS = ("wall_time_s", "time_per_eval_s", "total_time_s", "peak_memory_mb", "eval_time_s")
@@ -86,15 +90,21 @@ def ranking_rule(key: str) -> str | None:
     return rules.better(key)
 
 
+def checked_rule(key: str, use: str) -> str:
+    """`key`'s ranking rule; NstexpError saying what `use` (`sort by`, `plot`) needs, for a key without one."""
+    rule = ranking_rule(key)
+    if rule is None:
+        raise NstexpError(f"cannot {use} {key}: no rule says which way it is better (allowed: "
+                          f"{', '.join(rules.BETTER)}, their per-layer keys, final/loss/..., {', '.join(COSTS)})")
+    return rule
+
+
 def sort_jobs(jobs: list[Job], key: str) -> list[Job]:
     """`jobs` best first by their summary's number `key`, by its ranking rule; jobs without it last.
 
     NstexpError for a key without a ranking rule, or that no job has a number for.
     """
-    rule = ranking_rule(key)
-    if rule is None:
-        raise NstexpError(f"cannot sort by {key}: no rule says which way it is better (sortable: "
-                          f"{', '.join(rules.BETTER)}, their per-layer keys, final/loss/..., {', '.join(COSTS)})")
+    rule = checked_rule(key, "sort by")
 
     def rank(job: Job) -> tuple[int, float]:
         value = (job.summary or {}).get(key)
@@ -108,33 +118,37 @@ def sort_jobs(jobs: list[Job], key: str) -> list[Job]:
 
 
 def write_report(sweep_dir: str, cell: int = CELL, jobs: list[Job] | None = None, sort: str | None = None,
-                 tables_only: bool = False) -> dict[str, str]:
+                 tables_only: bool = False, tradeoff: tuple[str, str] = plots.TRADEOFF) -> dict[str, str]:
     """Write the comparison files into `sweep_dir`; returns the paths written, keyed as in OUTPUTS.
 
     eval_curves.png and tradeoff.png are written only when some job has the `eval/` metrics.
     `jobs` is what `collect(sweep_dir)` returns, for callers that already have it; `sort` a
     summary key that orders the tables' rows (see sort_jobs), else they are in job order;
-    `tables_only`: comparison.csv and comparison.md alone (the images do not depend on `sort`).
+    `tables_only`: comparison.csv and comparison.md alone (the images do not depend on `sort`);
+    `tradeoff`: the metrics on the trade-off plot's x (content) and y (style) axes.
     """
     jobs = collect(sweep_dir) if jobs is None else jobs
-    rows_order = sort_jobs(jobs, sort) if sort else jobs  # first: a wrong key must not leave half a report
+    for key in tradeoff:  # first, as the sort key: a wrong key must not leave half a report
+        checked_rule(key, "plot")
+    rows_order = sort_jobs(jobs, sort) if sort else jobs
     paths = {kind: os.path.join(sweep_dir, name) for kind, name in OUTPUTS.items()}
     if tables_only:
         paths = {kind: paths[kind] for kind in ("csv", "markdown")}
     else:
-        # Any started job's config names the inputs; job 0 may not have started (parallel launchers).
-        first = next((job for job in jobs if job.dir and os.path.isdir(job.dir)), jobs[0])
-        contact_sheet(jobs, paths["contact_sheet"], cell, input_images(first))
+        contact_sheet(jobs, paths["contact_sheet"], cell)
         title = os.path.abspath(sweep_dir)
         plots.loss_curves(jobs, paths["loss_curves"], title)
-        for kind, plot in (("eval_curves", plots.eval_curves), ("tradeoff", plots.tradeoff)):
-            if not plot(jobs, paths[kind], title):
-                del paths[kind]
+        if not plots.eval_curves(jobs, paths["eval_curves"], title):
+            del paths["eval_curves"]
+        if not plots.tradeoff(jobs, paths["tradeoff"], title, *tradeoff):
+            del paths["tradeoff"]
     header, rows = table(rows_order, sweep_dir, every_eval=True)
     with open(paths["csv"], "w", newline="") as f:
         csv.writer(f).writerows([header, *([csv_cell(v) for v in row] for row in rows)])
     with open(paths["markdown"], "w") as f:
         f.write(markdown_table(*table(rows_order, sweep_dir)))
+    if search_report.is_search(sweep_dir):
+        paths.update(search_report.write(sweep_dir, jobs, cell, tables_only))
     return paths
 
 
@@ -159,12 +173,16 @@ def main(argv: list[str] | None = None) -> None:
                         help="order the tables' rows best first by this summary.json number, e.g. eval/style_sw "
                         "(each metric's own rule: lowest first, highest first for eval/ssim, closest to 1 first "
                         "for eval/tv)")
+    parser.add_argument("--tradeoff", nargs=2, metavar=("X", "Y"), default=plots.TRADEOFF,
+                        help="the metrics of tradeoff.png: content fidelity on x, style fidelity on y, e.g. "
+                        f"eval/styleeval_cf eval/styleeval_lp (default: {' '.join(plots.TRADEOFF)})")
     parser.add_argument("--tables-only", action="store_true",
                         help="write only comparison.csv and comparison.md (to re-sort a sweep's tables in a moment; "
                         "the images do not change with --sort)")
     args = parser.parse_args(argv)
     try:
-        paths = write_report(args.sweep_dir, args.cell, sort=args.sort, tables_only=args.tables_only)
+        paths = write_report(args.sweep_dir, args.cell, sort=args.sort, tables_only=args.tables_only,
+                             tradeoff=tuple(args.tradeoff))
     except NstexpError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

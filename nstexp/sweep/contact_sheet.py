@@ -1,5 +1,6 @@
 """contact_sheet.png: a sweep's final images in a grid laid out by the swept values, with the
-content and style images along the top."""
+content and style images they were made from: along the top when every job shares them, else
+above each column, beside each row or in each cell, wherever they stay the same."""
 
 from __future__ import annotations
 
@@ -27,13 +28,10 @@ def _pairs(keys, values) -> list[str]:
     return [f"{k}={v}" for k, v in zip(keys, values)]
 
 
-def input_images(job: Job) -> list[tuple[list[str], Image.Image]]:
-    """(label lines, image) for the content and style images of `job`'s config; ones that cannot be loaded are left out.
-
-    They only frame the sheet, so a moved or deleted input file must not stop the comparison.
-    """
+def input_specs(job: Job) -> tuple[tuple[str, str, str], ...]:
+    """(key, spec, path) of the content and style images of `job`'s config; () for a job never started."""
     if job.dir is None:
-        return []
+        return ()
     cfg = read_yaml(os.path.join(job.dir, ".hydra", "config.yaml")) or {}
     launch_dir = nested(read_yaml(os.path.join(job.dir, ".hydra", "hydra.yaml")), "hydra", "runtime", "cwd")
     out = []
@@ -45,6 +43,17 @@ def input_images(job: Job) -> list[tuple[list[str], Image.Image]]:
         # A relative path is relative to where the sweep was launched, not to where compare runs.
         if launch_dir and not spec.startswith(images.SAMPLE_PREFIX) and not os.path.isabs(spec):
             path = os.path.join(launch_dir, spec)
+        out.append((key, spec, path))
+    return tuple(out)
+
+
+def input_images(specs: tuple[tuple[str, str, str], ...]) -> list[tuple[list[str], Image.Image]]:
+    """(label lines, image) for `input_specs`; images that cannot be loaded are left out.
+
+    They only frame the sheet, so a moved or deleted input file must not stop the comparison.
+    """
+    out = []
+    for key, spec, path in specs:
         try:
             out.append(([key, os.path.basename(spec)], images.load_image(path, f"{key}.image")))
         except NstexpError:
@@ -90,30 +99,65 @@ def _box(sheet: Image.Image, draw, font, x: int, y: int, cell: int, image, statu
     _text(draw, font, left, top + cell, label, cell)
 
 
+def _inputs_box(sheet: Image.Image, draw, font, x: int, y: int, cell: int, inputs) -> None:
+    """A job's inputs at (x, y), side by side in half-size boxes, `key: name` lines below; INPUTS_H high."""
+    half = (cell - PAD) // 2
+    for i, (_, image) in enumerate(inputs):
+        image = images.resize_longest(image, half)
+        left = x + PAD + i * (half + PAD)
+        sheet.paste(image, (left + (half - image.width) // 2, y + PAD + (half - image.height) // 2))
+    _text(draw, font, x + PAD, y + PAD + half, [": ".join(label) for label, _ in inputs], cell)
+
+
+def inputs_h(cell: int) -> int:
+    """The height of `_inputs_box`: half a cell, its margins and two lines of labels."""
+    return (cell - PAD) // 2 + 2 * PAD + 2 * LINE_H
+
+
+def inputs_layout(jobs: list[Job], specs: dict[int, tuple], row_keys: list[str], col_keys: list[str]) -> str:
+    """Where the sheet shows the inputs, given each started job's `input_specs` by number:
+    "shared" (one row along the top: every job has the same), "columns" (each column's jobs
+    share theirs), "rows" or, failing all, "cells"."""
+
+    def constant_along(keys: list[str]) -> bool:
+        seen: dict[tuple, tuple] = {}
+        return all(seen.setdefault(tuple(job.swept[k] for k in keys), specs[job.num]) == specs[job.num]
+                   for job in jobs if job.num in specs)
+
+    for layout, keys in (("shared", []), ("columns", col_keys), ("rows", row_keys)):
+        if constant_along(keys):
+            return layout
+    return "cells"
+
+
 def _values(jobs: list[Job], keys: list[str]) -> list[tuple[str, ...]]:
     """Every combination of the keys' values; each key's values in the order the jobs first used them."""
     return list(itertools.product(*(dict.fromkeys(job.swept[k] for job in jobs) for k in keys)))
 
 
-def contact_sheet(
-    jobs: list[Job], path: str, cell: int = CELL, inputs: list[tuple[list[str], Image.Image]] = ()
-) -> None:
+def contact_sheet(jobs: list[Job], path: str, cell: int = CELL, specs_of=input_specs, layout: str | None = None) -> None:
     """Draw the final images of `jobs` as a grid of their swept values and save it to `path`.
 
     Rows are the values of the first swept key and columns the combinations of the others
     (a single row when only one key is swept). Each image is scaled into a `cell` x `cell`
     box with a label below it: one line per swept key, then the job number and its status
     if not completed. A combination without a job, or a job without a readable final.png,
-    gets a grey square naming why. `inputs` (label lines, image) pairs, the content and
-    style images, form a first row of their own. In pixels:
+    gets a grey square naming why. The content and style images each job was made from are
+    shown where `inputs_layout` finds them the same: "shared", full size, in a first row of
+    their own; "columns", at half size above each column; "rows", beside each row; "cells",
+    in each cell above its image. In pixels:
 
         box_w    = cell + 2 * PAD
-        box_h    = cell + 2 * PAD + LINE_H * (len(swept keys) + 1)
+        box_h    = cell + 2 * PAD + LINE_H * (len(swept keys) + 1)   (+ inputs_h for "cells")
         header_h = 2 * PAD + LINE_H * max(1, len(column keys))    # names the column values
-        width    = ROW_HEADER_W + box_w * max(len(columns), len(inputs))
-        height   = (box_h if inputs else 0) + header_h + box_h * len(rows)
+        top      = box_h if "shared" (and the inputs load), inputs_h(cell) if "columns", else 0
+        left     = ROW_HEADER_W + (box_w if "rows" else 0)
+        width    = left + box_w * max(len(columns), len(shared inputs))
+        height   = top + header_h + box_h * len(rows)
 
-    Jobs with identical swept values share a cell; the first one is shown.
+    Jobs with identical swept values share a cell; the first one is shown. `specs_of` gives a
+    job's inputs as `input_specs` does (the leaderboard's peer has no config to read them from);
+    `layout` forces where they go (the leaderboard's sheets of some forty columns: "columns").
     """
     keys = list(jobs[0].swept)
     row_keys, col_keys = (keys[:1], keys[1:]) if len(keys) > 1 else ([], keys)
@@ -121,25 +165,47 @@ def contact_sheet(
     by_values: dict[tuple[str, ...], Job] = {}
     for job in jobs:
         by_values.setdefault(tuple(job.swept.values()), job)
+    specs = {job.num: found for job in jobs if (found := specs_of(job))}
+    layout = layout or inputs_layout(jobs, specs, row_keys, col_keys)
+    loaded: dict[tuple, list] = {}  # each image read once
 
+    def inputs(job: Job | None) -> list:
+        found = specs.get(job.num, ()) if job is not None else ()
+        return loaded[found] if found in loaded else loaded.setdefault(found, input_images(found))
+
+    def first(values: tuple[str, ...], keys_: list[str]) -> Job | None:
+        """The first started job whose `keys_` have `values`: whose inputs a row or column shows."""
+        return next((j for j in jobs if j.num in specs and tuple(j.swept[k] for k in keys_) == values), None)
+
+    shared = inputs(first((), [])) if layout == "shared" else []
     box_w, box_h = cell + 2 * PAD, cell + 2 * PAD + LINE_H * (len(keys) + 1)
+    in_cell = inputs_h(cell) if layout == "cells" else 0
+    box_h += in_cell
     header_h = 2 * PAD + LINE_H * max(1, len(col_keys))
-    top = box_h if inputs else 0
-    size = (ROW_HEADER_W + box_w * max(len(cols), len(inputs)), top + header_h + box_h * len(rows))
+    top = box_h if shared else inputs_h(cell) if layout == "columns" else 0
+    left = ROW_HEADER_W + (box_w if layout == "rows" else 0)
+    size = (left + box_w * max(len(cols), len(shared)), top + header_h + box_h * len(rows))
     sheet = Image.new("RGB", size, BACKGROUND)
     draw, font = ImageDraw.Draw(sheet), _font()
 
-    if inputs:
+    if shared:
         _text(draw, font, PAD, PAD, ["inputs"], ROW_HEADER_W - 2 * PAD)
-        for i, (label, image) in enumerate(inputs):
+        for i, (label, image) in enumerate(shared):
             lines = label[: len(keys) + 1]  # what the label strip has room for
-            _box(sheet, draw, font, ROW_HEADER_W + i * box_w, 0, cell, image, "", lines)
+            _box(sheet, draw, font, left + i * box_w, 0, cell, image, "", lines)
+    if layout == "columns":
+        _text(draw, font, PAD, PAD, ["inputs"], ROW_HEADER_W - 2 * PAD)
+        for c, col in enumerate(cols):
+            _inputs_box(sheet, draw, font, left + c * box_w, 0, cell, inputs(first(col, col_keys)))
+    if top:
         draw.line([(0, top - 1), (size[0], top - 1)], fill=PLACEHOLDER)  # inputs above, results below
     for c, col in enumerate(cols):
-        _text(draw, font, ROW_HEADER_W + c * box_w + PAD, top + PAD, _pairs(col_keys, col), cell)
+        _text(draw, font, left + c * box_w + PAD, top + PAD, _pairs(col_keys, col), cell)
     for r, row in enumerate(rows):
         y = top + header_h + r * box_h
         _text(draw, font, PAD, y + PAD, _pairs(row_keys, row), ROW_HEADER_W - 2 * PAD)
+        if layout == "rows":
+            _inputs_box(sheet, draw, font, ROW_HEADER_W, y, cell, inputs(first(row, row_keys)))
         for c, col in enumerate(cols):
             job = by_values.get(row + col)
             image, status = None, "missing"
@@ -152,5 +218,7 @@ def contact_sheet(
             label = _pairs(keys, row + col)
             if job is not None:
                 label.append(f"job {job.num}" + ("" if status == "completed" else f": {status}"))
-            _box(sheet, draw, font, ROW_HEADER_W + c * box_w, y, cell, image, status, label)
+            if in_cell:
+                _inputs_box(sheet, draw, font, left + c * box_w, y, cell, inputs(job))
+            _box(sheet, draw, font, left + c * box_w, y + in_cell, cell, image, status, label)
     sheet.save(path)

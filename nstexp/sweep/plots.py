@@ -4,7 +4,8 @@
 - eval_curves: the image-quality metrics (eval/style_sw, eval/ssim) of every job against evals
   and wall time, from the steps at which the image was evaluated: which job reaches a given
   style fidelity first;
-- tradeoff: each job's final content fidelity (SSIM) against its final style distance.
+- tradeoff: each job's final content fidelity (SSIM by default) against its final style
+  distance (eval/style_sw by default), or any two metrics a user picks.
 
 Figures render with Agg directly: no GUI backend, no global pyplot state.
 """
@@ -125,30 +126,50 @@ def eval_curves(jobs: list[Job], path: str, title: str = "") -> bool:
     return True
 
 
-def tradeoff_points(jobs: list[Job]) -> list[tuple[Job, float, float]]:
-    """(job, final SSIM, final style distance) of every job whose summary.json has both."""
-    found = [(job, (job.summary or {}).get(CONTENT_FIDELITY[0]), (job.summary or {}).get(STYLE_FIDELITY[0]))
-             for job in jobs]
-    return [(job, x, y) for job, x, y in found if _finite(x) and _finite(y)]
+# The trade-off plot's default axes: SSIM against the sliced style distance.
+TRADEOFF = (CONTENT_FIDELITY[0], STYLE_FIDELITY[0])
 
 
-def tradeoff(jobs: list[Job], path: str, title: str = "") -> bool:
-    """Plot each job's final SSIM (x) against its final style distance (y), labelled with its swept values.
+def tradeoff_labels(x: str, y: str) -> tuple[str, str]:
+    """The trade-off plot's axis labels: content fidelity (x) and style fidelity (y) as metrics x and y measure them."""
+    return axis_label("content fidelity", x), axis_label("style fidelity", y)
 
-    The content image itself sits at (1, 1): SSIM 1, and no closer to the style than itself;
-    the best trade-offs lie towards the bottom right. False, writing nothing, when no job has both.
+
+def tradeoff_title(x: str, y: str) -> str:
+    """Where the best trade-offs lie, by the way each axis's metric is better (none for `closer to 1`)."""
+    across = {rules.HIGHER: "right", rules.LOWER: "left"}.get(rules.better(x))
+    up = {rules.HIGHER: "top", rules.LOWER: "bottom"}.get(rules.better(y))
+    corner = " ".join(side for side in (up, across) if side)
+    return f"final images: best towards the {corner}" if corner else "final images"
+
+
+def tradeoff_points(jobs: list[Job], x: str = TRADEOFF[0], y: str = TRADEOFF[1]) -> list[tuple[Job, float, float]]:
+    """(job, final value of x, final value of y) of every job whose summary.json has both."""
+    found = [(job, (job.summary or {}).get(x), (job.summary or {}).get(y)) for job in jobs]
+    return [(job, vx, vy) for job, vx, vy in found if _finite(vx) and _finite(vy)]
+
+
+def tradeoff(jobs: list[Job], path: str, title: str = "", x: str = TRADEOFF[0], y: str = TRADEOFF[1]) -> bool:
+    """Plot each job's final metric x (content fidelity) against its final metric y (style
+    fidelity), labelled with its swept values.
+
+    Where the definitions fix the content image's own values (rules.photo: SSIM 1 and style
+    distance 1 by default), it is marked too. False, writing nothing, when no job has both.
     """
-    found = tradeoff_points(jobs)
+    found = tradeoff_points(jobs, x, y)
     if not found:
         return False
     fig = _figure(9, 7)
     ax = fig.subplots()
-    ax.scatter([x for _, x, _ in found], [y for _, _, y in found])
-    for job, x, y in found:
-        ax.annotate(swept_label(job), (x, y), xytext=(4, 4), textcoords="offset points", fontsize=8)
-    ax.scatter([1], [1], marker="x", color="grey")
-    ax.annotate("content image", (1, 1), xytext=(4, 4), textcoords="offset points", fontsize=8, color="grey")
-    ax.set(xlabel=CONTENT_FIDELITY[1], ylabel=STYLE_FIDELITY[1], title="final images: best towards the bottom right")
+    ax.scatter([vx for _, vx, _ in found], [vy for _, _, vy in found])
+    for job, vx, vy in found:
+        ax.annotate(swept_label(job), (vx, vy), xytext=(4, 4), textcoords="offset points", fontsize=8)
+    photo = (rules.photo(x), rules.photo(y))
+    if None not in photo:
+        ax.scatter(*photo, marker="x", color="grey")
+        ax.annotate("content image", photo, xytext=(4, 4), textcoords="offset points", fontsize=8, color="grey")
+    x_label, y_label = tradeoff_labels(x, y)
+    ax.set(xlabel=x_label, ylabel=y_label, title=tradeoff_title(x, y))
     fig.suptitle(title)
     fig.savefig(path, dpi=100, bbox_inches="tight")  # all of the labels, however long
     return True
