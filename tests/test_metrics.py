@@ -209,7 +209,7 @@ def test_runs_log_the_metrics_at_snapshots_and_at_the_end(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "eval/style_sw" in r] == [0, 2, 4]
     assert rows[-1]["eval/style_sw"] == pytest.approx(summary["eval/style_sw"], rel=1e-6)
-    assert set(rules.BETTER) <= set(summary) and set(rules.BETTER) <= set(rows[-1])  # every metric, the literature's too
+    assert set(rules.HEADLINE) <= set(summary) and set(rules.HEADLINE) <= set(rows[-1])  # every image metric, the literature's too
     _, quiet = nstexp.stylize(images.load_image("sample:chelsea"), "sample:swirls", out_dir=str(tmp_path / "b"),
                               size=48, steps=4, **{"eval.enabled": False})
     assert not any(k.startswith("eval/") for k in quiet)
