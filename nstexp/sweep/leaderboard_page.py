@@ -85,9 +85,12 @@ def to_reach_front(records: list[dict], method: str) -> tuple[float, float]:
 def machine() -> str:
     import platform
 
-    from nstexp.network.hardware import cpu_model
+    from nstexp.network.hardware import cpu_flags, cpu_model
 
-    return f"{cpu_model()}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}"
+    # The bf16 instructions decide the speed of a CPU of one name severalfold (docs/speed-and-memory.md).
+    bf16 = sorted({"amx_bf16", "avx512_bf16"} & cpu_flags())
+    return (f"{cpu_model()}, {os.cpu_count()} cores ({', '.join(bf16) if bf16 else 'no bf16 instructions'}), "
+            f"{platform.system()} {platform.machine()}")
 
 
 def _standing(by_pair: dict[str, list[dict]], default: str) -> list[str]:
