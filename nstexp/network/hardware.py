@@ -48,6 +48,11 @@ def cpu_flags() -> frozenset[str]:
 
 
 @lru_cache(maxsize=None)
+def cpu_bf16() -> list[str]:
+    """The CPU's bf16 instructions (AMX, AVX-512 bf16) that it has, sorted."""
+    return sorted({"amx_bf16", "avx512_bf16"} & cpu_flags())
+
+
 def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -65,7 +70,7 @@ def native_bf16(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.get_device_capability(device)[0] >= 8
     if device.type == "cpu":
-        return bool({"amx_bf16", "avx512_bf16"} & cpu_flags())
+        return bool(cpu_bf16())
     return False
 
 
@@ -127,7 +132,7 @@ def configure(device: torch.device, deterministic: bool = False, record: Iterabl
 def describe(device: torch.device) -> dict:
     """What the machine is: device, its model, the flags that decide precision, torch's version."""
     out = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
-           "cpu": cpu_model(), "cpu_bf16": sorted({"amx_bf16", "avx512_bf16"} & cpu_flags()),
+           "cpu": cpu_model(), "cpu_bf16": cpu_bf16(),
            "native_bf16": native_bf16(device)}
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)

@@ -85,10 +85,10 @@ def to_reach_front(records: list[dict], method: str) -> tuple[float, float]:
 def machine() -> str:
     import platform
 
-    from nstexp.network.hardware import cpu_flags, cpu_model
+    from nstexp.network.hardware import cpu_bf16, cpu_model
 
     # The bf16 instructions decide the speed of a CPU of one name severalfold (docs/speed-and-memory.md).
-    bf16 = sorted({"amx_bf16", "avx512_bf16"} & cpu_flags())
+    bf16 = cpu_bf16()
     return (f"{cpu_model()}, {os.cpu_count()} cores ({', '.join(bf16) if bf16 else 'no bf16 instructions'}), "
             f"{platform.system()} {platform.machine()}")
 
