@@ -216,6 +216,13 @@ def test_contact_sheet_grid_layout_and_cells(tmp_path):
     assert len(band.getcolors(maxcolors=CELL * CELL)) > 100
 
 
+def test_labels_name_the_key_unless_the_value_already_does():
+    # A swept value that is itself an override (the leaderboard's methods) is not prefixed again:
+    # "method=experiment=cmd" would spend a narrow cell's width on words every label repeats.
+    assert contact_sheet._pairs(["style.weight", "method"], ["1e6", "experiment=cmd"]) == [
+        "style.weight=1e6", "experiment=cmd"]
+
+
 def test_edge_images_are_skipped_when_they_cannot_be_loaded(tmp_path):
     make_sweep(tmp_path, GRID[:4], content=str(tmp_path / "gone.png"), style="sample:nope")
     paths = compare.write_report(str(tmp_path), cell=CELL)

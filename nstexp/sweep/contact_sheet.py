@@ -25,7 +25,9 @@ TEXT = (0, 0, 0)
 
 
 def _pairs(keys, values) -> list[str]:
-    return [f"{k}={v}" for k, v in zip(keys, values)]
+    """`key=value` per swept key; a value that is itself an override (the leaderboard's
+    `experiment=cmd`) names its own key and is shown as it is."""
+    return [v if "=" in str(v) else f"{k}={v}" for k, v in zip(keys, values)]
 
 
 def input_specs(job: Job) -> tuple[tuple[str, str, str], ...]:
