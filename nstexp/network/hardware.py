@@ -47,12 +47,12 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
-@lru_cache(maxsize=None)
 def cpu_bf16() -> list[str]:
     """The CPU's bf16 instructions (AMX, AVX-512 bf16) that it has, sorted."""
     return sorted({"amx_bf16", "avx512_bf16"} & cpu_flags())
 
 
+@lru_cache(maxsize=None)
 def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:
