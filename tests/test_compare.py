@@ -14,7 +14,7 @@ from conftest import REPO
 from nstexp.sweep import callbacks, compare, contact_sheet, plots
 from nstexp.errors import NstexpError
 from nstexp.eval import rules
-from nstexp.sweep.results import display_value
+from nstexp.sweep.results import Job, display_value
 
 CELL = 64  # small cells keep the tests fast
 RED, GREEN, BLUE, YELLOW, CYAN = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255)
@@ -254,6 +254,34 @@ def test_one_key_is_one_row_in_job_number_order(tmp_path):
     assert sheet.size == size
     # Job 10 is the last column (numeric order), not the third (as "10" < "2" would put it).
     assert [centre(sheet, image_box, 0, c) for c in range(11)] == colours
+
+
+def test_wrap_lays_one_row_out_in_rows_of_wrap(tmp_path):
+    """Eleven jobs of one swept key in rows of four: job i in row i // 4, column i % 4, no
+    column header (each box's label names its value); a job without an image is grey."""
+    colours = [(20 * i, 255 - 20 * i, 7 * i) for i in range(11)]
+    jobs = []
+    for i, colour in enumerate(colours):
+        final = None
+        if i != 9:
+            final = str(tmp_path / f"{i}.png")
+            Image.new("RGB", (40, 30), colour).save(final)
+        jobs.append(Job(i, str(tmp_path), {}, {"method": f"m{i}"}, None, [], final, "completed" if final else "failed"))
+    path = str(tmp_path / "sheet.png")
+    contact_sheet.contact_sheet(jobs, path, CELL, specs_of=lambda job: (), wrap=4)
+    sheet = Image.open(path).convert("RGB")
+    box_w = CELL + 2 * contact_sheet.PAD
+    box_h = CELL + 2 * contact_sheet.PAD + contact_sheet.LINE_H * 2
+    assert sheet.size == (contact_sheet.ROW_HEADER_W + 4 * box_w, 3 * box_h)
+    for i, colour in enumerate(colours):
+        r, c = divmod(i, 4)
+        x = contact_sheet.ROW_HEADER_W + c * box_w + contact_sheet.PAD + CELL // 2
+        y = r * box_h + contact_sheet.PAD + CELL // 2
+        assert sheet.getpixel((x, y)) == (contact_sheet.PLACEHOLDER if i == 9 else colour), i
+    # Without wrap (or with fewer jobs than it) the same jobs are one row under a header.
+    contact_sheet.contact_sheet(jobs, path, CELL, specs_of=lambda job: (), wrap=11)
+    header_h = 2 * contact_sheet.PAD + contact_sheet.LINE_H
+    assert Image.open(path).size == (contact_sheet.ROW_HEADER_W + 11 * box_w, header_h + box_h)
 
 
 def test_three_keys_rows_first_key_columns_the_rest(tmp_path):

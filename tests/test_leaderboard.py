@@ -28,7 +28,7 @@ def test_leaderboard_end_to_end(tmp_path):
     board = _board(tmp_path)
     _every_method_has_a_row_and_the_recipe_that_cannot_run_says_why(board)
     _resume_skips_recorded_methods(board)
-    _the_sheet_shows_every_column_its_own_inputs(board)
+    _the_sheet_shows_the_inputs_once_then_the_results(board)
     _the_agreement_table_is_spearmans_rank_correlation(board)
 
 
@@ -71,19 +71,27 @@ def _resume_skips_recorded_methods(board):
     assert "loss=gatys: running" in board["second"].stderr
 
 
-def _the_sheet_shows_every_column_its_own_inputs(board):
-    sheet = Image.open(sheet_path(board["page"], PAIR))
+def _the_sheet_shows_the_inputs_once_then_the_results(board):
+    """Contact sheet layout "shared" (nstexp.sweep.contact_sheet): the pair's content and style along
+    the top, the results below in one row (four methods: fewer than a wrapped row holds)."""
+    sheet = Image.open(sheet_path(board["page"], PAIR)).convert("RGB")
     n, box_w = len(METHODS), SHEET_CELL + 2 * cs.PAD
-    box_h = SHEET_CELL + 2 * cs.PAD + cs.LINE_H * 2
-    assert sheet.size == (cs.ROW_HEADER_W + n * box_w, cs.inputs_h(SHEET_CELL) + 2 * cs.PAD + cs.LINE_H + box_h)
-    half = (SHEET_CELL - cs.PAD) // 2
-    content = np.asarray(images.resize_longest(images.load_image(pair_images(PAIR)[0]), half), dtype=float)
-    h, w = content.shape[:2]
-    for c in range(n):  # the content thumbnail as _inputs_box centres it above column c
-        left = cs.ROW_HEADER_W + c * box_w + cs.PAD + (half - w) // 2
-        top = cs.PAD + (half - h) // 2
-        crop = np.asarray(sheet.convert("RGB").crop((left, top, left + w, top + h)), dtype=float)
-        assert np.abs(crop - content).max() == 0, c
+    box_h = SHEET_CELL + 2 * cs.PAD + cs.LINE_H * 2  # one swept key and the job line
+    header_h = 2 * cs.PAD + cs.LINE_H
+    assert sheet.size == (cs.ROW_HEADER_W + n * box_w, box_h + header_h + box_h)
+
+    def shown_at(path, x, y):
+        """`path` scaled into the cell as _box centres it in the box at (x, y): exactly there."""
+        image = np.asarray(images.resize_longest(images.load_image(path), SHEET_CELL), dtype=float)
+        h, w = image.shape[:2]
+        left, top = x + cs.PAD + (SHEET_CELL - w) // 2, y + cs.PAD + (SHEET_CELL - h) // 2
+        crop = np.asarray(sheet.crop((left, top, left + w, top + h)), dtype=float)
+        return np.abs(crop - image).max() == 0
+
+    assert shown_at(pair_images(PAIR)[0], cs.ROW_HEADER_W, 0)  # the content, once
+    assert shown_at(pair_images(PAIR)[1], cs.ROW_HEADER_W + box_w, 0)  # the style beside it
+    assert not shown_at(pair_images(PAIR)[0], cs.ROW_HEADER_W + 2 * box_w, 0)
+    assert shown_at(board["final"], cs.ROW_HEADER_W, box_h + header_h)  # the default, first
 
 
 def _the_agreement_table_is_spearmans_rank_correlation(board):

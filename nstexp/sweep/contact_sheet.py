@@ -137,7 +137,8 @@ def _values(jobs: list[Job], keys: list[str]) -> list[tuple[str, ...]]:
     return list(itertools.product(*(dict.fromkeys(job.swept[k] for job in jobs) for k in keys)))
 
 
-def contact_sheet(jobs: list[Job], path: str, cell: int = CELL, specs_of=input_specs, layout: str | None = None) -> None:
+def contact_sheet(jobs: list[Job], path: str, cell: int = CELL, specs_of=input_specs, layout: str | None = None,
+                  wrap: int | None = None) -> None:
     """Draw the final images of `jobs` as a grid of their swept values and save it to `path`.
 
     Rows are the values of the first swept key and columns the combinations of the others
@@ -159,16 +160,22 @@ def contact_sheet(jobs: list[Job], path: str, cell: int = CELL, specs_of=input_s
 
     Jobs with identical swept values share a cell; the first one is shown. `specs_of` gives a
     job's inputs as `input_specs` does (the leaderboard's peer has no config to read them from);
-    `layout` forces where they go (the leaderboard's sheets of some forty columns: "columns").
+    `layout` forces where they go. `wrap`: a single row of more than `wrap` boxes is laid out in
+    rows of `wrap` instead (the leaderboard's forty methods), each box named by its own label:
+    header_h = 0, len(rows) = ceil(len(columns) / wrap), len(columns) = wrap, and inputs that
+    differ between columns go in each cell.
     """
     keys = list(jobs[0].swept)
     row_keys, col_keys = (keys[:1], keys[1:]) if len(keys) > 1 else ([], keys)
     rows, cols = _values(jobs, row_keys), _values(jobs, col_keys)
+    wrapped = bool(wrap) and not row_keys and len(cols) > wrap
     by_values: dict[tuple[str, ...], Job] = {}
     for job in jobs:
         by_values.setdefault(tuple(job.swept.values()), job)
     specs = {job.num: found for job in jobs if (found := specs_of(job))}
     layout = layout or inputs_layout(jobs, specs, row_keys, col_keys)
+    if wrapped and layout == "columns":
+        layout = "cells"  # a column's inputs above it would name only the first row's
     loaded: dict[tuple, list] = {}  # each image read once
 
     def inputs(job: Job | None) -> list:
@@ -183,10 +190,17 @@ def contact_sheet(jobs: list[Job], path: str, cell: int = CELL, specs_of=input_s
     box_w, box_h = cell + 2 * PAD, cell + 2 * PAD + LINE_H * (len(keys) + 1)
     in_cell = inputs_h(cell) if layout == "cells" else 0
     box_h += in_cell
-    header_h = 2 * PAD + LINE_H * max(1, len(col_keys))
+    header_h = 0 if wrapped else 2 * PAD + LINE_H * max(1, len(col_keys))
     top = box_h if shared else inputs_h(cell) if layout == "columns" else 0
     left = ROW_HEADER_W + (box_w if layout == "rows" else 0)
-    size = (left + box_w * max(len(cols), len(shared)), top + header_h + box_h * len(rows))
+    n_cols, n_rows = (wrap, -(-len(cols) // wrap)) if wrapped else (len(cols), len(rows))
+    size = (left + box_w * max(n_cols, len(shared)), top + header_h + box_h * n_rows)
+
+    def at(r: int, c: int) -> tuple[int, int]:
+        """The top left of the box of row r's column c."""
+        if wrapped:
+            r, c = divmod(c, wrap)
+        return left + c * box_w, top + header_h + r * box_h
     sheet = Image.new("RGB", size, BACKGROUND)
     draw, font = ImageDraw.Draw(sheet), _font()
 
@@ -201,7 +215,7 @@ def contact_sheet(jobs: list[Job], path: str, cell: int = CELL, specs_of=input_s
             _inputs_box(sheet, draw, font, left + c * box_w, 0, cell, inputs(first(col, col_keys)))
     if top:
         draw.line([(0, top - 1), (size[0], top - 1)], fill=PLACEHOLDER)  # inputs above, results below
-    for c, col in enumerate(cols):
+    for c, col in enumerate([] if wrapped else cols):
         _text(draw, font, left + c * box_w + PAD, top + PAD, _pairs(col_keys, col), cell)
     for r, row in enumerate(rows):
         y = top + header_h + r * box_h
@@ -220,7 +234,8 @@ def contact_sheet(jobs: list[Job], path: str, cell: int = CELL, specs_of=input_s
             label = _pairs(keys, row + col)
             if job is not None:
                 label.append(f"job {job.num}" + ("" if status == "completed" else f": {status}"))
+            x, y = at(r, c)
             if in_cell:
-                _inputs_box(sheet, draw, font, left + c * box_w, y, cell, inputs(job))
-            _box(sheet, draw, font, left + c * box_w, y + in_cell, cell, image, status, label)
+                _inputs_box(sheet, draw, font, x, y, cell, inputs(job))
+            _box(sheet, draw, font, x, y + in_cell, cell, image, status, label)
     sheet.save(path)

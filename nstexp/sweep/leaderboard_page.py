@@ -13,7 +13,8 @@ from nstexp.eval.tables import markdown_table
 from nstexp.sweep.contact_sheet import contact_sheet
 from nstexp.sweep.results import Job
 
-SHEET_CELL = 160  # px per image on the sheets: a row of some forty methods stays readable
+SHEET_CELL = 160  # px per image on the sheets
+SHEET_WRAP = 8  # results per row: some forty methods in five rows, 1.5K px wide
 # The Pareto axes: content fidelity against style closeness, the yardstick's own pair.
 CONTENT_AXIS, STYLE_AXIS = "eval/ssim", "eval/style_sw"
 # StyleEval's scores beside the yardstick's metrics that measure the same thing.
@@ -171,14 +172,14 @@ def _pair_section(pair: str, rs: list[dict], page_dir: str, sheet: str) -> list[
 
 
 def draw_sheet(rs: list[dict], pair_specs: tuple[str, str], path: str) -> None:
-    """The pair's results in one row, each under the pair's content and style images: a reader of a
-    wide sheet sees a column's inputs above it, wherever the sheet is scrolled to."""
+    """The pair's content and style images along the top, then its results in rows of SHEET_WRAP,
+    each named below it: a page shows the whole sheet at a size where the results can be told apart."""
     inputs = (("content", pair_specs[0], pair_specs[0]), ("style", pair_specs[1], pair_specs[1]))
     jobs = [Job(num, r["dir"], {}, {"method": r["method"]}, None, [],
                 os.path.join(r["dir"], "final.png") if r["status"] == "completed" else None, r["status"])
             for num, r in enumerate(rs)]
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    contact_sheet(jobs, path, SHEET_CELL, specs_of=lambda job: inputs, layout="columns")
+    contact_sheet(jobs, path, SHEET_CELL, specs_of=lambda job: inputs, layout="shared", wrap=SHEET_WRAP)
 
 
 def sheet_path(page: str, pair: str) -> str:
