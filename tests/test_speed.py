@@ -271,3 +271,19 @@ def test_bench_tiles_times_a_step_whole_and_in_tiles(tmp_path, capsys):
     assert row["time_vs_whole"] == pytest.approx(row["tiled_s"] / row["whole_s"])
     assert row["peak_vs_whole"] == pytest.approx(row["tiled_peak_mb"] / row["whole_peak_mb"])
     assert "| 64 | 48x64 | 32 | adam | fp32 |" in (tmp_path / "tiles.md").read_text()
+
+
+def test_bench_tiles_keeps_measuring_after_a_size_that_cannot_run_in_tiles(tmp_path):
+    """A size refused in tiles (here: a loss that does not decompose) is a row with its refusal,
+    and the table still has every size: the figures measured before it are not lost."""
+    from nstexp.bench import speed
+
+    speed.main(["--tiles", "32", "--sizes", "64", "48", "--steps", "2", "--optimizers", "adam", "--out", str(tmp_path),
+                "style.loss=sliced"])
+    rows = json.loads((tmp_path / "tiles.json").read_text())["rows"]
+    assert [r["size"] for r in rows] == [64, 48]
+    for row in rows:
+        assert row["whole_s"] > 0 and "tiled_s" not in row and "time_vs_whole" not in row
+        assert "style.loss=sliced" in row["tiled_error"]
+    table = (tmp_path / "tiles.md").read_text()
+    assert "| 64 | 48x64 | 32 | adam | fp32 |" in table and "- 48 px tiled: " in table
