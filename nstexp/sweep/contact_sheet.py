@@ -137,8 +137,7 @@ def _values(jobs: list[Job], keys: list[str]) -> list[tuple[str, ...]]:
     return list(itertools.product(*(dict.fromkeys(job.swept[k] for job in jobs) for k in keys)))
 
 
-def contact_sheet(jobs: list[Job], path: str, cell: int = CELL, specs_of=input_specs, layout: str | None = None,
-                  wrap: int | None = None) -> None:
+def contact_sheet(jobs: list[Job], path: str, cell: int = CELL, specs_of=input_specs, wrap: int | None = None) -> None:
     """Draw the final images of `jobs` as a grid of their swept values and save it to `path`.
 
     Rows are the values of the first swept key and columns the combinations of the others
@@ -159,8 +158,8 @@ def contact_sheet(jobs: list[Job], path: str, cell: int = CELL, specs_of=input_s
         height   = top + header_h + box_h * len(rows)
 
     Jobs with identical swept values share a cell; the first one is shown. `specs_of` gives a
-    job's inputs as `input_specs` does (the leaderboard's peer has no config to read them from);
-    `layout` forces where they go. `wrap`: a single row of more than `wrap` boxes is laid out in
+    job's inputs as `input_specs` does (the leaderboard's peer has no config to read them from).
+    `wrap`: a single row of more than `wrap` boxes is laid out in
     rows of `wrap` instead (the leaderboard's forty methods), each box named by its own label:
     header_h = 0, len(rows) = ceil(len(columns) / wrap), len(columns) = wrap, and inputs that
     differ between columns go in each cell.
@@ -173,7 +172,7 @@ def contact_sheet(jobs: list[Job], path: str, cell: int = CELL, specs_of=input_s
     for job in jobs:
         by_values.setdefault(tuple(job.swept.values()), job)
     specs = {job.num: found for job in jobs if (found := specs_of(job))}
-    layout = layout or inputs_layout(jobs, specs, row_keys, col_keys)
+    layout = inputs_layout(jobs, specs, row_keys, col_keys)
     if wrapped and layout == "columns":
         layout = "cells"  # a column's inputs above it would name only the first row's
     loaded: dict[tuple, list] = {}  # each image read once
@@ -201,6 +200,7 @@ def contact_sheet(jobs: list[Job], path: str, cell: int = CELL, specs_of=input_s
         if wrapped:
             r, c = divmod(c, wrap)
         return left + c * box_w, top + header_h + r * box_h
+
     sheet = Image.new("RGB", size, BACKGROUND)
     draw, font = ImageDraw.Draw(sheet), _font()
 

@@ -179,7 +179,7 @@ def draw_sheet(rs: list[dict], pair_specs: tuple[str, str], path: str) -> None:
                 os.path.join(r["dir"], "final.png") if r["status"] == "completed" else None, r["status"])
             for num, r in enumerate(rs)]
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    contact_sheet(jobs, path, SHEET_CELL, specs_of=lambda job: inputs, layout="shared", wrap=SHEET_WRAP)
+    contact_sheet(jobs, path, SHEET_CELL, specs_of=lambda job: inputs, wrap=SHEET_WRAP)
 
 
 def sheet_path(page: str, pair: str) -> str:
