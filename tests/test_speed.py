@@ -81,7 +81,7 @@ def test_auto_precision_follows_the_hardware():
     native = bool({"amx_bf16", "avx512_bf16"} & set(open("/proc/cpuinfo").read().split()))
     assert hardware.native_bf16(cpu) == native
     assert hardware.resolve_precision("auto", cpu) == ("bf16" if native else "fp32")
-    assert hardware.resolve_precision("auto", cpu, line_search=True) == "fp32"
+    assert hardware.resolve_precision("auto", cpu, keep_fp32=True) == "fp32"
     assert hardware.resolve_precision("bf16", cpu) == "bf16"
     with pytest.raises(NstexpError, match=r"^precision=fp16 needs a CUDA device, not cpu \(allowed here: auto, fp32, "
                                           r"bf16\)$"):

@@ -11,6 +11,7 @@ import torch
 from nstexp.errors import NstexpError
 from nstexp.network import hardware, memory
 from nstexp.run import inputs
+from nstexp.run.precision import network_precision
 
 WARMUP = 3  # steps left out of the timings: allocation, first-call dispatch, cuDNN's search
 CONTENT, STYLE = "sample:chelsea", "sample:swirls"
@@ -45,8 +46,7 @@ class Case:
         from nstexp.tiling.objective import TiledObjective
 
         self.cfg, self.device = cfg, device
-        line_search = cfg.optimizer.name == "lbfgs" and cfg.optimizer.line_search != "none"
-        self.precision = hardware.resolve_precision(cfg.precision, device, line_search)
+        self.precision = network_precision(cfg, device)
         self.channels_last = hardware.resolve_channels_last(cfg.channels_last, device)
         self.extractor = runner.network(cfg, device, self.precision, self.channels_last)
         layers = {k for part in weighted_layers(cfg.layers) for k in part}

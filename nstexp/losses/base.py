@@ -58,6 +58,10 @@ class StyleLoss:
     # checks before a run (nstexp.input_sizes) refuse smaller sizes at every level without torch.
     # Every loss is finite on a layer of one position otherwise (tests/test_small_inputs.py).
     min_positions: ClassVar[int | str] = 1
+    # Whether precision=auto may evaluate the loss in bf16 under L-BFGS, which steps along the
+    # differences of gradients (its curvature pairs). False where bf16's rounding was measured to
+    # drown them (nnst: noise in place of a result; docs/speed-and-memory.md): auto keeps fp32.
+    lbfgs_in_bf16: ClassVar[bool] = True
 
     def __init__(self, style: Any, seed: int = 0):
         self.options = style

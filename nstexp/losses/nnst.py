@@ -128,6 +128,7 @@ class NNST(StyleLoss):
     name = "nnst"
     guided = False  # NNST has no regions; a nearest neighbour search over all positions
     joint = True
+    lbfgs_in_bf16 = False  # its cosines' small decreases: see StyleLoss.lbfgs_in_bf16
     # decomposes: none — hypercolumns of layers resized to one grid (bilinear across block edges) matched under a
     # cosine centred by the mean of all the query's positions
 

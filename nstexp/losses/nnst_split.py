@@ -63,6 +63,7 @@ class NNSTSplit(StyleLoss):
     name = "nnst_split"
     guided = False
     joint = True
+    lbfgs_in_bf16 = False  # its cosines' small decreases: see StyleLoss.lbfgs_in_bf16
     # decomposes: none — a sub-grid from a random offset over the whole image, its points centred by their
     # mean over all of them (ā) before the nearest-neighbour search
 

@@ -74,14 +74,14 @@ def native_bf16(device: torch.device) -> bool:
     return False
 
 
-def resolve_precision(name: str, device: torch.device, line_search: bool = False) -> str:
+def resolve_precision(name: str, device: torch.device, keep_fp32: bool = False) -> str:
     """fp32, bf16 or fp16: the network's arithmetic for `precision=name` on `device`.
 
-    `auto` keeps fp32 for a line search, as a precaution: it compares losses along a line, and
-    bf16's rounding (about 0.4% per activation) can drown the small decreases it looks for.
+    `auto` is bf16 where the device computes it natively, but fp32 where `keep_fp32`: where the
+    optimizer would not survive bf16's rounding (nstexp.run.precision says where).
     """
     if name == "auto":
-        return "bf16" if native_bf16(device) and not line_search else "fp32"
+        return "bf16" if native_bf16(device) and not keep_fp32 else "fp32"
     if name == "fp16" and device.type != "cuda":
         raise NstexpError(
             f"precision=fp16 needs a CUDA device, not {device.type} (allowed here: auto, fp32, bf16)"

@@ -28,6 +28,7 @@ from nstexp.optim.optimizers import select_state
 from nstexp.optim.stopping import StopRequest
 from nstexp.run import colour, inputs, scale_control, tiling
 from nstexp.run.job import FrameContext, Job, JobSpec, evaluator, shared_config
+from nstexp.run.precision import network_precision
 from nstexp.tiling.objective import TiledObjective, stitched
 from nstexp.validation import validate
 
@@ -45,11 +46,10 @@ def resolved(cfg: DictConfig) -> dict:
     and its W&B config; resuming a sweep compares them (nstexp.sweep.resumable)."""
     device = hardware.resolve_device(cfg.device)
     kind = "cpu" if device.type == "cpu" else "gpu"
-    line_search = cfg.optimizer.name == "lbfgs" and cfg.optimizer.line_search != "none"
     return dict(device=device, size=cfg.size or DEFAULT_SIZE[kind],
                 steps=DEFAULT_STEPS[kind] if cfg.steps is None else cfg.steps,
                 log_every=cfg.log_every or DEFAULT_LOG_EVERY[kind],
-                precision=hardware.resolve_precision(cfg.precision, device, line_search),
+                precision=network_precision(cfg, device),
                 channels_last=hardware.resolve_channels_last(cfg.channels_last, device))
 
 
@@ -136,7 +136,7 @@ def _run(jobs: list[Job], stop: StopRequest, frame: FrameContext | None = None) 
         # What the jobs have in common (nstexp.sweep.batching groups them so): the settings read
         # below come from it, and the per-job ones from each job's own config.
         cfg = shared_config(jobs[0].cfg)
-        here = resolved(cfg)
+        here = resolved(jobs[0].cfg)  # its precision reads the style loss, the same in a batch's jobs
         device, size, steps, log_every = here["device"], here["size"], here["steps"], here["log_every"]
         precision, channels_last = here["precision"], here["channels_last"]
         hardware.configure(device, cfg.deterministic, record=[job.summary for job in jobs])

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from nstexp.optim.optimizers import PER_SAMPLE
 from nstexp.run.job import shared_config
+from nstexp.run.precision import keeps_fp32, network_precision
 from nstexp.run.runner import network_spec
 
 MAX_JOBS = 16
@@ -33,7 +34,9 @@ def key(cfg: DictConfig) -> str:
     """What must be equal for two jobs to share a batch: everything the batch shares (the config
     without the settings each job uses on its own, `job.PER_JOB`) and what the network is built
     from (which can depend on a per-job setting: random weights on the seed)."""
-    node = {"shared": OmegaConf.to_container(shared_config(cfg)), "network": network_spec(cfg)}
+    node = {"shared": OmegaConf.to_container(shared_config(cfg)), "network": network_spec(cfg),
+            # precision=auto can depend on the style loss, a per-job setting (nstexp.run.precision)
+            "fp32": cfg.precision == "auto" and keeps_fp32(cfg)}
     return json.dumps(node, sort_keys=True, default=str)
 
 
@@ -52,6 +55,8 @@ def difference(a: DictConfig, b: DictConfig) -> list[str]:
             out.append(prefix)
 
     walk(x["shared"], y["shared"], "")
+    if x["fp32"] != y["fp32"]:
+        out.append("precision (auto keeps fp32 for one job's style loss under L-BFGS)")
     # The network: named by what made it differ when no shared setting says so already.
     names = {"layers": "layer_sets", "seed": "seed (random weights)"}
     for k in sorted(set(x["network"]) | set(y["network"])):
@@ -89,11 +94,10 @@ def default_batch_size(cfg: DictConfig, jobs: int) -> int:
     have = memory.available_bytes(device)
     if have is None:
         return min(jobs, MAX_JOBS)
-    line_search = cfg.optimizer.name == "lbfgs" and cfg.optimizer.line_search != "none"
     layers = [k for part in weighted_layers(cfg.layers) for k in part]
     # The network's structure is all the estimate needs: random weights, nothing loaded.
     shape = FeatureExtractor(cfg.backbone.arch, "random", layers,
-                             precision=hardware.resolve_precision(cfg.precision, device, line_search),
+                             precision=network_precision(cfg, device),
                              checkpoint=cfg.checkpoint)
     size = cfg.size or DEFAULT_SIZE["cpu" if device.type == "cpu" else "gpu"]
     side = max(16, size * 3 // 4)  # a typical photo's shorter side
