@@ -265,3 +265,39 @@ def test_a_stop_request_ends_a_tiled_runs_set_up_between_two_tiles(tmp_path):
                   stop_file=stop)
     assert summary["status"] == "interrupted" and summary["steps"] == 0
     assert stop.looks["on_tile"] == 3 and stop.looks["optimize"] == 0
+
+
+def test_the_largest_history_is_the_most_pairs_whose_estimate_fits():
+    from nstexp.config import LBFGSConfig
+    from nstexp.network import memory
+
+    ex = FeatureExtractor("vgg19", "random", ["relu1_1", "relu4_2"])
+    at = lambda m: memory.estimate_bytes(ex, 400, 600, LBFGSConfig(history_size=m))  # noqa: E731
+    for have in (at(37), at(37) + 1, at(38) - 1):
+        assert memory.largest_history(at(100), have, 400, 600, LBFGSConfig()) == 37
+    assert memory.largest_history(at(100), at(1) - 1, 400, 600, LBFGSConfig()) == 0
+    from nstexp.config import AdamConfig
+    assert memory.largest_history(at(100), 2 * at(100), 400, 600, AdamConfig()) == 0
+
+
+def test_a_refusal_for_the_optimizers_state_names_the_history_that_fits(tmp_path, monkeypatch):
+    from nstexp.network import memory
+    from nstexp.errors import NstexpError
+    from nstexp.run.runner import run
+
+    # A machine with 12 GiB free: at 4096 px L-BFGS's 100 pairs alone take about 25 GiB, tiles or not.
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 12 * 2**30)
+    with pytest.raises(NstexpError) as info:
+        run(tiny_cfg("size=4096", "steps=0"), str(tmp_path))
+    message = str(info.value)
+    found = re.search(r"optimizer\.history_size=(\d+) would fit in tiles of 512 px", message)
+    assert found and 0 < int(found[1]) < 100 and "\n" not in message
+    with pytest.raises(NstexpError) as info:  # in the tiles asked for
+        run(tiny_cfg("size=4096", "steps=0", "tiles=512"), str(tmp_path / "tiles"))
+    assert f"optimizer.history_size={found[1]} would fit;" in str(info.value)
+    with pytest.raises(NstexpError) as info:  # whole, the network's activations alone are over 12 GiB
+        run(tiny_cfg("size=4096", "steps=0", "tiles=off"), str(tmp_path / "off"))
+    assert "history_size=" not in str(info.value)
+    with pytest.raises(NstexpError) as info:  # Adam's state is three images: no history to name
+        run(tiny_cfg("size=30000", "steps=0", "optimizer=adam"), str(tmp_path / "adam"))
+    assert "history_size=" not in str(info.value).split("(", 1)[1].split("lower")[0]

@@ -108,6 +108,16 @@ def image_bytes(height: int, width: int, optimizer_cfg, batch: int = 1) -> int:
     return state_bytes(height, width, optimizer_cfg, batch) + 8 * batch * 3 * height * width * BYTES
 
 
+def largest_history(need: int, have: int, height: int, width: int, optimizer_cfg, batch: int = 1) -> int:
+    """The largest L-BFGS `history_size` with which an estimate of `need` bytes (made with
+    `optimizer_cfg`'s) fits in `have`: each pair holds two images. 0 when none does, or not L-BFGS."""
+    if optimizer_cfg.name != "lbfgs":
+        return 0
+    image = batch * 3 * height * width * BYTES
+    rest = need - state_bytes(height, width, optimizer_cfg, batch)
+    return max(0, (have - rest) // image - 4) // 2
+
+
 def largest_fitting(extractor, height: int, width: int, optimizer_cfg, have: int, batch: int = 1, extra=None) -> int:
     """The largest longest side, a multiple of 16 with height:width kept, whose estimate fits in
     `have` bytes (0 when not even 16 px fits). Sides are rounded to multiples of 16 as a run

@@ -110,6 +110,11 @@ def style_bytes(loss, layers, result: dict, styles: list[dict], hw: tuple[int, i
     return sum(loss.working_bytes(result[k], [s[k] for s in styles]) for k in layers if k in result)
 
 
+# The tiles a refusal names the L-BFGS history for when not even the smallest tiles fit (the size
+# the bench measures on a CPU; smaller tiles hold less but take longer).
+REFERENCE_TILE = 512
+
+
 def memory_check(extractor: FeatureExtractor, cfg, device: torch.device, summary: dict, batch: int = 1,
                  job_cfgs: list | None = None):
     """A `check_memory` for `load` that refuses what cannot fit and records the estimate (of a
@@ -155,17 +160,25 @@ def memory_check(extractor: FeatureExtractor, cfg, device: torch.device, summary
             need = max(need, 3 * memory.activation_bytes(extractor, sh, sw)[1])  # their largest activations
         # The largest of the sizes checked (a coarse-to-fine run checks each level).
         summary["memory_estimate_mb"] = max(summary.get("memory_estimate_mb", 0.0), need / 2**20)
+
+        def history(estimate: int, where: str = "") -> str:  # the most L-BFGS pairs with which it would fit
+            n = memory.largest_history(estimate, have, h, w, cfg.optimizer, batch)
+            return f"optimizer.history_size={n} would fit{where}; " if 0 < n < cfg.optimizer.history_size else ""
+
         if have is not None and need > have and tile:
             raise NstexpError(
                 f"size={max(w, h)} in tiles of {tile} px (precision={extractor.precision}"
                 f"{f', a batch of {batch} jobs' if batch > 1 else ''}): needs about {need / 2**30:.1f} GiB, "
                 f"{have / 2**30:.1f} GiB available on {device}: tiles bound the network's memory, not the "
                 f"image's, the optimizer's state ({memory.image_bytes(h, w, cfg.optimizer, batch) / 2**30:.1f} GiB "
-                "with the image and its gradient) or the style image's pass (lower size, style.scale, "
+                f"with the image and its gradient) or the style image's pass ({history(need)}lower size, style.scale, "
                 "optimizer.history_size or the tiles, or use optimizer=adam)")
         if have is not None and need > have:
             fits = memory.largest_fitting(extractor, h, w, cfg.optimizer, have, batch, loss_bytes)
-            hint = f"size={fits} would fit" if fits else "no size fits"
+            tiled = can_tile and cfg.tiles != "off"  # then the history that tiles of REFERENCE_TILE px would take
+            pairs = history(tiling.estimate(cfg, extractor, h, w, REFERENCE_TILE, batch, loss_bytes, maps),
+                            f" in tiles of {REFERENCE_TILE} px") if tiled else history(need)
+            hint = pairs + (f"size={fits} would fit" if fits else "no size fits")
             if not extractor.checkpoint:
                 hint += ", more with checkpoint=true"
             lower = "lower size or style.scale"
