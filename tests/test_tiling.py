@@ -140,6 +140,10 @@ def test_auto_tiles_a_level_only_when_it_does_not_fit_and_every_loss_decomposes(
     tile = tiling.plan(cfg, extractor, 1024, 1024, 1, need, need // 2, None, True)
     assert tile and tile % 16 == 0 and tiling.estimate(cfg, extractor, 1024, 1024, tile, 1, None) <= need // 2
     assert tiling.estimate(cfg, extractor, 1024, 1024, tile + 16, 1, None) > need // 2  # the largest that fits
+    # On a CPU, at most CPU_TILE px (faster there than larger ones); never larger than what fits.
+    assert tiling.plan(cfg, extractor, 1024, 1024, 1, need, need // 2, None, True, largest=64) == 64
+    assert tiling.plan(cfg, extractor, 1024, 1024, 1, need, need // 2, None, True, largest=tile + 16) == tile
+    assert tiling.plan(tiny_cfg("tiles=96"), extractor, 1024, 1024, 1, need, need // 2, None, True, largest=64) == 96
     assert tiling.plan(cfg, extractor, 1024, 1024, 1, need, need // 2, None, False) is None
     assert tiling.plan(tiny_cfg("tiles=off"), extractor, 1024, 1024, 1, need, need // 2, None, True) is None
     assert tiling.tileable([cfg]) and not tiling.tileable([tiny_cfg("style.loss=sliced")])

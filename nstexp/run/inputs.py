@@ -152,7 +152,8 @@ def memory_check(extractor: FeatureExtractor, cfg, device: torch.device, summary
         # Tiled, the style images pass in tiles one layer at a time (nstexp.losses.objective): one
         # layer's maps at the style's size stay, beside a tile's memory.
         maps = max(4 * c * hh * ww for sw, sh in style_whs for c, hh, ww in memory.feature_shapes(extractor, sh, sw).values())
-        tile = tiling.plan(cfg, extractor, h, w, batch, need, have, loss_bytes, can_tile, maps)
+        tile = tiling.plan(cfg, extractor, h, w, batch, need, have, loss_bytes, can_tile, maps,
+                           tiling.CPU_TILE if device.type == "cpu" else None)
         if tile:  # the level is evaluated in tiles (nstexp.tiling): a tile's memory, and the image's
             check.tiles[(h, w)] = tile
             need = tiling.estimate(cfg, extractor, h, w, tile, batch, loss_bytes, maps)
