@@ -33,7 +33,6 @@ class Mix(StyleLoss):
         # else as statistics (sums of both kinds, handed on); a mix of one is its component's.
         kinds = {loss.decomposes for _, loss in self.parts}
         self.decomposes = "none" if "none" in kinds else kinds.pop() if len(kinds) == 1 else "statistics"
-        self.lbfgs_in_bf16 = all(loss.lbfgs_in_bf16 for _, loss in self.parts)
         self.counts: list[int] | None = None  # how many of `partial`'s sums each component gave
 
     def views(self, image):
