@@ -63,7 +63,7 @@ def stylize(content, style, out_dir: str | None = None, **overrides) -> tuple[Im
 
     from nstexp import composition
     from nstexp.run.runner import run
-    from nstexp.run.tracking import resolve_wandb_mode
+    from nstexp.run.wandb_mode import resolve_wandb_mode
 
     with tempfile.TemporaryDirectory() as tmp:
         args = {"content.image": _spec(content, tmp, "content"), "style.image": _spec(style, tmp, "style"),

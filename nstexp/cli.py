@@ -79,10 +79,6 @@ def _help() -> str:
     ])
 
 
-def _video(overrides: list[str]) -> bool:
-    return any(o.split("=", 1)[0].lstrip("+~") == "content.video" for o in overrides if "=" in o)
-
-
 _INFO_FLAGS = {"-h", "--help", "--hydra-help", "--info", "-i", "-c", "--cfg", "--shell-completion", "-sc"}
 
 
@@ -125,8 +121,8 @@ def main() -> None:
             try:
                 swept, params = composition.preflight(parsed.overrides)
                 os.environ[jobs.SWEPT_ENV] = ",".join(swept)
-                # A single video run resumes on its own (nstexp.run.video); a sweep through its jobs.
-                wanted = resumable.requested(parsed.overrides) and (parsed.multirun or params or not _video(parsed.overrides))
+                # A single run resumes on its own (nstexp.run.resume, nstexp.run.video); a sweep through its jobs.
+                wanted = resumable.requested(parsed.overrides) and (parsed.multirun or params)
                 if wanted and search.is_search(composition.hydra_node(parsed.overrides)):
                     search.check_resume(parsed.overrides)  # the search's own journal says what is left
                 elif wanted:

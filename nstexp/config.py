@@ -268,9 +268,14 @@ class Config:
     log_every: Optional[int] = None
     snapshot_every: int = 50
     progress: bool = True
-    # A sweep: rerun just the jobs of the latest matching sweep that did not complete; a video run
-    # (content.video): go on from the last finished frame of the latest run of the same command.
+    # A single run: go on from the saved state of the latest stopped run of the same command (or in
+    # hydra.run.dir); a sweep: rerun the jobs of the latest matching sweep that did not complete
+    # (each from its state, where it left one); a video run (content.video): go on from the last
+    # finished frame of the latest run of the same command.
     resume: bool = False
+    # A single run saves its state (state.pt: the image, the optimizer's state) every this many
+    # minutes (and at least 10x as long as the last write took) and when stopped; 0: only when stopped.
+    save_state_every_min: float = 10.0
     eval: EvalConfig = field(default_factory=EvalConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
     video: VideoConfig = field(default_factory=VideoConfig)

@@ -252,8 +252,8 @@ def _tiles(cfg: DictConfig, mix: dict[str, float]) -> None:
 
 
 def _outputs(cfg: DictConfig) -> None:
-    """The seed, the yardstick, what is logged and where the run goes: `seed`, `eval`, `log_every`,
-    `snapshot_every`, `wandb.mode`, `device`."""
+    """The seed, the yardstick, what is logged and kept and where the run goes: `seed`, `eval`,
+    `log_every`, `snapshot_every`, `save_state_every_min`, `wandb.mode`, `device`."""
     if not 0 <= cfg.seed < 2**63:
         raise ConfigError(f"seed={cfg.seed} must be in [0, 2**63)")
     if cfg.eval.every is not None:
@@ -262,6 +262,7 @@ def _outputs(cfg: DictConfig) -> None:
     if cfg.log_every is not None:
         _at_least("log_every", cfg.log_every, 1)
     _at_least("snapshot_every (0 disables snapshots)", cfg.snapshot_every, 0)
+    _at_least("save_state_every_min (0: only when stopped)", cfg.save_state_every_min, 0)
     _choice("wandb.mode", cfg.wandb.mode, WANDB_MODES)
     dev = cfg.device
     if dev not in ("auto", "cpu", "mps") and not (dev == "cuda" or dev.startswith("cuda:")):

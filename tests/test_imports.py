@@ -179,7 +179,7 @@ def test_the_checks_see_the_package():
     # The parse found the package's real imports: a check that reads nothing passes vacuously.
     assert len(MODULES) > 30
     assert "nstexp.run.runner" in GRAPH["nstexp.sweep.jobs"]
-    assert "nstexp.optim.engine" in GRAPH["nstexp.run.runner"]
+    assert "nstexp.optim.engine" in GRAPH["nstexp.run.coarse_to_fine"]
     assert "nstexp.network.backbone" in GRAPH["nstexp.losses.objective"]
 
 

@@ -95,7 +95,7 @@ class _CrashingObjective(Objective):
 
 
 def test_a_crash_keeps_the_newest_image_and_its_step(tmp_path, monkeypatch):
-    monkeypatch.setattr("nstexp.run.runner.Objective", _CrashingObjective)
+    monkeypatch.setattr("nstexp.run.coarse_to_fine.Objective", _CrashingObjective)
     _CrashingObjective.calls = 0
     with pytest.raises(RuntimeError, match="simulated crash"):
         run(_cfg("steps=10", "snapshot_every=1", "optimizer=adam"), str(tmp_path))

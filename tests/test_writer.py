@@ -15,12 +15,12 @@ def _rows(folder):
 
 
 def test_the_optimizer_runs_ahead_of_a_busy_writer_and_every_line_follows_in_order(tmp_path, monkeypatch):
-    from nstexp.run import runner, tracking
+    from nstexp.run import coarse_to_fine, runner, tracking
 
     release = threading.Event()
     tracking.writer().submit(release.wait, 120)  # the writer is busy until the optimization is over
     seen = {}
-    real = runner.optimize
+    real = coarse_to_fine.optimize
 
     def observed(*args, **kwargs):
         try:
@@ -31,7 +31,7 @@ def test_the_optimizer_runs_ahead_of_a_busy_writer_and_every_line_follows_in_ord
         finally:
             release.set()
 
-    monkeypatch.setattr(runner, "optimize", observed)
+    monkeypatch.setattr(coarse_to_fine, "optimize", observed)
     summary = runner.run(tiny_cfg("steps=3", "snapshot_every=1", "eval.enabled=true"), str(tmp_path))
     assert seen == {"lines": 0, "steps": 3}  # all three steps done, none written yet
     assert summary["status"] == "completed"
@@ -66,11 +66,11 @@ def test_the_wandb_run_starts_after_the_first_step_and_gets_every_step(tmp_path,
     step); the steps logged before it started are in its history all the same."""
     import wandb
 
-    from nstexp.run import runner
+    from nstexp.run import coarse_to_fine, runner
     from wandb_offline import find_runs
 
     order = []
-    real_init, real_optimize = wandb.init, runner.optimize
+    real_init, real_optimize = wandb.init, coarse_to_fine.optimize
 
     def init(*args, **kwargs):
         order.append("wandb.init")
@@ -84,7 +84,7 @@ def test_the_wandb_run_starts_after_the_first_step_and_gets_every_step(tmp_path,
         return real_optimize(image, objective, optimizers, steps, clamp, observed, *args, **kwargs)
 
     monkeypatch.setattr(wandb, "init", init)
-    monkeypatch.setattr(runner, "optimize", optimize)
+    monkeypatch.setattr(coarse_to_fine, "optimize", optimize)
     summary = runner.run(tiny_cfg("steps=2", "wandb.mode=offline"), str(tmp_path))
     assert summary["status"] == "completed" and order == ["step 1", "wandb.init"]
     (run,) = find_runs(str(tmp_path))

@@ -42,7 +42,7 @@ class Case:
     def __init__(self, cfg, device: torch.device):
         from nstexp.losses.objective import weighted_layers
         from nstexp.network.layout import pools_before
-        from nstexp.run import runner
+        from nstexp.run import coarse_to_fine, runner
         from nstexp.tiling.objective import TiledObjective
 
         self.cfg, self.device = cfg, device
@@ -56,7 +56,7 @@ class Case:
         self.inputs = inputs.prepare(cfg, cfg.size, deepest, device, [], check)
         # In tiles where the run would tile (tiles=<px>, or a size that does not fit whole).
         self.tile = check.tiles.get(tuple(self.inputs.content.shape[-2:]))
-        objective = runner.build_objective(cfg, self.extractor, self.inputs, summary, tile=self.tile)
+        objective = coarse_to_fine.build_objective(cfg, self.extractor, self.inputs, summary, tile=self.tile)
         self.objective = TiledObjective([objective], self.tile) if self.tile else objective
         self.log_every = cfg.log_every or runner.DEFAULT_LOG_EVERY["cpu" if device.type == "cpu" else "gpu"]
 

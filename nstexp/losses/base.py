@@ -62,6 +62,10 @@ class StyleLoss:
     # differences of gradients (its curvature pairs). False where bf16's rounding was measured to
     # drown them (nnst: noise in place of a result; docs/speed-and-memory.md): auto keeps fp32.
     lbfgs_in_bf16: ClassVar[bool] = True
+    # Whether the loss holds state that changes from one evaluation to the next (random draws from
+    # its generator, targets refreshed from the result): a stopped run then goes on from the start
+    # of its level, not mid-level (nstexp.run.resume).
+    stateful: ClassVar[bool] = False
 
     def __init__(self, style: Any, seed: int = 0):
         self.options = style
@@ -119,6 +123,8 @@ class ContentLoss:
     joint: ClassVar[bool] = False
     # As StyleLoss.min_positions, for the result's and the content's features.
     min_positions: ClassVar[int | str] = 1
+    # As StyleLoss.stateful.
+    stateful: ClassVar[bool] = False
 
     def __init__(self, content: Any, seed: int = 0):
         self.options = content

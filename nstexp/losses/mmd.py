@@ -198,6 +198,7 @@ class MMDGaussian(StyleLoss):
     """style.loss=mmd_gaussian: MMD² with a Gaussian kernel, estimated anew at every evaluation
     from a generator seeded with the run's seed: the linear-time MMD²_l over M/2 random pairs
     (style.mmd.samples=0) or the exact MMD²_u on `samples` random positions of each image."""
+    stateful = True  # its positions, drawn at each evaluation
 
     name = "mmd_gaussian"
     guided = False  # the random pairs have no notion of a region

@@ -124,6 +124,7 @@ class NNST(StyleLoss):
     """style.loss=nnst: the cosine distance of the result's hypercolumns to their neural
     neighbours among the style's, searched with the features of the result (or of its blend with
     the content, `style.nnst.alpha`) and refreshed every `style.nnst.refresh` evaluations."""
+    stateful = True  # its targets, refreshed from the result
 
     name = "nnst"
     guided = False  # NNST has no regions; a nearest neighbour search over all positions

@@ -59,6 +59,7 @@ def split_distance(a: torch.Tensor, y: torch.Tensor, chunk: int | None = None) -
 class NNSTSplit(StyleLoss):
     """style.loss=nnst_split: each style layer's points matched on their own to their nearest style
     points, on a random sub-grid drawn at every evaluation (NNST's final pass)."""
+    stateful = True  # its offsets, drawn at each evaluation
 
     name = "nnst_split"
     guided = False

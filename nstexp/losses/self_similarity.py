@@ -67,6 +67,7 @@ def self_similarity_loss(x: torch.Tensor, c: torch.Tensor, chunk: int | None = N
 class SelfSimilarity(ContentLoss):
     """content.loss=self_similarity: the L1 distance between the result's and the content's
     column-normalized cosine self-distances of hypercolumns of all the content layers at once."""
+    stateful = True  # its positions, drawn at each evaluation
 
     name = "self_similarity"
     guided = False  # a mask has no place in a comparison of all pairs of positions

@@ -55,6 +55,7 @@ def sliced_loss(
 class Sliced(StyleLoss):
     """style.loss=sliced: SW² along N random directions per layer, drawn anew at every
     evaluation from a generator seeded with the run's seed (one generator for all layers)."""
+    stateful = True  # its directions, drawn afresh at each evaluation
 
     name = "sliced"
     guided = False  # the quantile match has no notion of a region

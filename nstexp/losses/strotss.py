@@ -144,6 +144,7 @@ def strotss_loss(x: torch.Tensor, target: Cloud, moment_weight: float = 1.0, pal
 class STROTSS(StyleLoss):
     """style.loss=strotss: the relaxed EMD, moment and palette terms of hypercolumns of all the
     style layers at once, at positions drawn from a generator seeded with the run's seed."""
+    stateful = True  # its positions, drawn at each evaluation
 
     name = "strotss"
     guided = False  # STROTSS's own guidance (matched regions) is not the harness's masks

@@ -3,75 +3,20 @@
 Step k's event carries the image after k updates and its losses; step 0 is the initial
 image. Losses come from the optimizer's own evaluations where they match the current
 image (every L-BFGS or Adam step starts by evaluating it), so logging costs no extra
-forward pass except one at the very end, which `Result.evals` counts.
+forward pass except one at the very end, which `Result.evals` counts. Between two steps
+the loop can hand out its state (`checkpoint`), and continue from one (`resume`).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
 from nstexp.losses.terms import LossTerms
 from nstexp.optim import optimizers, parameterization
-
-
-@dataclass
-class StepEvent:
-    step: int
-    evals: int  # forward/backward evaluations spent to produce `image`
-    time_s: float  # seconds from the start of `optimize` until `image` existed
-    image: torch.Tensor  # (B, 3, H, W), detached
-    terms: LossTerms  # of `image`, detached
-    # Per sample: still optimizing. A sample that diverged keeps its place in the batch, but
-    # its image and losses from then on mean nothing. Empty: every sample.
-    active: tuple[bool, ...] = ()
-    # Per sample: the batched L-BFGS's counts so far, [pairs accepted, rejected, steps taken back]; None otherwise.
-    pairs: list[list[int]] | None = None
-
-
-@dataclass
-class Result:
-    statuses: list[str]  # per sample: completed | interrupted | diverged
-    image: torch.Tensor  # (B, 3, H, W): each sample's last image whose losses were finite, in [0, 1]
-    sample_steps: list[int]  # per sample: the step that made its image
-    evals: int  # every evaluation (of the whole batch), the final measurement included
-    optimizer_state: dict | None = None  # Adam's or RMSprop's, to warm-start the next coarse-to-fine level
-    # Per sample: the losses of its image, (1,) each; None for a sample without a finite one.
-    sample_terms: list[LossTerms | None] | None = None
-    # Per sample: the evaluations and seconds it took part in, until it stopped: what it
-    # would report alone (a sample that diverged early does not count the others' steps).
-    sample_evals: list[int] | None = None
-    sample_time_s: list[float] | None = None
-    # Per sample: the batched L-BFGS's counts, [pairs accepted, rejected, steps taken back]; None otherwise.
-    sample_pairs: list[list[int]] | None = None
-
-    @property
-    def terms(self) -> LossTerms | None:
-        """The losses of `image` itself, every sample's; None if one sample has none."""
-        if self.sample_terms is None or any(t is None for t in self.sample_terms):
-            return None
-        return LossTerms.cat(self.sample_terms)
-
-    @property
-    def status(self) -> str:
-        """The run's status: the first sample's (a single run has one)."""
-        return self.statuses[0]
-
-    @property
-    def steps(self) -> int:
-        return self.sample_steps[0]
-
-
-def _detach(terms: LossTerms) -> LossTerms:
-    d = lambda t: t.detach()  # noqa: E731
-    return LossTerms(
-        d(terms.total), d(terms.content), d(terms.style), d(terms.tv),
-        {k: d(v) for k, v in terms.content_layers.items()},
-        {k: d(v) for k, v in terms.style_layers.items()}, d(terms.laplacian), d(terms.temporal),
-    )
+from nstexp.optim.events import EngineState, Result, StepEvent, detach
 
 
 def optimize(
@@ -85,6 +30,8 @@ def optimize(
     optimizer_state: dict | None = None,
     check_every: int = 1,
     param=None,
+    resume: EngineState | None = None,
+    checkpoint: Callable[[Callable[[], EngineState], bool], None] | None = None,
 ) -> Result:
     """Optimize `image` (B, 3, H, W) for `steps` optimizer steps: its pixels, or the variable of
     `param` (nstexp.optim.parameterization, made from `image`; the objective sees the image).
@@ -103,6 +50,11 @@ def optimize(
     The losses stay on the device: they are read, and events emitted, every `check_every` steps
     (a GPU then never waits for the host in between). A non-finite loss is caught there, and the
     sample's result is its last image before it.
+
+    `checkpoint(capture, stopping)` is called after each check (`stopping`: False) and once
+    more when `should_stop` ends the loop (True), while every sample still runs; `capture()`
+    then returns the loop's state, from which `resume` goes on exactly (the same image, losses
+    and optimizer; `image` then only gives the shape).
     """
     t0 = time.perf_counter()
     batch = image.shape[0]
@@ -135,7 +87,7 @@ def optimize(
         terms = objective(current())
         evals += 1
         if "terms" not in first:
-            first["terms"] = _detach(terms)
+            first["terms"] = detach(terms)
         total = terms.total  # (B,): samples are independent, their gradients do not mix
         finite = torch.isfinite(total)
         if normalize:
@@ -220,8 +172,27 @@ def optimize(
 
     # (step, evals, time, image to report, pair counts) of the newest iterate, waiting for its losses.
     pending = (0, 0, 0.0, current().detach().clone(), pairs())
+    if resume is not None:  # one sample, going on where `capture` left it
+        with torch.no_grad():
+            parts[0].copy_(resume.variable)
+        optimizer.load_state_dict(resume.optimizer)
+        if resume.scale is not None:
+            scale["value"] = resume.scale
+        if average is not None:
+            average.value.copy_(resume.average[0])
+            average.weight = resume.average[1]
+        evals, t0 = resume.evals, time.perf_counter() - resume.time_s
+        good[0], measured_itself[0], pending, last_pairs[:] = resume.good, resume.measured_itself, resume.pending, resume.pairs
+
+    def capture() -> EngineState:
+        """The state after the newest step (all its events emitted but its own, which waits for
+        its losses); references, not copies: use it before the next step."""
+        return EngineState(pending[0], evals, time.perf_counter() - t0, parts[0].detach(), optimizer.state_dict(),
+                           scale.get("value"), (average.value, average.weight) if average is not None else None,
+                           good[0], measured_itself[0], pending, list(last_pairs))
+
     interrupted = False
-    for step in range(1, steps + 1):
+    for step in range(pending[0] + 1, steps + 1):
         if should_stop():
             interrupted = True
             break
@@ -247,12 +218,16 @@ def optimize(
             read()
             if not any(active):
                 break
+            if checkpoint is not None:
+                checkpoint(capture, False)
     read()
+    if interrupted and checkpoint is not None and all(active):
+        checkpoint(capture, True)
 
     def measure(img: torch.Tensor) -> LossTerms:
         nonlocal evals
         with torch.no_grad():
-            terms = _detach(objective(img))
+            terms = detach(objective(img))
         evals += 1
         return terms
 
@@ -270,7 +245,7 @@ def optimize(
             if any(flags):
                 img = torch.where(back.view(-1, 1, 1, 1), space.decode(kept, hw).clamp(0.0, 1.0), img)
                 with torch.no_grad():
-                    terms = _detach(objective(img))
+                    terms = detach(objective(img))
                 taken_back = flags  # an evaluation of those samples only: alone, the others make none
                 pending = (*pending[:4], pairs())
         unread.append((*pending[:3], img, terms, pending[4]))

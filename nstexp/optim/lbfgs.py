@@ -193,3 +193,20 @@ class BatchedLBFGS:
         self.retried += back
         return back, torch.where(back[:, None], self.x_prev, self.x.view(B, -1)).view_as(self.x)
 
+
+    def state_dict(self) -> dict:
+        """Everything but ``x``: the history, the counts and the per-sample scales (references)."""
+        return {k: v for k, v in vars(self).items() if k != "x"}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict) -> None:
+        """Go on from ``state_dict()``'s state: tensors are copied into this optimizer's own (so a
+        state read from a memory-mapped file takes no second copy of the history)."""
+        for k, v in state.items():
+            mine = getattr(self, k)
+            if isinstance(mine, torch.Tensor):
+                if mine.shape != v.shape:
+                    raise ValueError(f"BatchedLBFGS state: {k} has shape {tuple(v.shape)}, this one {tuple(mine.shape)}")
+                mine.copy_(v)
+            else:
+                setattr(self, k, v)

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from nstexp.eval import metrics
 from nstexp.losses.temporal import TemporalTargets
 from nstexp.losses.terms import LossTerms
-from nstexp.optim.engine import StepEvent
+from nstexp.optim.events import StepEvent
 from nstexp.optim.optimizers import uses_batched_lbfgs
 from nstexp.run.tracking import Tracker
 
@@ -68,6 +68,9 @@ class JobSpec:
     name: str | None = None
     group: str | None = None
     record: dict | None = None  # entries added to the summary (the command line's overrides)
+    # A single run keeps its state for resume=true (nstexp.run.resume); a sweep's job does not: a
+    # resumed sweep runs its unfinished jobs again from their start.
+    keeps_state: bool = True
 
 
 @dataclass
@@ -96,11 +99,14 @@ class Job:
     """A job's tracker, summary and last events. `log` takes its step events; `close` writes
     what the job ends with, whatever ended it."""
 
-    def __init__(self, spec: JobSpec):
+    def __init__(self, spec: JobSpec, resumes: dict | None = None):
         self.cfg = spec.cfg
+        self.keeps_state = spec.keeps_state
         self.name = spec.name or spec.cfg.wandb.name or "run"
         self.config = OmegaConf.to_container(spec.cfg, resolve=True)
-        self.tracker = Tracker(spec.out_dir, self.config, spec.cfg.wandb, name=self.name, group=spec.group)
+        # resumes: going on with a stopped run in its folder (nstexp.run.resume.continued)
+        self.tracker = Tracker(spec.out_dir, self.config, spec.cfg.wandb, name=self.name, group=spec.group,
+                               resumes=resumes)
         self.summary: dict = {"status": "failed", "steps": 0, "evals": 0, "seed": spec.cfg.seed, "name": self.name,
                               **(spec.record or {})}
         self.final_image: torch.Tensor | None = None

@@ -29,10 +29,16 @@ def keeps_fp32(cfg: DictConfig) -> bool:
         return False
     if cfg.optimizer.line_search != "none":
         return True
+    return not all(STYLE_LOSSES[name].lbfgs_in_bf16 for name in style_losses(cfg))
+
+
+def style_losses(cfg: DictConfig) -> list[str]:
+    """The style losses of a run's passes: `style.loss` (each of a mix), and `scales.final_loss`
+    in a final pass."""
     names = list(style_mix(cfg.style.loss))
     if cfg.scales.final_pass and cfg.scales.final_loss:
         names.append(cfg.scales.final_loss)
-    return not all(STYLE_LOSSES[name].lbfgs_in_bf16 for name in names)
+    return names
 
 
 def network_precision(cfg: DictConfig, device: torch.device) -> str:

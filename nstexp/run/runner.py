@@ -7,10 +7,10 @@ metrics.jsonl, the last good image as final.png and a finished W&B run.
 
 from __future__ import annotations
 
-import functools
 import os
 import sys
 import time
+from dataclasses import replace
 
 import torch
 from omegaconf import DictConfig
@@ -18,18 +18,16 @@ from tqdm import tqdm
 
 from nstexp import input_sizes
 from nstexp.errors import NstexpError
-from nstexp.losses.objective import Objective, weighted_layers
+from nstexp.losses.objective import weighted_layers
 from nstexp.network import hardware, memory
 from nstexp.network.backbone import FeatureExtractor
 from nstexp.network.layout import pools_before
-from nstexp.optim import parameterization, pyramid
-from nstexp.optim.engine import StepEvent, optimize
-from nstexp.optim.optimizers import select_state
+from nstexp.optim import pyramid
 from nstexp.optim.stopping import StopRequest
-from nstexp.run import colour, inputs, scale_control, tiling
+from nstexp.run import inputs, resume, scale_control
+from nstexp.run.coarse_to_fine import optimize_levels
 from nstexp.run.job import FrameContext, Job, JobSpec, evaluator, shared_config
 from nstexp.run.precision import network_precision
-from nstexp.tiling.objective import TiledObjective, stitched
 from nstexp.validation import validate
 
 # Defaults that depend on the device: a GPU affords larger images and more steps (steps count
@@ -73,24 +71,6 @@ def network(cfg: DictConfig, device: torch.device, precision: str, channels_last
     return FeatureExtractor(**network_spec(cfg), precision=precision, channels_last=channels_last).to(device)
 
 
-def build_objective(cfg: DictConfig, extractor: FeatureExtractor, inp: inputs.Inputs, summary: dict,
-                    batch: int = 1, tile: int | None = None, on_tile=None, temporal=None) -> Objective:
-    """The loss for the inputs at one size (a coarse-to-fine level's), of one of `batch` jobs
-    evaluated together, in tiles of `tile` px (None: whole; `on_tile`: see tiling.objective.stitched);
-    `temporal`: a video frame's temporal term (nstexp.losses.temporal.TemporalTargets)."""
-    objective = Objective(extractor, inp.content, inp.styles, cfg.layers, cfg.content, cfg.style, cfg.tv, cfg.seed,
-                          style_masks=inp.style_masks, content_mask=inp.content_mask, laplacian_config=cfg.laplacian,
-                          batch=batch, features=stitched(extractor, tile, on_tile) if tile else None, temporal=temporal)
-    if cfg.style.balance == "content":
-        try:
-            shown = on_tile and functools.partial(on_tile, "style balance")
-            measure = TiledObjective([objective], tile, shown) if tile else objective
-            summary["style_balance"] = measure.balance_style(inp.content)
-        except ValueError as exc:
-            raise NstexpError(f"style.balance=content: {exc} (the content image has the style's statistics)") from None
-    return objective
-
-
 def run(cfg: DictConfig, out_dir: str, name: str | None = None, group: str | None = None,
         stop_file: str | os.PathLike | None = None, record: dict | None = None) -> dict:
     """Run one style transfer into `out_dir`; returns the summary (also written to summary.json).
@@ -122,13 +102,31 @@ def run_batch(specs: list[JobSpec], stop_file: str | os.PathLike | None = None) 
     stop = StopRequest(stop_file)
     # Installed before any output exists, so a signal during set-up is also handled.
     with stop.installed():
-        jobs = [Job(spec) for spec in specs]
-        _run(jobs, stop)
+        t_start = time.perf_counter()
+        saved = _continued(specs)
+        if saved is not None:  # the stopped run's folder, its outputs kept up to where it goes on
+            specs = [replace(specs[0], out_dir=saved["folder"])]
+            saved["t_start"] = t_start
+        jobs = [Job(spec, saved and saved["resumes"]) for spec in specs]
+        _run(jobs, stop, saved=saved, t_start=t_start)
         return [job.summary for job in jobs]
 
 
-def _run(jobs: list[Job], stop: StopRequest, frame: FrameContext | None = None) -> None:
-    t_start = time.perf_counter()
+def _continued(specs: list[JobSpec]) -> dict | None:
+    """A single job with resume=true: the stopped run it goes on with (nstexp.run.resume), if any."""
+    if len(specs) > 1 or not specs[0].cfg.resume or not specs[0].keeps_state:
+        return None
+    try:
+        validate(specs[0].cfg)
+        here = resolved(specs[0].cfg)
+    except NstexpError:
+        return None  # the run refuses it, with its summary
+    return resume.continued(specs[0].out_dir, specs[0].cfg, here)
+
+
+def _run(jobs: list[Job], stop: StopRequest, frame: FrameContext | None = None, saved: dict | None = None,
+         t_start: float | None = None) -> None:
+    t_start = t_start or time.perf_counter()
     peak = bar = None
     try:
         for job in jobs:
@@ -188,8 +186,11 @@ def _run(jobs: list[Job], stop: StopRequest, frame: FrameContext | None = None) 
 
         bar = tqdm(total=sum(level_steps), disable=not cfg.progress, file=sys.stderr, dynamic_ncols=True,
                    unit="step", desc=frame.label if frame else None)
-        _optimize(jobs, cfg, extractor, full, sizes, level_steps, deepest, check, style_image, stop, bar, log_every,
-                  frame)
+        # A single image run keeps its state, so that resume=true can go on with it.
+        keeps = len(jobs) == 1 and not frame and jobs[0].keeps_state
+        saver = resume.Saver(jobs[0].tracker.out_dir, jobs[0].cfg, here) if keeps else None
+        optimize_levels(jobs, cfg, extractor, full, sizes, level_steps, deepest, check, style_image, stop, bar,
+                        log_every, frame, saved, saver)
     except NstexpError as exc:
         for job in jobs:
             job.summary["error"] = str(exc)
@@ -207,91 +208,3 @@ def _run(jobs: list[Job], stop: StopRequest, frame: FrameContext | None = None) 
         peak_mb = peak.mb() if peak else None
         for job in jobs:
             job.close(t_start, peak_mb)
-
-
-def _optimize(jobs: list[Job], cfg: DictConfig, extractor: FeatureExtractor, full: inputs.Inputs, sizes: list[int],
-              level_steps: list[int], deepest: dict, check, style_image, stop: StopRequest, bar,
-              log_every: int, frame: FrameContext | None = None) -> None:
-    """The coarse-to-fine levels of the jobs still running, one batch per level; `cfg` is
-    what they have in common; `frame`: a video frame's start image and temporal term."""
-    mode = cfg.color.preserve
-    t_opt = None
-    image = state = None
-    running = list(jobs)
-    space = parameterization.build(cfg.param, cfg.param_levels)
-    n_levels = len(sizes) - (1 if cfg.scales.final_pass else 0)  # the coarse-to-fine levels; then the final pass
-    try:
-        for level, (level_size, n_steps) in enumerate(zip(sizes, level_steps)):
-            inp = full if level_size == sizes[-1] else inputs.prepare(
-                cfg, level_size, deepest, full.content.device, [], check, style_image)
-            settings = [pyramid.level_settings(job.cfg, level, n_levels) for job in running]
-            tile = check.tiles.get(tuple(inp.content.shape[-2:]))
-            shown = tiling.announce(tile, cfg, level_size, bar, stop)
-            objectives = [build_objective(c, extractor, inp, job.summary, len(running), tile, shown,
-                                          frame and frame.temporal)
-                          for c, job in zip(settings, running)]
-            objective = tiling.level_objective(objectives, tile, shown)
-            # What the user sees of an image: in the content's colours, if asked.
-            show = lambda x, c=inp.colours, s=inp.styles[0]: colour.present(mode, x, c, s)  # noqa: E731
-            if image is None:
-                start = frame.start if frame is not None else None  # a video frame's own start
-                if start is not None and start.shape[-2:] != inp.content.shape[-2:]:
-                    start = pyramid.upsample(start, inp.content.shape[-2:])
-                image = start.repeat(len(running), 1, 1, 1) if start is not None else torch.cat(
-                    [inputs.initial_image(job.cfg, inp.content, inp.styles) for job in running])
-                for job, img in zip(running, image):
-                    job.final_image = show(img[None])
-                    job.latest["show"] = show
-            else:
-                if image.shape[-2:] != inp.content.shape[-2:]:  # the final pass goes on at the same size
-                    image = pyramid.upsample(image, inp.content.shape[-2:])
-                # Adam and RMSprop continue with their moments resized (on the pixels; a pyramid's bands
-                # start afresh); L-BFGS's curvature pairs do not carry over.
-                state = pyramid.resize_state(state, inp.content.shape[-2:]) if state and space.resizable_state else None
-            extra = {"level": level, "level_size": level_size} if len(sizes) > 1 else {}
-            # Time runs from the first level's first step; later levels' set-up counts.
-            t_level = 0.0 if t_opt is None else time.perf_counter() - t_opt
-            t_opt = t_opt or time.perf_counter()
-
-            def on_step(ev: StepEvent, level=level, extra=extra, t_level=t_level, show=show) -> None:
-                logged = False
-                for b, job in enumerate(running):
-                    if ev.active and not ev.active[b]:
-                        continue
-                    # Steps, evals and time run on across the levels.
-                    mine = StepEvent(job.done["steps"] + ev.step, job.done["evals"] + ev.evals, t_level + ev.time_s,
-                                     ev.image[b:b + 1], ev.terms.select([b]),
-                                     pairs=None if ev.pairs is None else
-                                     [[n + d for n, d in zip(ev.pairs[b], job.done["pairs"])]])
-                    logged |= job.log(mine, level, extra, sum(level_steps), log_every, show)
-                if logged:
-                    bar.set_postfix(loss=f"{ev.terms.total[0].item():.4g}", refresh=False)
-                bar.update(running[0].done["steps"] + ev.step - bar.n)
-
-            result = optimize(image, objective, [c.optimizer for c in settings], n_steps, cfg.clamp,
-                              on_step, stop, state, check_every=log_every, param=space)
-            for b, job in enumerate(running):
-                job.done["steps"] += result.sample_steps[b]
-                job.done["evals"] += result.sample_evals[b]
-                job.done["time_s"] = t_level + result.sample_time_s[b]
-                if result.sample_pairs is not None:
-                    job.done["pairs"] = [a + n for a, n in zip(job.done["pairs"], result.sample_pairs[b])]
-                job.status = result.statuses[b]
-                job.latest["result"] = (result.image[b:b + 1], result.sample_terms[b])
-            for job in running:
-                if job.status != "completed" or level == len(sizes) - 1:
-                    job.ended(job.status, *job.latest["result"], show)
-            keep = [b for b, job in enumerate(running) if job.status == "completed"]
-            running = [running[b] for b in keep]
-            if not running:
-                break
-            image, state = result.image[keep], result.optimizer_state
-            if state is not None and len(keep) < len(result.statuses):
-                state = select_state(state, keep)
-    except KeyboardInterrupt:  # a second Ctrl-C: keep what the last step produced
-        for job in running:
-            job.summary["status"] = "interrupted"
-    for job in jobs:
-        # Each job's own: until it stopped (one that diverged early does not count the others' steps).
-        stopped = job.done.get("time_s") if job.summary["status"] != "interrupted" else None
-        job.summary["wall_time_s"] = stopped if stopped is not None else time.perf_counter() - (t_opt or time.perf_counter())

@@ -9,61 +9,27 @@ waits for a tracker's share; `finish` drains before it writes the summary.
 from __future__ import annotations
 
 import json
-import netrc
 import os
 import shutil
 import sys
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Callable
-from urllib.parse import urlparse
 
 from PIL import Image
 
-from nstexp.errors import NstexpError
 from nstexp.images import save_image, to_pil
+from nstexp.run.wandb_mode import resolve_wandb_mode
 
 if TYPE_CHECKING:
     import torch
 
 
-def wandb_credentials_configured() -> bool:
-    """True when an API key is available from the environment or ~/.netrc (where `wandb login` puts it)."""
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
-    try:
-        path = os.environ.get("NETRC") or os.path.expanduser("~/.netrc")
-        return netrc.netrc(path).authenticators(host) is not None
-    except (OSError, netrc.NetrcParseError):
-        return False
-
-
-def resolve_wandb_mode(mode: str) -> str:
-    """auto: WANDB_MODE if set, else online with credentials, else offline."""
-    if mode != "auto":
-        return mode
-    env = os.environ.get("WANDB_MODE")
-    if env in ("online", "offline", "disabled"):
-        return env
-    if env == "dryrun":
-        return "offline"
-    if env is not None:
-        # W&B itself would fail on it with a long traceback.
-        raise NstexpError(f"WANDB_MODE={env!r} is not valid (allowed: online, offline, disabled, or unset)")
-    return "online" if wandb_credentials_configured() else "offline"
-
-
-def sweep_group(group: str | None, sweep: str | None, sweep_dir: str) -> str:
-    """The W&B group of a sweep: the sweep's name and its start time, read off its directory."""
-    if group:
-        return group
-    stamp = "_".join(os.path.normpath(sweep_dir).split(os.sep)[-2:])
-    return f"{sweep or 'multirun'}-{stamp}"
-
-
 # What one run writes into its directory (W&B's folder aside: each W&B run is its own).
-RUN_FILES = ("metrics.jsonl", "summary.json", "final.png", "error.log", "style_target.png")
+# With a stopped run's state (nstexp.run.resume's STATE and MARKER): a run that does not go on
+# with it starts afresh.
+RUN_FILES = ("metrics.jsonl", "summary.json", "final.png", "error.log", "style_target.png", "state.pt", "state.pt.tmp",
+             "state.json")
 RUN_DIRS = ("snapshots",)
 
 
@@ -89,6 +55,17 @@ def _forget_writer() -> None:
 os.register_at_fork(after_in_child=_forget_writer)
 
 
+def _lines_before(path: str, step: int) -> tuple[list[str], int]:
+    """metrics.jsonl's lines of the steps before `step` (a run going on from there writes the
+    rest), and the last step it holds (-1: none)."""
+    try:
+        with open(path) as f:
+            lines = [(line, json.loads(line)["step"]) for line in f if line.strip()]
+    except (OSError, ValueError, KeyError):
+        return [], -1
+    return [line for line, s in lines if s < step], max((s for _, s in lines), default=-1)
+
+
 def clear_outputs(out_dir: str) -> None:
     """Remove what an earlier run left in `out_dir`, so no old image sits beside a new summary."""
     for name in RUN_FILES:
@@ -103,15 +80,23 @@ def clear_outputs(out_dir: str) -> None:
 class Tracker:
     """Writes one run's outputs into `out_dir` and mirrors them to a W&B run.
 
-    Creating it only prepares the folder (clearing an earlier run's outputs); `start`
-    starts the W&B run, which can fail. `finish` writes the summary in every case.
+    Creating it only prepares the folder (clearing an earlier run's outputs, or, for a run that
+    goes on with a stopped one, `resumes`, keeping them up to its step `before`); `start` starts
+    the W&B run, which can fail. `finish` writes the summary in every case.
     """
 
-    def __init__(self, out_dir: str, config: dict, wandb_cfg, name: str, group: str | None):
+    def __init__(self, out_dir: str, config: dict, wandb_cfg, name: str, group: str | None,
+                 resumes: dict | None = None):
         self.out_dir = out_dir
-        clear_outputs(out_dir)
+        self._resumes = resumes
+        if resumes is None:
+            clear_outputs(out_dir)
         os.makedirs(os.path.join(out_dir, "snapshots"), exist_ok=True)
-        self._metrics = open(os.path.join(out_dir, "metrics.jsonl"), "w", buffering=1)
+        path = os.path.join(out_dir, "metrics.jsonl")
+        kept, logged = _lines_before(path, resumes["before"]) if resumes else ([], -1)
+        self._metrics = open(path, "w", buffering=1)
+        self._metrics.writelines(kept)
+        self._wandb_from = logged + 1  # the W&B run has the steps before (W&B's steps only increase)
         self._config, self._wandb_cfg, self._name, self._group = config, wandb_cfg, name, group
         self.run = None
         self.mode = "disabled"
@@ -154,6 +139,9 @@ class Tracker:
             job_type="run",
             # Each job is its own run, even when several share one process.
             reinit="create_new",
+            # A run that goes on with a stopped one goes on with its W&B run (offline: a second
+            # offline run with the same id; `wandb sync` both).
+            **({"id": self._resumes["wandb_id"], "resume": "allow"} if self._resumes and self._resumes["wandb_id"] else {}),
         )
         # Where to find this run again (the sweep's comparison links to it).
         self.info.update(wandb_id=self.run.id, wandb_url=self.run.url)
@@ -247,7 +235,7 @@ class Tracker:
         step = metrics["step"]
         if image is not None:
             save_image(image, os.path.join(self.out_dir, "snapshots", f"step_{step:06d}.png"))
-        if self.mode != "disabled":
+        if self.mode != "disabled" and step >= self._wandb_from:
             data = dict(metrics)
             if image is not None:
                 import wandb

@@ -39,18 +39,13 @@ from nstexp.losses.objective import weighted_layers
 from nstexp.losses.temporal import TemporalTargets
 from nstexp.network.layout import pools_before
 from nstexp.optim.stopping import StopRequest
-from nstexp.run import colour
+from nstexp.run import colour, resume
 from nstexp.run.job import FrameContext, JobSpec, versions
 from nstexp.run.runner import resolved, run_frame
 from nstexp.run.tracking import Tracker
 from nstexp.validation import validate
 from nstexp.video import consistency, flow, io, reliability
 from nstexp.video.warp import blend, warp
-
-# Settings that say how a run is watched, not what it computes: a run that differs only in these
-# is the same run for resume=true.
-WATCHING = ("resume", "progress", "wandb", "log_every", "snapshot_every")
-
 
 def run_video(specs: list[JobSpec], stop_file: str | os.PathLike | None = None) -> list[dict]:
     """Run the video job of `specs` (one: video runs are not batched); returns its summary, in a list
@@ -62,28 +57,16 @@ def run_video(specs: list[JobSpec], stop_file: str | os.PathLike | None = None) 
         return [VideoRun(specs[0], stop).run()]
 
 
-def _identity(cfg: DictConfig) -> dict:
-    """What a run computes: its resolved config without the WATCHING keys."""
-    node = OmegaConf.to_container(cfg, resolve=True)
-    return {k: v for k, v in node.items() if k not in WATCHING}
-
-
 def _folder(out_dir: Path, cfg: DictConfig) -> Path:
     """Where the run goes: `out_dir`, or with resume=true the newest earlier folder of the same run
-    beside it (Hydra's outputs/<date>/<time>/; `out_dir` itself when it holds one, as a sweep's
-    job folder or hydra.run.dir=... does). A folder not resumed is cleared of an earlier video run."""
+    (nstexp.run.resume.earlier). A folder not resumed is cleared of an earlier video run."""
     if not cfg.resume:
         return _cleared(out_dir)
-
-    def same(d: Path) -> bool:
-        return (d / "video.json").exists() and json.loads((d / "video.json").read_text()) == _identity(cfg)
-
-    if same(out_dir):
-        return out_dir
-    for marker in sorted(out_dir.parent.parent.glob("*/*/video.json"), reverse=True):
-        if marker.parent != out_dir and same(marker.parent):
-            print(f"resuming {marker.parent}", file=sys.stderr)
-            return marker.parent
+    found = resume.earlier(out_dir, "video.json", lambda marker: marker == resume.identity(cfg))
+    if found is not None:
+        if found != out_dir:
+            print(f"resuming {found}", file=sys.stderr)
+        return found
     print("resume=true: no earlier run of this video with the same settings; starting afresh", file=sys.stderr)
     return _cleared(out_dir)
 
@@ -124,7 +107,7 @@ class VideoRun:
         try:
             validate(self.cfg)
             self._inputs()
-            (self.dir / "video.json").write_text(json.dumps(_identity(self.cfg)))
+            (self.dir / "video.json").write_text(json.dumps(resume.identity(self.cfg)))
             self.tracker.start()
             self.summary["status"] = "completed"
             n = self.frames

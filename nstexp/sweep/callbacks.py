@@ -23,7 +23,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from nstexp.run.tracking import resolve_wandb_mode, sweep_group
+from nstexp.run.wandb_mode import resolve_wandb_mode, sweep_group
 
 STOP_FILE = ".nstexp_stop"
 # The exit status of the sweep this process launched, once it has ended.

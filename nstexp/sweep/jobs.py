@@ -16,7 +16,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from nstexp.errors import NstexpError
-from nstexp.run.tracking import sweep_group
+from nstexp.run.wandb_mode import sweep_group
 from nstexp.sweep import callbacks, resumable
 from nstexp.sweep.results import display_value
 
@@ -69,7 +69,7 @@ def plan_job(cfg: DictConfig) -> tuple[JobSpec, Path | None] | None:
     from nstexp.run.job import JobSpec  # here: the command starts, and refuses bad input, without torch
 
     spec = JobSpec(cfg, str(out_dir), name=_run_name(cfg, hc), group=_group(cfg, hc),
-                   record={"overrides": resumable.job_key(hc.overrides.task)})
+                   record={"overrides": resumable.job_key(hc.overrides.task)}, keeps_state=hc.mode != RunMode.MULTIRUN)
     return spec, stop_file
 
 
