@@ -6,7 +6,7 @@ import json
 import pytest
 from conftest import run_cli, tiny_cfg
 
-# Two coarse-to-fine levels (24 and 48 px) of 5 steps each: a stop in the second level.
+# Two coarse-to-fine levels (32 x 16 and 48 x 32 px) of 5 steps each.
 TWO_LEVELS = ["steps=5", "scales.min=24", "log_every=1"]
 
 
@@ -20,7 +20,7 @@ def _stop_at(monkeypatch, stop_file, level_size: int, step: int, crash: bool = F
     def optimize(image, objective, cfgs, steps, clamp, on_step, *args, **kwargs):
         def observed(ev):
             on_step(ev)
-            if max(image.shape[-2:]) == level_size and ev.step == step and kwargs.get("resume") is None:
+            if max(image.shape[-2:]) == level_size and ev.step == step:
                 if crash:
                     raise RuntimeError("the machine was lost")
                 stop_file.touch()
@@ -69,6 +69,30 @@ def test_a_stopped_run_goes_on_to_the_unbroken_runs_result(tmp_path, monkeypatch
     assert (folder / "final.png").read_bytes() == (whole / "final.png").read_bytes()
     assert _lines(folder) == _lines(whole)  # every step once, with the unbroken run's losses
     assert not (folder / "state.pt").exists() and not (folder / "state.json").exists()  # completed
+
+
+def test_a_run_stopped_twice_at_a_level_boundary_and_mid_level_goes_on_to_the_same_result(tmp_path, monkeypatch):
+    """Stopped once as its first level ends (its state: the second level's step 0), then again
+    mid-level after going on: two going-ons, one result, every metrics line once."""
+    from nstexp.run import runner
+
+    expected, whole = _unbroken(tmp_path, TWO_LEVELS)
+    folder, stop = tmp_path / "stopped", tmp_path / "STOP"
+    folder.mkdir()
+    _stop_at(monkeypatch, stop, 32, 5)  # the first level: 32 x 16 px
+    assert runner.run(tiny_cfg(*TWO_LEVELS), str(folder), stop_file=stop)["status"] == "interrupted"
+    assert json.loads((folder / "state.json").read_text())["step"] == 5
+    monkeypatch.undo()
+    stop.unlink()
+    _stop_at(monkeypatch, stop, 48, 3)
+    assert runner.run(tiny_cfg(*TWO_LEVELS, "resume=true"), str(folder), stop_file=stop)["status"] == "interrupted"
+    monkeypatch.undo()
+    stop.unlink()
+
+    summary = runner.run(tiny_cfg(*TWO_LEVELS, "resume=true"), str(folder))
+    assert summary["status"] == "completed" and [r["step"] for r in summary["resumed"]] == [5, 9]
+    assert (folder / "final.png").read_bytes() == (whole / "final.png").read_bytes()
+    assert _lines(folder) == _lines(whole)
 
 
 def test_a_run_lost_part_way_goes_on_from_its_last_saved_state(tmp_path, monkeypatch):

@@ -183,6 +183,7 @@ def optimize(
             average.weight = resume.average[1]
         evals, t0 = resume.evals, time.perf_counter() - resume.time_s
         good[0], measured_itself[0], pending, last_pairs[:] = resume.good, resume.measured_itself, resume.pending, resume.pairs
+        resume = None  # its optimizer part, now copied (from a memory-mapped file, perhaps), is not kept
 
     def capture() -> EngineState:
         """The state after the newest step (all its events emitted but its own, which waits for

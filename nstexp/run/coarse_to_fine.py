@@ -57,7 +57,6 @@ def optimize_levels(jobs: list[Job], cfg: DictConfig, extractor: FeatureExtracto
     space = parameterization.build(cfg.param, cfg.param_levels)
     n_levels = len(sizes) - (1 if cfg.scales.final_pass else 0)  # the coarse-to-fine levels; then the final pass
     first = saved["level"] if saved else 0
-    engine_state = saved.get("engine") if saved else None
     mid_level = saver is not None and not resume.stateful(jobs[0].cfg)  # else the state is a level's start
     try:
         for level, (level_size, n_steps) in enumerate(zip(sizes, level_steps)):
@@ -77,8 +76,10 @@ def optimize_levels(jobs: list[Job], cfg: DictConfig, extractor: FeatureExtracto
             if saved is not None and level == first:  # where the stopped run left off
                 job = running[0]
                 job.done = copy.deepcopy(saved["done"])
-                image, state = (engine_state.pending[3], None) if engine_state else (saved["start"], saved["carried"])
-                job.final_image = show(engine_state.good[0] if engine_state else image)
+                went = saved.get("engine")
+                image, state = (went.pending[3], None) if went else (saved["start"], saved["carried"])
+                job.final_image = show(went.good[0] if went else image)
+                del went  # the engine holds the state alone (it drops its optimizer part once loaded)
                 job.latest["show"] = show
                 t_opt = time.perf_counter() - saved["t_level"]
                 job.summary["resumed"] = [*saved["marker"].get("resumed", []), {
@@ -132,9 +133,9 @@ def optimize_levels(jobs: list[Job], cfg: DictConfig, extractor: FeatureExtracto
                     saver.write({**record, "start": start, "carried": carried}, record["level"],
                                 record["done"]["steps"], extra)
 
-            going_on = engine_state if saved is not None and level == first else None
             result = optimize(image, objective, [c.optimizer for c in settings], n_steps, cfg.clamp,
-                              on_step, stop, state, check_every=log_every, param=space, resume=going_on,
+                              on_step, stop, state, check_every=log_every, param=space,
+                              resume=saved.pop("engine", None) if saved is not None and level == first else None,
                               checkpoint=checkpoint if saver is not None else None)
             for b, job in enumerate(running):
                 job.done["steps"] += result.sample_steps[b]

@@ -19,6 +19,7 @@ Time goes on from the saved time; a restart's set-up is recorded in the summary'
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import sys
@@ -90,14 +91,33 @@ def continued(out_dir: str, cfg: DictConfig, resolved: dict) -> dict | None:
     # optimizer's history is copied once, into the optimizer.
     state = torch.load(folder / STATE, map_location=resolved["device"], mmap=resolved["device"].type == "cpu",
                        weights_only=False)
+    if state.get("engine") is not None:
+        # All but the optimizer's state (the large part, which the optimizer copies into its own
+        # buffers and the engine then drops) is copied out of the mapping: once the optimizer has
+        # loaded, nothing holds the file, and its space is freed when the next state replaces it.
+        engine, state["engine"] = state["engine"], None
+        optimizer, engine.optimizer = engine.optimizer, {}
+        engine = copy.deepcopy(engine)
+        engine.optimizer = optimizer
+        state = {**copy.deepcopy(state), "engine": engine}
+    else:
+        state = copy.deepcopy(state)
     print(f"resuming {folder} from step {marker['step']}", file=sys.stderr)
-    engine, done = state.get("engine"), state["done"]["steps"]
+    done, taken = state["done"]["steps"], state["engine"].pending[0] if state.get("engine") else 0
     # The first step whose metrics line the resumed run writes: the step the state was taken at
     # waits for its losses (the next step's first evaluation); a level's start was logged by the
     # level before it.
-    first = done + engine.pending[0] if engine else done + (1 if state["level"] > 0 else 0)
+    first = done + taken if taken else done + (1 if state["level"] > 0 else 0)
     return {**state, "folder": str(folder), "marker": marker,
             "resumes": {"before": first, "wandb_id": marker.get("wandb_id")}}
+
+
+def note_wandb_run(folder: str, wandb_id: str | None) -> None:
+    """Record the W&B run's id in the marker of a state in `folder` (if there is one), for the run
+    that goes on to continue that W&B run."""
+    path = Path(folder) / MARKER
+    if wandb_id and path.exists():
+        path.write_text(json.dumps({**json.loads(path.read_text()), "wandb_id": wandb_id}))
 
 
 class Saver:

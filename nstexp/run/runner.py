@@ -208,3 +208,5 @@ def _run(jobs: list[Job], stop: StopRequest, frame: FrameContext | None = None, 
         peak_mb = peak.mb() if peak else None
         for job in jobs:
             job.close(t_start, peak_mb)
+            # A state written before the W&B run had started learns its id now.
+            resume.note_wandb_run(job.tracker.out_dir, job.tracker.info.get("wandb_id"))
