@@ -83,7 +83,7 @@ def optimize_levels(jobs: list[Job], cfg: DictConfig, extractor: FeatureExtracto
                 job.latest["show"] = show
                 t_opt = time.perf_counter() - saved["t_level"]
                 job.summary["resumed"] = [*saved["marker"].get("resumed", []), {
-                    "step": saved["marker"]["step"], "setup_s": time.perf_counter() - saved["t_start"]}]
+                    "step": saved["step"], "setup_s": time.perf_counter() - saved["t_start"]}]
             elif image is None:
                 start = frame.start if frame is not None else None  # a video frame's own start
                 if start is not None and start.shape[-2:] != inp.content.shape[-2:]:

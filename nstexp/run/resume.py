@@ -76,7 +76,8 @@ def stateful(cfg: DictConfig) -> bool:
 
 def continued(out_dir: str, cfg: DictConfig, resolved: dict) -> dict | None:
     """With resume=true: the state of the stopped run to go on with (tensors on
-    `resolved["device"]`), its folder, its marker and what its outputs keep (`resumes`: the
+    `resolved["device"]`), the step it goes on from (counted over the levels), its folder, its
+    marker and what its outputs keep (`resumes`: the
     metrics lines before step `before`, the W&B run `wandb_id`); None (said in one line) when
     there is none."""
     if not cfg.resume:
@@ -102,13 +103,13 @@ def continued(out_dir: str, cfg: DictConfig, resolved: dict) -> dict | None:
         state = {**copy.deepcopy(state), "engine": engine}
     else:
         state = copy.deepcopy(state)
-    print(f"resuming {folder} from step {marker['step']}", file=sys.stderr)
     done, taken = state["done"]["steps"], state["engine"].pending[0] if state.get("engine") else 0
+    print(f"resuming {folder} from step {done + taken}", file=sys.stderr)
     # The first step whose metrics line the resumed run writes: the step the state was taken at
     # waits for its losses (the next step's first evaluation); a level's start was logged by the
     # level before it.
     first = done + taken if taken else done + (1 if state["level"] > 0 else 0)
-    return {**state, "folder": str(folder), "marker": marker,
+    return {**state, "step": done + taken, "folder": str(folder), "marker": marker,
             "resumes": {"before": first, "wandb_id": marker.get("wandb_id")}}
 
 
