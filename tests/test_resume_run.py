@@ -10,9 +10,10 @@ from conftest import run_cli, tiny_cfg
 TWO_LEVELS = ["steps=5", "scales.min=24", "log_every=1"]
 
 
-def _stop_at(monkeypatch, stop_file, level_size: int, step: int, crash: bool = False):
+def _stop_at(monkeypatch, stop_file, level_size: int, step: int, crash: bool = False, act=None):
     """Make the next run stop (the stop file, as a sweep's Ctrl-C does) or crash (an error, as a
-    lost machine ends it) once the level of `level_size` px has emitted its step `step`."""
+    lost machine ends it) once the level of `level_size` px has emitted its step `step`; or
+    call `act()` then instead."""
     from nstexp.run import coarse_to_fine
 
     real = coarse_to_fine.optimize
@@ -23,7 +24,7 @@ def _stop_at(monkeypatch, stop_file, level_size: int, step: int, crash: bool = F
             if max(image.shape[-2:]) == level_size and ev.step == step:
                 if crash:
                     raise RuntimeError("the machine was lost")
-                stop_file.touch()
+                (act or stop_file.touch)()
 
         return real(image, objective, cfgs, steps, clamp, observed, *args, **kwargs)
 
@@ -196,3 +197,78 @@ def test_every_loss_that_holds_a_generator_or_refreshes_its_targets_says_it_is_s
             said[name] = (cls.stateful, draws or name == "nnst")  # nnst refreshes its targets
     assert said["sliced"] == (True, True) and said["gram"] == (False, False)
     assert [name for name, (stateful, holds) in said.items() if stateful != holds] == []
+
+
+def _stop_inside_the_step_after(monkeypatch, stop_file, level_size: int, step: int, tile: int = 2):
+    """Make the next tiled run stop between two tiles (the stop file, which the tiles' progress
+    takes as a Ctrl-C): in the first evaluation after the level of `level_size` px has emitted
+    its step `step`, at its `tile`-th tile."""
+    from nstexp.run import coarse_to_fine
+
+    armed = []
+    _stop_at(monkeypatch, stop_file, level_size, step, act=lambda: armed.append(True))
+    real = coarse_to_fine.tiling.announce
+
+    def announce(tile_px, cfg, size, bar, stop):
+        on_tile = real(tile_px, cfg, size, bar, stop)
+
+        def counting(what, done, total):
+            if what == "step" and done == tile and armed:
+                stop_file.touch()
+            return on_tile(what, done, total)
+
+        return on_tile and counting
+
+    monkeypatch.setattr(coarse_to_fine.tiling, "announce", announce)
+
+
+@pytest.mark.parametrize("setting", [[], ["optimizer=adam"]])
+def test_a_tiled_run_stopped_between_two_tiles_saves_its_state_and_goes_on_exactly(tmp_path, monkeypatch, setting):
+    """A step at 8K px takes minutes: a stop ends it between two tiles. Nothing of the step has
+    changed the optimizer yet (its first evaluation), so the state after the step before is
+    saved, and the resumed run ends as the unbroken one."""
+    from nstexp.run import runner
+
+    # Tiled images' sides are multiples of 16 px: two levels, 32 and 64 px.
+    overrides = ["steps=5", "size=64", "scales.min=32", "log_every=1", "tiles=16", *setting]
+    expected, whole = _unbroken(tmp_path, overrides)
+    folder, stop = tmp_path / "stopped", tmp_path / "STOP"
+    folder.mkdir()
+    _stop_inside_the_step_after(monkeypatch, stop, 64, 2)
+    stopped = runner.run(tiny_cfg(*overrides), str(folder), stop_file=stop)
+    monkeypatch.undo()
+    assert stopped["status"] == "interrupted"
+    # Step 2's event comes when step 3 is done (its losses are step 3's first evaluation's): the
+    # stop comes inside step 4, and the state is the one after step 3 (5 + 3 over the levels).
+    assert json.loads((folder / "state.json").read_text())["step"] == 8
+
+    summary = runner.run(tiny_cfg(*overrides, "resume=true"), str(folder))
+    assert summary["status"] == "completed" and [r["step"] for r in summary["resumed"]] == [8]
+    assert summary["final/loss/total"] == expected["final/loss/total"]
+    assert (folder / "final.png").read_bytes() == (whole / "final.png").read_bytes()
+    assert _lines(folder) == _lines(whole)
+
+
+def test_the_wall_time_of_a_run_stopped_again_counts_every_part(tmp_path, monkeypatch):
+    """A run that ran T s into its level, stopped, went on and stopped again: its wall time
+    counts the T s too, as its metrics lines' times do."""
+    import torch
+    from nstexp.run import runner
+
+    folder, stop = tmp_path / "stopped", tmp_path / "STOP"
+    folder.mkdir()
+    _stop_at(monkeypatch, stop, 48, 2)
+    runner.run(tiny_cfg(*TWO_LEVELS), str(folder), stop_file=stop)
+    state = torch.load(folder / "state.pt", weights_only=False)
+    assert state["engine"].pending[0] == 3
+    state["engine"].time_s += 1000.0  # as if the level had run 1000 s longer before the stop
+    torch.save(state, folder / "state.pt")
+    monkeypatch.undo()
+    stop.unlink()
+
+    _stop_at(monkeypatch, stop, 48, 3)
+    summary = runner.run(tiny_cfg(*TWO_LEVELS, "resume=true"), str(folder), stop_file=stop)
+    assert summary["status"] == "interrupted" and summary["steps"] == 9
+    times = [line["time_s"] for line in map(json.loads, (folder / "metrics.jsonl").open())]
+    assert times[-1] > 1000.0  # the engine's own clock went on from its state
+    assert summary["wall_time_s"] >= times[-1]

@@ -52,7 +52,8 @@ def optimize(
     sample's result is its last image before it.
 
     `checkpoint(capture, stopping)` is called after each check (`stopping`: False) and once
-    more when `should_stop` ends the loop (True), while every sample still runs; `capture()`
+    more when `should_stop` ends the loop or a KeyboardInterrupt ends a step's first evaluation
+    (True), while every sample still runs; `capture()`
     then returns the loop's state, from which `resume` goes on exactly (the same image, losses
     and optimizer; `image` then only gives the shape).
     """
@@ -78,7 +79,7 @@ def optimize(
     scale: dict = {}
     normalize = bool(getattr(cfg, "normalize_loss", False))
 
-    def evaluate() -> torch.Tensor:
+    def evaluated() -> torch.Tensor:
         """Loss and gradient at the current image; a sample whose loss is not finite gets a zero
         gradient (its optimizer then stands still) and is caught at the next check."""
         nonlocal evals
@@ -104,6 +105,23 @@ def optimize(
             for b, p in enumerate(parts):
                 p.grad = torch.where(keep[b:b + 1], p.grad, 0.0)
         return loss.detach()
+
+    def evaluate() -> torch.Tensor:
+        """evaluated(); a KeyboardInterrupt in the step's first evaluation (a tiled evaluation
+        takes minutes, and a stop ends it between two tiles) hands out the state first. Nothing of
+        the step has changed the optimizer then (the batched L-BFGS, Adam and RMSprop update after
+        it, torch's L-BFGS starts with it): the state is still the one after the step before."""
+        nonlocal evals
+        starting, count = "terms" not in first, evals
+        try:
+            return evaluated()
+        except KeyboardInterrupt:
+            if starting and checkpoint is not None and all(active):
+                evals = count
+                read()
+                if all(active):
+                    checkpoint(capture, True)
+            raise
 
     def shown() -> torch.Tensor:
         """The images to report for the current iterate: itself, or the running average."""

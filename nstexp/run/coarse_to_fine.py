@@ -79,9 +79,10 @@ def optimize_levels(jobs: list[Job], cfg: DictConfig, extractor: FeatureExtracto
                 went = saved.get("engine")
                 image, state = (went.pending[3], None) if went else (saved["start"], saved["carried"])
                 job.final_image = show(went.good[0] if went else image)
+                # The clock goes on from the stop: the levels before, and the level's own time.
+                t_opt = time.perf_counter() - saved["t_level"] - (went.time_s if went else 0.0)
                 del went  # the engine holds the state alone (it drops its optimizer part once loaded)
                 job.latest["show"] = show
-                t_opt = time.perf_counter() - saved["t_level"]
                 job.summary["resumed"] = [*saved["marker"].get("resumed", []), {
                     "step": saved["step"], "setup_s": time.perf_counter() - saved["t_start"]}]
             elif image is None:
@@ -101,7 +102,8 @@ def optimize_levels(jobs: list[Job], cfg: DictConfig, extractor: FeatureExtracto
                 state = pyramid.resize_state(state, inp.content.shape[-2:]) if state and space.resizable_state else None
             extra = {"level": level, "level_size": level_size} if len(sizes) > 1 else {}
             # Time runs from the first level's first step; later levels' set-up counts.
-            t_level = 0.0 if t_opt is None else time.perf_counter() - t_opt
+            t_level = saved["t_level"] if saved is not None and level == first else (
+                0.0 if t_opt is None else time.perf_counter() - t_opt)
             t_opt = t_opt or time.perf_counter()
 
             def on_step(ev: StepEvent, level=level, extra=extra, t_level=t_level, show=show) -> None:
