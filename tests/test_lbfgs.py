@@ -293,6 +293,23 @@ def test_a_non_convex_start_with_one_rejected_pair_follows_torch():
 
 
 
+def test_a_pair_whose_gradient_change_is_nearly_orthogonal_to_the_step_is_rejected():
+    # Hand-made gradients: from x0 = e1 with g0 = e1 the first step is s = -lr e1. A gradient
+    # change y = (-delta, 1, 0, 0) gives y.s = lr delta > 1e-10 (torch would accept it), but
+    # cos(y, s) = delta / |y| ~ 1e-4: what rounding noise in the gradient (bf16) makes of a
+    # short step, not curvature along it, and 1 / (y.s) would blow up the two-loop recursion.
+    # A y at 45 degrees to s is curvature: accepted.
+    lr = 0.5
+    for delta, counts in ((1e-4, (0, 1)), (1.0, (1, 0))):
+        x = torch.tensor([[1.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
+        g0 = torch.tensor([[1.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
+        opt = BatchedLBFGS(x, lr, history_size=5)
+        opt.step(g0.clone())
+        assert torch.allclose(x, torch.tensor([[1.0 - lr, 0.0, 0.0, 0.0]], dtype=torch.float64))
+        opt.step(g0 + torch.tensor([[-delta, 1.0, 0.0, 0.0]], dtype=torch.float64))
+        assert (opt.accepted.item(), opt.rejected.item()) == counts, delta
+
+
 def gram_problem(seed, n=4, m=6):
     """f(X) = ||X X^T / m - G||_F^2, a Gram matrix's squared error (quartic in X), as the style
     loss is; G is the Gram matrix of a random target. One sample: B = 1."""
