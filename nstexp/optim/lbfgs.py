@@ -42,8 +42,9 @@ class BatchedLBFGS:
     - The history is a ring of ``history_size`` slots shared by the batch, one slot per step.
       A pair that a sample rejects (``y.s <= 1e-10`` or ``y.s <= COSINE |y| |s|``, zero
       gradient, inactive, or its first step) still takes that sample's slot, stored with
-      ``ro = 0`` so it is a no-op in the two-loop recursion. ``history_size`` therefore counts steps, not accepted pairs: after a
-      rejection, a sample's oldest accepted pair can leave the history earlier than in torch.
+      ``ro = 0`` so it is a no-op in the two-loop recursion. ``history_size`` therefore counts
+      steps, not accepted pairs: after a rejection, a sample's oldest accepted pair can leave
+      the history earlier than in torch.
     - The fallback step. While a sample has no accepted pair, its direction is ``-g`` with the
       inverse-Hessian scale 1, as in torch; torch then steps ``lr`` times the gradient, so how
       far it moves depends on the loss's units. A start in a region of negative curvature
